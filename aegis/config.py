@@ -1,0 +1,155 @@
+"""Where a local Aegis keeps its state.
+
+Everything a local run writes lives under one directory, ``AEGIS_HOME`` (default
+``./.aegis``), so a user can find it, back it up or delete it in one place, and
+so tools (`aegis info --json`) and people agree on where things are.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_HOME = "AEGIS_HOME"
+ENV_PROFILE = "AEGIS_PROFILE"
+DEFAULT_HOME = ".aegis"
+PROFILES = ("local", "prod")
+
+# Default loopback ports for the local stack (README documents them).
+WORLD_PORT = int(os.environ.get("AEGIS_WORLD_PORT", "8765"))
+DAGSTER_PORT = int(os.environ.get("AEGIS_DAGSTER_PORT", "3000"))
+MLFLOW_PORT = int(os.environ.get("AEGIS_MLFLOW_PORT", "5000"))
+
+
+def current_profile() -> str:
+    """The active profile; an unknown value is an error, never a silent fallback."""
+    profile = os.environ.get(ENV_PROFILE, "local").strip() or "local"
+    if profile not in PROFILES:
+        raise ValueError(f"{ENV_PROFILE}={profile!r} is not a known profile; expected one of {', '.join(PROFILES)}")
+    return profile
+
+
+@dataclass(frozen=True)
+class AegisPaths:
+    """The layout of ``AEGIS_HOME``; see DESIGN.md, "Local state"."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls, home: str | os.PathLike[str] | None = None) -> AegisPaths:
+        raw = home if home is not None else os.environ.get(ENV_HOME, DEFAULT_HOME)
+        return cls(Path(raw).expanduser().resolve())
+
+    @property
+    def world(self) -> Path:
+        return self.home / "world"
+
+    @property
+    def world_db(self) -> Path:
+        return self.world / "world.db"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.world / "snapshots"
+
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def landing(self) -> Path:
+        return self.lake / "landing"
+
+    @property
+    def landing_telemetry(self) -> Path:
+        return self.landing / "telemetry"
+
+    @property
+    def bronze(self) -> Path:
+        return self.lake / "bronze"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.lake / "quarantine"
+
+    @property
+    def quarantine_files(self) -> Path:
+        return self.quarantine / "files"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow / "artifacts"
+
+    @property
+    def ledger(self) -> Path:
+        return self.home / "ledger.db"
+
+    @property
+    def ledger_url(self) -> str:
+        return f"sqlite:///{self.ledger}"
+
+    @property
+    def keys(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def changesets(self) -> Path:
+        return self.home / "changesets"
+
+    def ensure(self) -> AegisPaths:
+        """Create the directory layout (idempotent)."""
+        for path in (
+            self.world,
+            self.snapshots,
+            self.landing_telemetry,
+            self.bronze,
+            self.quarantine_files,
+            self.dagster_home,
+            self.mlflow_artifacts,
+            self.keys,
+            self.changesets,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def info(self) -> dict[str, str]:
+        """What `aegis info --json` prints: paths and URIs of the local stack."""
+        return {
+            "profile": current_profile(),
+            "home": str(self.home),
+            "world": str(self.world),
+            "world_url": f"http://127.0.0.1:{WORLD_PORT}",
+            "lake": str(self.lake),
+            "landing": str(self.landing_telemetry),
+            "bronze": str(self.bronze),
+            "quarantine": str(self.quarantine),
+            "warehouse": str(self.warehouse),
+            "dagster_home": str(self.dagster_home),
+            "dagster_url": f"http://127.0.0.1:{DAGSTER_PORT}",
+            "mlflow_tracking_uri": self.mlflow_tracking_uri,
+            "mlflow_url": f"http://127.0.0.1:{MLFLOW_PORT}",
+            "ledger": str(self.ledger),
+            "ledger_url": self.ledger_url,
+            "keys": str(self.keys),
+        }
+
+
+def paths() -> AegisPaths:
+    return AegisPaths.from_env()

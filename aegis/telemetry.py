@@ -1,0 +1,224 @@
+"""Telemetry schema version 1: the contract between game shards and the lake.
+
+One wide table; columns that do not apply to an event kind are null. The world
+server writes it, Kinesis Firehose writes it in production, and the bronze
+validator (assets/telemetry) checks every landed row against what is declared
+here: the types, the kind enum, the fields each kind requires and the value
+ranges. Nothing else in the project restates these facts.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+KINDS: tuple[str, ...] = (
+    "session_start",
+    "session_end",
+    "quest_start",
+    "quest_stage",
+    "quest_complete",
+    "quest_abandon",
+    "combat_death",
+    "currency_source",
+    "currency_sink",
+    "item_drop",
+    "trade",
+    "server_tick",
+    "reconnect",
+)
+
+SCHEMA_V1 = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("schema_version", pa.int16(), nullable=False),
+        pa.field("region", pa.string(), nullable=False),
+        pa.field("shard_id", pa.string(), nullable=False),
+        pa.field("player_id", pa.int64()),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("quest_id", pa.int32()),
+        pa.field("stage", pa.int32()),
+        pa.field("zone", pa.int32()),
+        pa.field("x", pa.float32()),
+        pa.field("y", pa.float32()),
+        pa.field("cause", pa.string()),
+        pa.field("currency", pa.string()),
+        pa.field("amount", pa.int64()),
+        pa.field("item_id", pa.int32()),
+        pa.field("price", pa.int64()),
+        pa.field("tick_ms", pa.float32()),
+        pa.field("players_online", pa.int32()),
+        pa.field("config_version", pa.int32()),
+    ],
+    metadata={"aegis.telemetry.schema_version": str(SCHEMA_VERSION)},
+)
+
+COLUMNS: tuple[str, ...] = tuple(SCHEMA_V1.names)
+
+# Fields present on every event (besides the schema's non-nullable ones).
+COMMON_REQUIRED: tuple[str, ...] = ("event_id", "ts", "schema_version", "region", "shard_id", "kind", "config_version")
+
+# Fields each kind must carry (non-null) in addition to COMMON_REQUIRED.
+REQUIRED_BY_KIND: dict[str, tuple[str, ...]] = {
+    "session_start": ("player_id",),
+    "session_end": ("player_id",),
+    "quest_start": ("player_id", "quest_id", "stage"),
+    "quest_stage": ("player_id", "quest_id", "stage"),
+    "quest_complete": ("player_id", "quest_id", "stage"),
+    "quest_abandon": ("player_id", "quest_id", "stage"),
+    "combat_death": ("player_id", "zone", "x", "y", "cause"),
+    "currency_source": ("player_id", "currency", "amount", "cause"),
+    "currency_sink": ("player_id", "currency", "amount", "cause"),
+    "item_drop": ("player_id", "item_id", "zone"),
+    "trade": ("player_id", "item_id", "price", "currency"),
+    "server_tick": ("tick_ms", "players_online"),
+    "reconnect": ("player_id",),
+}
+
+# Inclusive value ranges a valid row respects (absurd values are quarantined).
+VALUE_RANGES: dict[str, tuple[float, float]] = {
+    "player_id": (0, 2**40),
+    "quest_id": (0, 10_000),
+    "stage": (1, 64),
+    "zone": (0, 255),
+    "x": (0.0, 1024.0),
+    "y": (0.0, 1024.0),
+    "amount": (1, 10_000_000),
+    "item_id": (0, 1_000_000),
+    "price": (1, 100_000_000),
+    "tick_ms": (0.0, 60_000.0),
+    "players_online": (0, 10_000_000),
+    "config_version": (1, 2**31 - 1),
+}
+
+# Longest string accepted per string column (oversized strings are quarantined).
+MAX_STRING_LENGTH: dict[str, int] = {
+    "event_id": 64,
+    "region": 32,
+    "shard_id": 64,
+    "kind": 32,
+    "cause": 64,
+    "currency": 16,
+}
+
+CURRENCIES: tuple[str, ...] = ("gold", "gems")
+
+# The world began at this instant (game time); earlier timestamps are impossible.
+WORLD_EPOCH = datetime.fromisoformat("2026-01-01T00:00:00+00:00")
+
+
+def landing_path(landing_root: Path, ts: datetime, shard_id: str, batch_id: str) -> Path:
+    """``landing/telemetry/date=YYYY-MM-DD/hour=HH/shard=<id>/<batch-id>.parquet``."""
+    return (
+        landing_root
+        / f"date={ts:%Y-%m-%d}"
+        / f"hour={ts:%H}"
+        / f"shard={shard_id}"
+        / f"{batch_id}.parquet"
+    )
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex
+
+
+def write_atomic(table: pa.Table, path: Path, compression: str = "zstd") -> Path:
+    """Write a Parquet file under a temporary name and rename it into place.
+
+    Readers list ``*.parquet``; the temporary name ends in ``.tmp`` so no reader
+    ever sees a partial file, and ``os.replace`` is atomic on POSIX.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression=compression)
+    os.replace(tmp, path)
+    return path
+
+
+def empty_table() -> pa.Table:
+    return SCHEMA_V1.empty_table()
+
+
+# Why a session ended; ``churn`` means the player left the game for good.
+SESSION_END_CAUSES: tuple[str, ...] = ("logout", "disconnect", "churn")
+
+# ----------------------------------------------------------------- world configs
+# The world parameters in force are not telemetry events: each shard lands one
+# small Parquet file per config version (a change-data feed), so the warehouse can
+# join every event's ``config_version`` to the parameters behind it.
+
+
+def config_columns() -> list[str]:
+    from aegis.domain import WorldParams
+
+    return [f"p_{name}" for name in WorldParams.vector_names()]
+
+
+def config_schema() -> pa.Schema:
+    fields = [
+        pa.field("shard_id", pa.string(), nullable=False),
+        pa.field("region", pa.string(), nullable=False),
+        pa.field("config_version", pa.int32(), nullable=False),
+        pa.field("valid_from", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("capacity", pa.int32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # exploration | api | restore | initial
+    ]
+    fields += [pa.field(c, pa.float64(), nullable=False) for c in config_columns()]
+    return pa.schema(fields)
+
+
+def config_landing_path(landing_root: Path, shard_id: str, version: int) -> Path:
+    """``landing/configs/shard=<id>/v<version:08d>.parquet`` beside ``landing/telemetry``."""
+    return landing_root.parent / "configs" / f"shard={shard_id}" / f"v{version:08d}.parquet"
+
+
+# ------------------------------------------------------------------ shard KPIs
+# The columns of the ``fct_shard_kpis`` mart (one row per shard per KPI bucket):
+# the world model's input. Parameters in force follow as ``config_columns()``.
+KPI_BUCKET_MINUTES = 5
+# Stage bands: quest stages 1-2 early, 3 mid, 4-5 late; zones 0-1 early, 2-3 mid, 4-5 late.
+STAGE_BANDS: dict[str, tuple[int, ...]] = {"early": (1, 2), "mid": (3,), "late": (4, 5)}
+ZONE_BANDS: dict[str, tuple[int, ...]] = {"early": (0, 1), "mid": (2, 3), "late": (4, 5)}
+
+KPI_KEY_COLUMNS: tuple[str, ...] = ("shard_id", "region", "bucket_start", "config_version")
+KPI_COLUMNS: tuple[str, ...] = (
+    "players_online",  # mean of server_tick.players_online
+    "sessions_started",
+    "deaths_early",
+    "deaths_mid",
+    "deaths_late",
+    "quest_starts",
+    "completions_early",  # quest_stage events (a stage finished) per stage band
+    "completions_mid",
+    "completions_late",
+    "quest_completions",
+    "abandons_early",
+    "abandons_mid",
+    "abandons_late",
+    "abandon_rate",  # abandons / (abandons + quest_completions), 0 when none
+    "currency_sources",  # sum of gold amounts from sources
+    "currency_sinks",
+    "net_inflow",  # sources - sinks
+    "money_supply",  # cumulative net inflow per shard up to this bucket
+    "trade_volume",  # sum of gold trade prices
+    "trades",
+    "price_index",  # mean trade price / the shard's mean trade price in its first hour
+    "inflation",  # relative change of price_index against the previous bucket
+    "velocity",  # trade_volume / money_supply
+    "tick_p50_ms",
+    "tick_p95_ms",
+    "tick_p99_ms",
+    "saturation",  # players_online / capacity
+    "reconnects",
+    "reconnect_rate",  # reconnects / players_online
+    "churned",  # session_end with cause 'churn'
+    "churn_rate",  # churned / players_online
+)
