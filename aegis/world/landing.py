@@ -1,0 +1,290 @@
+"""Lands shard telemetry in the lake as Firehose would: one Parquet file per shard per batch window.
+
+Files go to ``landing/telemetry/date=YYYY-MM-DD/hour=HH/shard=<id>/<batch-id>.parquet``
+(:func:`aegis.telemetry.landing_path`), written under a temporary name and renamed
+(:func:`aegis.telemetry.write_atomic`), so a reader listing ``*.parquet`` never sees
+a partial file. The batch id starts with the window's start time, so files sort
+by game time, and ends in random hex, so a restarted writer never overwrites a
+batch that was landed before.
+
+Retention: after each landing, whole ``date=/hour=`` partitions whose hour is
+more than ``retention_hours`` older than the newest landed hour are deleted
+(``None`` keeps everything). Disk use is therefore bounded by
+``retention_hours`` of telemetry whatever the run length; the downstream ingest
+must read a batch within that time (the default, one week of game time, is far
+beyond the bronze schedule).
+
+The config change feed: whenever a shard's config version differs from the last
+one recorded, a one-row Parquet file is landed at
+:func:`aegis.telemetry.config_landing_path` (``config_schema()``), so every
+event's ``config_version`` joins to the parameters behind it.
+
+Fault ``corrupt_telemetry``: the next batch of that shard is landed corrupt, in
+one of four modes chosen by the fault's magnitude (``CORRUPT_MODES[(ceil(m) - 1) % 4]``):
+truncated Parquet bytes (unreadable file), bad values (unknown kind, negative
+amounts), null required fields, or future timestamps (the last three corrupt
+``CORRUPT_ROW_SHARE`` of the rows and keep the rest valid).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aegis.telemetry import (
+    KINDS,
+    SCHEMA_V1,
+    WORLD_EPOCH,
+    config_columns,
+    config_landing_path,
+    config_schema,
+    landing_path,
+    write_atomic,
+)
+from aegis.world.sim import ShardSim, from_us
+
+DEFAULT_RETENTION_HOURS = 24 * 7
+DEFAULT_BATCH_MINUTES = 5.0
+CORRUPT_MODES: tuple[str, ...] = ("truncated", "bad_values", "null_required", "future_ts")
+CORRUPT_ROW_SHARE = 0.1
+UNKNOWN_KIND = "teleport_hack"  # not in KINDS: the validator must reject it
+FUTURE_SHIFT = timedelta(days=400)
+assert UNKNOWN_KIND not in KINDS
+
+
+def corrupt_mode(magnitude: float) -> str:
+    """The corruption a ``corrupt_telemetry`` fault of this magnitude produces."""
+    return CORRUPT_MODES[(max(math.ceil(magnitude), 1) - 1) % len(CORRUPT_MODES)]
+
+
+@dataclass
+class LandingStats:
+    events: int = 0
+    files: int = 0
+    bytes: int = 0
+    config_files: int = 0
+    corrupt_batches: int = 0
+    deleted_files: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    window: int  # batch window index since WORLD_EPOCH
+    tables: list[pa.Table] = field(default_factory=list)
+    corrupt: str | None = None
+    landed: bool = False
+
+
+class LandingWriter:
+    """Buffers per-shard tick tables and lands one Parquet file per shard per batch window."""
+
+    def __init__(
+        self,
+        landing_root: Path,
+        retention_hours: float | None = DEFAULT_RETENTION_HOURS,
+        batch_minutes: float = DEFAULT_BATCH_MINUTES,
+        compression: str = "zstd",
+    ) -> None:
+        if not batch_minutes > 0:
+            raise ValueError(f"batch_minutes must be > 0, got {batch_minutes}")
+        if retention_hours is not None and not retention_hours > 0:
+            raise ValueError(f"retention_hours must be > 0 or None, got {retention_hours}")
+        self.landing_root = Path(landing_root)
+        self.retention_hours = retention_hours
+        self.batch_minutes = float(batch_minutes)
+        self.compression = compression
+        self.stats = LandingStats()
+        self._pending: dict[str, _Pending] = {}
+        self._config_versions: dict[str, int] = {}
+        self._newest_hour: int | None = None  # hours since WORLD_EPOCH of the newest landed batch
+        self.landed: list[Path] = []
+
+    # ------------------------------------------------------------------ counts
+    @property
+    def events_landed(self) -> int:
+        return self.stats.events
+
+    @property
+    def files_landed(self) -> int:
+        return self.stats.files
+
+    @property
+    def bytes_landed(self) -> int:
+        return self.stats.bytes
+
+    # --------------------------------------------------------------- telemetry
+    def add(self, shard: ShardSim, table: pa.Table, now: datetime | None = None) -> None:
+        """Buffer one tick of ``shard`` (its :meth:`ShardSim.step` output) starting at game time ``now``.
+
+        ``now`` defaults to the start of the tick the shard just simulated. A
+        tick in a later batch window lands the shard's previous window first.
+        """
+        if not table.schema.equals(SCHEMA_V1):
+            raise ValueError(f"table for shard {shard.shard_id} does not match SCHEMA_V1")
+        self._record_config_if_changed(shard)
+        mode = shard.consume_corrupt_telemetry()
+        tick_start = now if now is not None else self._tick_start(shard, table)
+        window = self._window(tick_start)
+        pend = self._pending.get(shard.shard_id)
+        carry: str | None = None
+        if pend is not None and pend.window != window:
+            # A corrupt fault raised in a window without data (shard down) waits for data.
+            carry = None if pend.tables else pend.corrupt
+            self._land(shard.shard_id, pend)
+            pend = None
+        if pend is None:
+            pend = self._pending[shard.shard_id] = _Pending(window, corrupt=carry)
+        if mode is not None:
+            pend.corrupt = corrupt_mode(mode)
+        if table.num_rows:
+            pend.tables.append(table)
+
+    def add_tick(self, shards: Mapping[str, ShardSim], tables: Mapping[str, pa.Table], now: datetime) -> None:
+        """Buffer one :meth:`World.step` result (``tables`` by shard id) for the tick at ``now``."""
+        for sid, table in tables.items():
+            self.add(shards[sid], table, now)
+
+    def flush(self) -> None:
+        """Land every buffered window now (end of a run, or before a snapshot)."""
+        for sid, pend in list(self._pending.items()):
+            self._land(sid, pend)
+            if pend.corrupt is None or pend.landed:
+                del self._pending[sid]
+
+    @staticmethod
+    def _tick_start(shard: ShardSim, table: pa.Table) -> datetime:
+        if table.num_rows:
+            return table.column("ts")[0].as_py()
+        return shard.clock  # an empty (down) tick: any instant inside the window will do
+
+    def _window(self, ts: datetime) -> int:
+        return int((ts - WORLD_EPOCH).total_seconds() // (self.batch_minutes * 60))
+
+    def _land(self, shard_id: str, pend: _Pending) -> None:
+        if not pend.tables:
+            return  # nothing landed for an empty window (a corrupt fault waits for data)
+        start = WORLD_EPOCH + timedelta(minutes=pend.window * self.batch_minutes)
+        table = pa.concat_tables(pend.tables)
+        batch_id = f"{start:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        path = landing_path(self.landing_root, start, shard_id, batch_id)
+        if pend.corrupt is not None:
+            self._land_corrupt(table, path, pend.corrupt)
+        else:
+            write_atomic(table, path, compression=self.compression)
+            self.stats.events += table.num_rows
+            counts = pc.value_counts(table.column("kind"))
+            for item in counts.to_pylist():
+                self.stats.kinds[item["values"]] = self.stats.kinds.get(item["values"], 0) + item["counts"]
+        self.stats.files += 1
+        self.stats.bytes += path.stat().st_size
+        self.landed.append(path)
+        pend.tables = []
+        pend.landed = True
+        hour = int((start - WORLD_EPOCH).total_seconds() // 3600)
+        if self._newest_hour is None or hour > self._newest_hour:
+            self._newest_hour = hour
+            self._enforce_retention()
+
+    # ------------------------------------------------------------- corruption
+    def _land_corrupt(self, table: pa.Table, path: Path, mode: str) -> None:
+        """Land ``table`` damaged in ``mode``, atomically like any other batch."""
+        self.stats.corrupt_batches += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "truncated":
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression=self.compression)
+            data = sink.getvalue().to_pybytes()
+            self._write_bytes_atomic(data[: max(len(data) // 2, 1)], path)
+            return
+        n = table.num_rows
+        # Every tenth row (at least one): deterministic, so a test knows how many to expect.
+        bad = np.zeros(n, dtype=bool)
+        bad[:: max(round(1 / CORRUPT_ROW_SHARE), 1)] = True
+        mask = pa.array(bad)
+        cols = {name: table.column(name) for name in table.column_names}
+        if mode == "bad_values":
+            cols["kind"] = pc.if_else(mask, pa.scalar(UNKNOWN_KIND), cols["kind"])
+            amount = pc.fill_null(cols["amount"], 1)
+            cols["amount"] = pc.if_else(mask, pc.negate(pc.abs(amount)), cols["amount"])
+        elif mode == "null_required":
+            # Kind-required fields (nullable columns) go missing: player_id, amount, item_id.
+            for name in ("player_id", "amount", "item_id", "tick_ms"):
+                col = cols[name]
+                cols[name] = pc.if_else(mask, pa.scalar(None, type=col.type), col)
+        elif mode == "future_ts":
+            shifted = pc.add(cols["ts"], pa.scalar(FUTURE_SHIFT, type=pa.duration("us")))
+            cols["ts"] = pc.if_else(mask, shifted, cols["ts"])
+        else:  # pragma: no cover - CORRUPT_MODES is closed
+            raise ValueError(f"unknown corruption mode {mode!r}")
+        bad_table = pa.Table.from_arrays([cols[c] for c in SCHEMA_V1.names], schema=SCHEMA_V1)
+        write_atomic(bad_table, path, compression=self.compression)
+        self.stats.events += bad_table.num_rows
+
+    @staticmethod
+    def _write_bytes_atomic(data: bytes, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    # --------------------------------------------------------------- retention
+    def _enforce_retention(self) -> None:
+        if self.retention_hours is None or self._newest_hour is None:
+            return
+        cutoff = self._newest_hour - self.retention_hours
+        if not self.landing_root.is_dir():
+            return
+        for date_dir in sorted(self.landing_root.glob("date=*")):
+            try:
+                day = datetime.fromisoformat(date_dir.name.removeprefix("date=") + "T00:00:00+00:00")
+            except ValueError:
+                continue  # not ours: leave foreign directories alone
+            for hour_dir in sorted(date_dir.glob("hour=*")):
+                try:
+                    hh = int(hour_dir.name.removeprefix("hour="))
+                except ValueError:
+                    continue
+                hour = int(((day - WORLD_EPOCH).total_seconds()) // 3600) + hh
+                if hour < cutoff:
+                    self.stats.deleted_files += sum(1 for _ in hour_dir.rglob("*.parquet"))
+                    shutil.rmtree(hour_dir)
+            if date_dir.is_dir() and not any(date_dir.iterdir()):
+                date_dir.rmdir()
+
+    # ----------------------------------------------------------------- configs
+    def record_config(
+        self, shard: ShardSim, source: str | None = None, valid_from: datetime | None = None
+    ) -> Path:
+        """Land the shard's config in force (one row of the config change feed)."""
+        params = shard.params.to_vector()
+        row: dict[str, list] = {
+            "shard_id": [shard.shard_id],
+            "region": [shard.region],
+            "config_version": [shard.config_version],
+            "valid_from": [valid_from if valid_from is not None else from_us(shard.config_valid_from_us)],
+            "capacity": [shard.capacity],
+            "source": [source if source is not None else shard.config_source],
+        }
+        for name, value in zip(config_columns(), params, strict=True):
+            row[name] = [float(value)]
+        table = pa.Table.from_pydict(row, schema=config_schema())
+        path = config_landing_path(self.landing_root, shard.shard_id, shard.config_version)
+        write_atomic(table, path, compression=self.compression)
+        self._config_versions[shard.shard_id] = shard.config_version
+        self.stats.config_files += 1
+        return path
+
+    def _record_config_if_changed(self, shard: ShardSim) -> None:
+        if self._config_versions.get(shard.shard_id) != shard.config_version:
+            self.record_config(shard)

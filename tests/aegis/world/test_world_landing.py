@@ -1,0 +1,146 @@
+"""Landing: layout, atomicity, schema, retention, config feed and corrupt batches."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from aegis.domain import Fault, FaultKind, WorldParams
+from aegis.telemetry import KINDS, SCHEMA_V1, config_landing_path, config_schema
+from aegis.world.landing import CORRUPT_MODES, UNKNOWN_KIND, LandingWriter, corrupt_mode
+from aegis.world.runner import run_world
+from aegis.world.sim import World
+
+LAYOUT = re.compile(
+    r"date=\d{4}-\d{2}-\d{2}/hour=\d{2}/shard=[a-z]+-[a-z]+-\d/\d{8}T\d{6}-[0-9a-f]{12}\.parquet"
+)
+
+
+def land(writer: LandingWriter, world: World, ticks: int) -> None:
+    for _ in range(ticks):
+        now = world.game_time
+        writer.add_tick(world.shards, world.step(), now)
+
+
+def test_two_hour_run_lands_every_kind_in_schema(aegis_home):
+    summary = run_world(aegis_home, hours=2, players_per_shard=500, explore=False)
+    root = aegis_home.landing_telemetry
+    files = sorted(root.rglob("*.parquet"))
+    assert summary.files == len(files) == 9 * 24  # 9 shards x 24 five-minute windows
+    assert not list(root.rglob("*.tmp")) and not list(root.rglob(".*"))
+    for f in files:
+        assert LAYOUT.fullmatch(f.relative_to(root).as_posix()), f
+    tables = [pq.read_table(f) for f in files]
+    assert all(t.schema.equals(SCHEMA_V1) for t in tables)
+    t = pa.concat_tables(tables)
+    assert t.num_rows == summary.events
+    assert set(pc.unique(t["kind"]).to_pylist()) == set(KINDS) == set(summary.kinds)
+    assert len(pc.unique(t["event_id"])) == t.num_rows
+    # A file holds exactly its window: all rows inside [start, start + 5 min).
+    one = files[0]
+    start = pc.min(pq.read_table(one)["ts"]).as_py()
+    assert one.name.startswith(f"{start:%Y%m%dT%H%M}")
+    assert summary.bytes == sum(f.stat().st_size for f in files)
+
+
+def test_retention_bounds_the_landed_hours(tmp_path):
+    world = World(players_per_shard=80, shards_per_region=1, tick_minutes=5)
+    writer = LandingWriter(tmp_path / "telemetry", retention_hours=1, batch_minutes=30)
+    land(writer, world, 5 * 12)
+    writer.flush()
+    hours = sorted({p.parent.parent.name for p in (tmp_path / "telemetry").rglob("*.parquet")})
+    assert len(hours) <= 2
+    assert writer.stats.deleted_files > 0
+    files = list((tmp_path / "telemetry").rglob("*.parquet"))
+    assert len(files) <= 2 * 2 * 3  # 2 hours x 2 windows x 3 shards
+    assert writer.files_landed == 10 * 3
+
+
+def test_config_feed_written_on_every_version(tmp_path):
+    world = World(players_per_shard=50, shards_per_region=1)
+    writer = LandingWriter(tmp_path / "telemetry")
+    land(writer, world, 3)
+    shard = world.shards["us-east-1"]
+    shard.set_params(WorldParams(drop_rate=1.3), 2, source="api")
+    land(writer, world, 3)
+    writer.flush()
+    path = config_landing_path(tmp_path / "telemetry", "us-east-1", 2)
+    row = pq.read_table(path)
+    assert row.schema.equals(config_schema())
+    assert row.to_pylist()[0]["p_drop_rate"] == 1.3
+    assert row.to_pylist()[0]["source"] == "api"
+    assert config_landing_path(tmp_path / "telemetry", "eu-west-1", 1).exists()
+    assert writer.stats.config_files == 4
+
+
+@pytest.mark.parametrize("magnitude", [1, 2, 3, 4])
+def test_corrupt_telemetry_lands_one_corrupt_batch(tmp_path, magnitude):
+    world = World(players_per_shard=200, shards_per_region=1)
+    writer = LandingWriter(tmp_path / "telemetry", batch_minutes=5)
+    shard = world.shards["eu-west-1"]
+    shard.inject(
+        Fault(kind=FaultKind.CORRUPT_TELEMETRY, shard_id="eu-west-1", magnitude=magnitude), world.game_time
+    )
+    land(writer, world, 10)
+    writer.flush()
+    mode = corrupt_mode(magnitude)
+    assert mode == CORRUPT_MODES[magnitude - 1]
+    assert writer.stats.corrupt_batches == 1
+    eu = sorted((tmp_path / "telemetry").rglob("shard=eu-west-1/*.parquet"))
+    assert len(eu) == 2
+    bad, good = eu
+    assert pq.read_table(good).schema.equals(SCHEMA_V1)
+    if mode == "truncated":
+        with pytest.raises(pa.ArrowInvalid):
+            pq.read_table(bad)
+        return
+    t = pq.read_table(bad)
+    n_bad = (t.num_rows + 9) // 10
+    if mode == "bad_values":
+        assert count_true(pc.equal(t["kind"], UNKNOWN_KIND)) == n_bad
+        assert count_true(pc.less(t["amount"], 0)) == n_bad
+    elif mode == "null_required":
+        assert t["player_id"].null_count >= n_bad - 1  # one server_tick row may already be null
+    else:
+        ceiling = pa.scalar(world.game_time + timedelta(days=30), pa.timestamp("us", "UTC"))
+        assert count_true(pc.greater(t["ts"], ceiling)) == n_bad
+    # The other shards landed clean batches.
+    assert all(
+        pq.read_table(f).schema.equals(SCHEMA_V1)
+        for f in (tmp_path / "telemetry").rglob("shard=us-east-1/*.parquet")
+    )
+
+
+def count_true(mask: pa.ChunkedArray) -> int:
+    return int(pc.sum(pc.fill_null(mask, False).cast(pa.int64())).as_py() or 0)
+
+
+def test_corrupt_fault_while_down_waits_for_data(tmp_path):
+    world = World(players_per_shard=100, shards_per_region=1)
+    writer = LandingWriter(tmp_path / "telemetry", batch_minutes=5)
+    sid = "ap-southeast-1"
+    now = world.game_time
+    world.shards[sid].inject(Fault(kind=FaultKind.SHARD_CRASH, shard_id=sid, duration_minutes=12), now)
+    world.shards[sid].inject(Fault(kind=FaultKind.CORRUPT_TELEMETRY, shard_id=sid, magnitude=2), now)
+    land(writer, world, 25)
+    writer.flush()
+    assert writer.stats.corrupt_batches == 1
+    files = sorted((tmp_path / "telemetry").rglob(f"shard={sid}/*.parquet"))
+    assert files[0].name.startswith("20260102T0010")  # first window with data (shard back at 00:12)
+    assert UNKNOWN_KIND in pq.read_table(files[0])["kind"].to_pylist()
+
+
+def test_writer_rejects_bad_settings_and_tables(tmp_path):
+    with pytest.raises(ValueError, match="batch_minutes"):
+        LandingWriter(tmp_path, batch_minutes=0)
+    with pytest.raises(ValueError, match="retention_hours"):
+        LandingWriter(tmp_path, retention_hours=-1)
+    world = World(players_per_shard=10, shards_per_region=1)
+    writer = LandingWriter(tmp_path)
+    with pytest.raises(ValueError, match="SCHEMA_V1"):
+        writer.add(world.shards["eu-west-1"], pa.table({"x": [1]}))
