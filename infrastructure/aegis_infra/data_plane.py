@@ -1,0 +1,710 @@
+"""The data plane: the telemetry lake, the audit bucket, ingestion, Aurora Global Database, backups.
+
+What it buys (docs/infrastructure.md, "Recovery objectives", has the whole story):
+
+* telemetry: shards put JSON events on a KMS-encrypted Kinesis stream; Firehose
+  converts them to Parquet against a Glue table of telemetry schema v1 and writes
+  them, partitioned by event date/hour/shard, under ``landing/telemetry/`` of a
+  versioned, KMS-encrypted bucket that replicates (with Replication Time Control)
+  to the lake replica region;
+* audit: a bucket with Object Lock in COMPLIANCE mode, for the ledger's export;
+  nobody, root included, can delete a locked record before it expires;
+* state: Aurora PostgreSQL Global Database (Dagster, MLflow, ledger), primary in
+  the primary region and a secondary cluster in every other region, storage
+  encrypted, PITR backups, deletion protection;
+* AWS Backup: hourly and daily recovery points of Aurora and the audit bucket,
+  copied to the replica region's vault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pyarrow as pa
+
+from aegis.telemetry import SCHEMA_V1, SCHEMA_VERSION
+from aegis_infra.common import assume_role_policy, child, policy_document, tags
+from aegis_infra.config import AuroraSpec
+
+LANDING_PREFIX = "landing/telemetry/"
+FIREHOSE_ERROR_PREFIX = "landing/firehose-errors/"
+# Firehose flushes at least every 300 s: an event reaches the lake within RPO 5 minutes.
+FIREHOSE_BUFFER_SECONDS = 300
+FIREHOSE_BUFFER_MIB = 128
+KINESIS_RETENTION_HOURS = 48
+PARTITION_KEYS = ("date", "hour", "shard")
+# jq over the JSON event: the landing layout's partitions come from the event, not arrival time.
+PARTITION_QUERY = "{date: .ts[0:10], hour: .ts[11:13], shard: .shard_id}"
+GLUE_DATABASE = "aegis_telemetry"
+GLUE_TABLE = f"telemetry_v{SCHEMA_VERSION}"
+DB_ENGINE = "aurora-postgresql"
+DB_MASTER_USER = "aegis_admin"
+DB_PORT = 5432
+DATABASES = ("dagster", "mlflow", "ledger")
+HOURLY_BACKUP_RETENTION_DAYS = 7
+DAILY_BACKUP_RETENTION_DAYS = 35
+
+_ARROW_TO_GLUE: dict[pa.DataType, str] = {
+    pa.string(): "string",
+    pa.int16(): "smallint",
+    pa.int32(): "int",
+    pa.int64(): "bigint",
+    pa.float32(): "float",
+    pa.float64(): "double",
+}
+
+
+def glue_columns(schema: pa.Schema = SCHEMA_V1) -> list[dict[str, str]]:
+    """Glue/Hive columns for the telemetry schema: the Parquet Firehose writes is schema v1."""
+    cols = []
+    for f in schema:
+        if pa.types.is_timestamp(f.type):
+            glue = "timestamp"
+        else:
+            try:
+                glue = _ARROW_TO_GLUE[f.type]
+            except KeyError:
+                raise TypeError(f"telemetry column {f.name}: no Glue type for {f.type}") from None
+        cols.append({"name": f.name, "type": glue})
+    return cols
+
+
+def firehose_prefix() -> str:
+    return LANDING_PREFIX + "/".join(f"{k}=!{{partitionKeyFromQuery:{k}}}" for k in PARTITION_KEYS) + "/"
+
+
+def secure_bucket(
+    name: str,
+    *,
+    env: str,
+    component: str,
+    kms_key_arn: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+    object_lock: bool = False,
+) -> aws.s3.Bucket:
+    """A private, versioned, SSE-KMS bucket that refuses plain-HTTP requests."""
+    bucket = aws.s3.Bucket(
+        name, object_lock_enabled=object_lock or None, tags=tags(env, component), opts=opts
+    )
+    bo = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(parent=bucket))
+    aws.s3.BucketPublicAccessBlock(
+        f"{name}-pab",
+        bucket=bucket.id,
+        block_public_acls=True,
+        block_public_policy=True,
+        ignore_public_acls=True,
+        restrict_public_buckets=True,
+        opts=bo,
+    )
+    aws.s3.BucketOwnershipControls(
+        f"{name}-ownership", bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"}, opts=bo
+    )
+    aws.s3.BucketVersioning(
+        f"{name}-versioning", bucket=bucket.id, versioning_configuration={"status": "Enabled"}, opts=bo
+    )
+    aws.s3.BucketServerSideEncryptionConfiguration(
+        f"{name}-sse",
+        bucket=bucket.id,
+        rules=[
+            aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                    sse_algorithm="aws:kms", kms_master_key_id=kms_key_arn
+                ),
+                bucket_key_enabled=True,
+            )
+        ],
+        opts=bo,
+    )
+    aws.s3.BucketPolicy(
+        f"{name}-tls-only",
+        bucket=bucket.id,
+        policy=bucket.arn.apply(
+            lambda arn: policy_document(
+                [
+                    {
+                        "Sid": "DenyInsecureTransport",
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:*",
+                        "Resource": [arn, f"{arn}/*"],
+                        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                    }
+                ]
+            )
+        ),
+        opts=bo,
+    )
+    return bucket
+
+
+@dataclass(frozen=True)
+class StorageArgs:
+    env: str
+    primary_region: str
+    replica_region: str | None
+    kms_key_arns: dict[str, pulumi.Input[str]]
+    audit_retention_days: int
+
+
+class Storage(pulumi.ComponentResource):
+    """Buckets: the telemetry lake (+ replica), the platform bucket, the Object Lock audit bucket."""
+
+    def __init__(
+        self,
+        name: str,
+        args: StorageArgs,
+        providers: dict[str, aws.Provider],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("aegis:infra:Storage", name, None, opts)
+        env, primary = args.env, args.primary_region
+        po = child(self, providers[primary])
+        key = args.kms_key_arns[primary]
+        self.lake = secure_bucket(f"{name}-lake", env=env, component="lake", kms_key_arn=key, opts=po)
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-lake-lifecycle",
+            bucket=self.lake.id,
+            rules=[
+                {
+                    "id": "landing-tiering",
+                    "status": "Enabled",
+                    "filter": {"prefix": "landing/"},
+                    "transitions": [
+                        {"days": 30, "storage_class": "STANDARD_IA"},
+                        {"days": 180, "storage_class": "GLACIER_IR"},
+                    ],
+                },
+                {
+                    "id": "noncurrent-and-uploads",
+                    "status": "Enabled",
+                    "filter": {},
+                    "noncurrent_version_expiration": {"noncurrent_days": 90},
+                    "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
+                },
+            ],
+            opts=child(self.lake, providers[primary]),
+        )
+        self.platform = secure_bucket(
+            f"{name}-platform", env=env, component="platform", kms_key_arn=key, opts=po
+        )
+        self.audit = secure_bucket(
+            f"{name}-audit", env=env, component="audit", kms_key_arn=key, opts=po, object_lock=True
+        )
+        aws.s3.BucketObjectLockConfiguration(
+            f"{name}-audit-lock",
+            bucket=self.audit.id,
+            object_lock_enabled="Enabled",
+            rule={"default_retention": {"mode": "COMPLIANCE", "days": args.audit_retention_days}},
+            opts=child(self.audit, providers[primary]),
+        )
+        self.replica: aws.s3.Bucket | None = None
+        if args.replica_region:
+            self._replicate(name, args, providers)
+        self.register_outputs(
+            {"lake": self.lake.bucket, "audit": self.audit.bucket, "platform": self.platform.bucket}
+        )
+
+    def _replicate(self, name: str, args: StorageArgs, providers: dict[str, aws.Provider]) -> None:
+        env, primary, replica_region = args.env, args.primary_region, args.replica_region
+        assert replica_region is not None
+        self.replica = secure_bucket(
+            f"{name}-lake-replica",
+            env=env,
+            component="lake-replica",
+            kms_key_arn=args.kms_key_arns[replica_region],
+            opts=child(self, providers[replica_region]),
+        )
+        po = child(self, providers[primary])
+        role = aws.iam.Role(
+            f"{name}-replication-role",
+            assume_role_policy=assume_role_policy("s3.amazonaws.com"),
+            tags=tags(env, "lake"),
+            opts=po,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-replication-policy",
+            role=role.name,
+            policy=pulumi.Output.all(
+                self.lake.arn, self.replica.arn, args.kms_key_arns[primary], args.kms_key_arns[replica_region]
+            ).apply(
+                lambda a: policy_document(
+                    [
+                        {
+                            "Effect": "Allow",
+                            "Action": ["s3:GetReplicationConfiguration", "s3:ListBucket"],
+                            "Resource": a[0],
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": [
+                                "s3:GetObjectVersionForReplication",
+                                "s3:GetObjectVersionAcl",
+                                "s3:GetObjectVersionTagging",
+                            ],
+                            "Resource": f"{a[0]}/*",
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": ["s3:ReplicateObject", "s3:ReplicateDelete", "s3:ReplicateTags"],
+                            "Resource": f"{a[1]}/*",
+                        },
+                        {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": a[2]},
+                        {
+                            "Effect": "Allow",
+                            "Action": ["kms:Encrypt", "kms:GenerateDataKey"],
+                            "Resource": a[3],
+                        },
+                    ]
+                )
+            ),
+            opts=child(role, providers[primary]),
+        )
+        aws.s3.BucketReplicationConfig(
+            f"{name}-lake-replication",
+            bucket=self.lake.id,
+            role=role.arn,
+            rules=[
+                {
+                    "id": "lake-to-replica",
+                    "status": "Enabled",
+                    "priority": 1,
+                    "filter": {},
+                    "delete_marker_replication": {"status": "Enabled"},
+                    "source_selection_criteria": {"sse_kms_encrypted_objects": {"status": "Enabled"}},
+                    "destination": {
+                        "bucket": self.replica.arn,
+                        "storage_class": "STANDARD",
+                        "encryption_configuration": {"replica_kms_key_id": args.kms_key_arns[replica_region]},
+                        # Replication Time Control: 99.99% of objects within 15 minutes, with metrics.
+                        "replication_time": {"status": "Enabled", "time": {"minutes": 15}},
+                        "metrics": {"status": "Enabled", "event_threshold": {"minutes": 15}},
+                    },
+                }
+            ],
+            opts=child(self.lake, providers[primary]),
+        )
+
+
+@dataclass(frozen=True)
+class IngestArgs:
+    env: str
+    region: str
+    kms_key_arn: pulumi.Input[str]
+    lake_bucket_arn: pulumi.Input[str]
+    shards: int
+
+
+class TelemetryIngest(pulumi.ComponentResource):
+    """Kinesis -> Firehose (JSON -> Parquet, schema v1) -> ``landing/telemetry/date=/hour=/shard=``."""
+
+    def __init__(
+        self, name: str, args: IngestArgs, provider: aws.Provider, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("aegis:infra:TelemetryIngest", name, None, opts)
+        env, region = args.env, args.region
+        o = child(self, provider)
+        self.stream = aws.kinesis.Stream(
+            f"{name}-stream",
+            shard_count=args.shards,
+            retention_period=KINESIS_RETENTION_HOURS,
+            encryption_type="KMS",
+            kms_key_id=args.kms_key_arn,
+            stream_mode_details={"stream_mode": "PROVISIONED"},
+            tags=tags(env, "ingest"),
+            opts=o,
+        )
+        self.glue_db = aws.glue.CatalogDatabase(f"{name}-glue-db", name=f"{GLUE_DATABASE}_{env}", opts=o)
+        self.glue_table = aws.glue.CatalogTable(
+            f"{name}-glue-table",
+            name=GLUE_TABLE,
+            database_name=self.glue_db.name,
+            table_type="EXTERNAL_TABLE",
+            parameters={"classification": "parquet", "aegis.telemetry.schema_version": str(SCHEMA_VERSION)},
+            partition_keys=[{"name": k, "type": "string"} for k in PARTITION_KEYS],
+            storage_descriptor={
+                "location": pulumi.Output.from_input(args.lake_bucket_arn).apply(
+                    lambda arn: f"s3://{arn.split(':::')[-1]}/{LANDING_PREFIX}"
+                ),
+                "input_format": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+                "output_format": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+                "ser_de_info": {
+                    "serialization_library": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+                },
+                "columns": glue_columns(),
+            },
+            opts=o,
+        )
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-firehose-logs",
+            retention_in_days=30,
+            kms_key_id=args.kms_key_arn,
+            tags=tags(env, "ingest"),
+            opts=o,
+        )
+        log_stream = aws.cloudwatch.LogStream(
+            f"{name}-firehose-log-stream", log_group_name=log_group.name, name="delivery", opts=o
+        )
+        role = aws.iam.Role(
+            f"{name}-firehose-role",
+            assume_role_policy=assume_role_policy("firehose.amazonaws.com"),
+            tags=tags(env, "ingest"),
+            opts=o,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-firehose-policy",
+            role=role.name,
+            policy=pulumi.Output.all(
+                args.lake_bucket_arn,
+                self.stream.arn,
+                args.kms_key_arn,
+                self.glue_db.arn,
+                self.glue_table.arn,
+                log_group.arn,
+            ).apply(
+                lambda a: policy_document(
+                    [
+                        {
+                            "Effect": "Allow",
+                            "Action": [
+                                "s3:GetBucketLocation",
+                                "s3:ListBucket",
+                                "s3:ListBucketMultipartUploads",
+                            ],
+                            "Resource": a[0],
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:GetObject"],
+                            "Resource": [f"{a[0]}/{LANDING_PREFIX}*", f"{a[0]}/{FIREHOSE_ERROR_PREFIX}*"],
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": [
+                                "kinesis:DescribeStream",
+                                "kinesis:GetShardIterator",
+                                "kinesis:GetRecords",
+                                "kinesis:ListShards",
+                            ],
+                            "Resource": a[1],
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                            "Resource": a[2],
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": ["glue:GetTable", "glue:GetTableVersion", "glue:GetTableVersions"],
+                            "Resource": [a[3], a[4], a[3].split(":database/")[0] + ":catalog"],
+                        },
+                        {"Effect": "Allow", "Action": ["logs:PutLogEvents"], "Resource": f"{a[5]}:*"},
+                    ]
+                )
+            ),
+            opts=child(role, provider),
+        )
+        self.firehose = aws.kinesis.FirehoseDeliveryStream(
+            f"{name}-firehose",
+            destination="extended_s3",
+            kinesis_source_configuration={"kinesis_stream_arn": self.stream.arn, "role_arn": role.arn},
+            extended_s3_configuration={
+                "bucket_arn": args.lake_bucket_arn,
+                "role_arn": role.arn,
+                "prefix": firehose_prefix(),
+                "error_output_prefix": FIREHOSE_ERROR_PREFIX
+                + "!{firehose:error-output-type}/date=!{timestamp:yyyy-MM-dd}/",
+                "buffering_interval": FIREHOSE_BUFFER_SECONDS,
+                "buffering_size": FIREHOSE_BUFFER_MIB,
+                "kms_key_arn": args.kms_key_arn,
+                "file_extension": ".parquet",
+                "dynamic_partitioning_configuration": {"enabled": True, "retry_duration": 300},
+                "processing_configuration": {
+                    "enabled": True,
+                    "processors": [
+                        {
+                            "type": "MetadataExtraction",
+                            "parameters": [
+                                {"parameter_name": "JsonParsingEngine", "parameter_value": "JQ-1.6"},
+                                {
+                                    "parameter_name": "MetadataExtractionQuery",
+                                    "parameter_value": PARTITION_QUERY,
+                                },
+                            ],
+                        }
+                    ],
+                },
+                "data_format_conversion_configuration": {
+                    "enabled": True,
+                    "input_format_configuration": {
+                        "deserializer": {"open_x_json_ser_de": {"case_insensitive": False}}
+                    },
+                    "output_format_configuration": {
+                        "serializer": {"parquet_ser_de": {"compression": "SNAPPY"}}
+                    },
+                    "schema_configuration": {
+                        "database_name": self.glue_db.name,
+                        "table_name": self.glue_table.name,
+                        "role_arn": role.arn,
+                        "region": region,
+                        "version_id": "LATEST",
+                    },
+                },
+                "cloudwatch_logging_options": {
+                    "enabled": True,
+                    "log_group_name": log_group.name,
+                    "log_stream_name": log_stream.name,
+                },
+            },
+            tags=tags(env, "ingest"),
+            opts=o,
+        )
+        self.register_outputs({"streamName": self.stream.name, "firehoseName": self.firehose.name})
+
+
+@dataclass(frozen=True)
+class DatabaseArgs:
+    env: str
+    primary_region: str
+    secondary_regions: list[str]
+    spec: AuroraSpec
+    kms_key_arns: dict[str, pulumi.Input[str]]
+    vpc_ids: dict[str, pulumi.Input[str]]
+    vpc_cidrs: dict[str, str]
+    private_subnet_ids: dict[str, list[pulumi.Input[str]]]
+
+
+class AuroraGlobal(pulumi.ComponentResource):
+    """Aurora PostgreSQL Global Database: one writer region, a read replica cluster in each other region.
+
+    The master password is generated once per ``aurora.passwordVersion`` and
+    written, write-only (never in the Pulumi state), both to the cluster and to a
+    Secrets Manager secret replicated to every region. Managed master passwords
+    (``manage_master_user_password``) would be simpler but are not available to
+    clusters in a global database.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        args: DatabaseArgs,
+        providers: dict[str, aws.Provider],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("aegis:infra:AuroraGlobal", name, None, opts)
+        env, spec, primary = args.env, args.spec, args.primary_region
+        po = child(self, providers[primary])
+        self.global_cluster = aws.rds.GlobalCluster(
+            f"{name}-global",
+            global_cluster_identifier=f"aegis-{env}",
+            engine=DB_ENGINE,
+            engine_version=spec.engine_version,
+            database_name="dagster",
+            storage_encrypted=True,
+            deletion_protection=True,
+            opts=po,
+        )
+        password = aws.secretsmanager.get_random_password_output(
+            password_length=40,
+            exclude_punctuation=True,
+            opts=pulumi.InvokeOutputOptions(provider=providers[primary], parent=self),
+        ).random_password
+        password = pulumi.Output.secret(password)
+        self.secret = aws.secretsmanager.Secret(
+            f"{name}-master-secret",
+            name=f"aegis/{env}/aurora/master",
+            kms_key_id=args.kms_key_arns[primary],
+            replicas=[{"region": r, "kms_key_id": args.kms_key_arns[r]} for r in args.secondary_regions],
+            recovery_window_in_days=30,
+            tags=tags(env, "database"),
+            opts=po,
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-master-secret-value",
+            secret_id=self.secret.id,
+            secret_string_wo=pulumi.Output.json_dumps({"username": DB_MASTER_USER, "password": password}),
+            secret_string_wo_version=spec.password_version,
+            opts=child(self.secret, providers[primary]),
+        )
+        self.clusters: dict[str, aws.rds.Cluster] = {}
+        self.instances: dict[str, list[aws.rds.ClusterInstance]] = {}
+        previous: list[pulumi.Resource] = []
+        for region in [primary, *args.secondary_regions]:
+            ro = child(self, providers[region])
+            is_primary = region == primary
+            subnet_group = aws.rds.SubnetGroup(
+                f"{name}-{region}-subnets",
+                subnet_ids=args.private_subnet_ids[region],
+                tags=tags(env, "database"),
+                opts=ro,
+            )
+            sg = aws.ec2.SecurityGroup(
+                f"{name}-{region}-sg",
+                vpc_id=args.vpc_ids[region],
+                description="PostgreSQL from inside the VPC only",
+                ingress=[
+                    {
+                        "protocol": "tcp",
+                        "from_port": DB_PORT,
+                        "to_port": DB_PORT,
+                        "cidr_blocks": [args.vpc_cidrs[region]],
+                    }
+                ],
+                tags=tags(env, "database"),
+                opts=ro,
+            )
+            common = {
+                "engine": DB_ENGINE,
+                "engine_version": spec.engine_version,
+                "global_cluster_identifier": self.global_cluster.id,
+                "db_subnet_group_name": subnet_group.name,
+                "vpc_security_group_ids": [sg.id],
+                "storage_encrypted": True,
+                "kms_key_id": args.kms_key_arns[region],
+                "backup_retention_period": spec.backup_retention_days,
+                "preferred_backup_window": "03:00-04:00",
+                "copy_tags_to_snapshot": True,
+                "deletion_protection": True,
+                "iam_database_authentication_enabled": True,
+                "enabled_cloudwatch_logs_exports": ["postgresql"],
+                "final_snapshot_identifier": f"aegis-{env}-{region}-final",
+                "port": DB_PORT,
+                "tags": tags(env, "database", role="primary" if is_primary else "secondary"),
+            }
+            if is_primary:
+                cluster = aws.rds.Cluster(
+                    f"{name}-{region}",
+                    cluster_identifier=f"aegis-{env}-{region}",
+                    master_username=DB_MASTER_USER,
+                    master_password_wo=password,
+                    master_password_wo_version=spec.password_version,
+                    **common,
+                    opts=ro,
+                )
+            else:
+                cluster = aws.rds.Cluster(
+                    f"{name}-{region}",
+                    cluster_identifier=f"aegis-{env}-{region}",
+                    enable_global_write_forwarding=True,
+                    **common,
+                    opts=child(
+                        self,
+                        providers[region],
+                        depends_on=previous,
+                        ignore_changes=["replicationSourceIdentifier"],
+                    ),
+                )
+            count = spec.primary_instances if is_primary else spec.secondary_instances
+            instances = [
+                aws.rds.ClusterInstance(
+                    f"{name}-{region}-{i}",
+                    cluster_identifier=cluster.id,
+                    identifier=f"aegis-{env}-{region}-{i}",
+                    engine=DB_ENGINE,
+                    engine_version=spec.engine_version,
+                    instance_class=spec.instance_class,
+                    publicly_accessible=False,
+                    performance_insights_enabled=True,
+                    performance_insights_kms_key_id=args.kms_key_arns[region],
+                    auto_minor_version_upgrade=True,
+                    tags=tags(env, "database"),
+                    opts=ro,
+                )
+                for i in range(count)
+            ]
+            if is_primary:
+                previous = list(instances)
+            self.clusters[region] = cluster
+            self.instances[region] = instances
+        writer = self.clusters[primary]
+        # The global writer endpoint follows a switchover or failover: clients need no change (RTO).
+        self.writer_endpoint = self.global_cluster.endpoint
+        self.reader_endpoint = writer.reader_endpoint
+        self.register_outputs({"writerEndpoint": self.writer_endpoint, "secretArn": self.secret.arn})
+
+
+@dataclass(frozen=True)
+class BackupArgs:
+    env: str
+    primary_region: str
+    copy_region: str | None
+    kms_key_arns: dict[str, pulumi.Input[str]]
+    resource_arns: list[pulumi.Input[str]]
+
+
+class Backups(pulumi.ComponentResource):
+    """AWS Backup: hourly (7 days) and daily (35 days) recovery points, copied to the other region."""
+
+    def __init__(
+        self,
+        name: str,
+        args: BackupArgs,
+        providers: dict[str, aws.Provider],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("aegis:infra:Backups", name, None, opts)
+        env, primary = args.env, args.primary_region
+        po = child(self, providers[primary])
+        vault = aws.backup.Vault(
+            f"{name}-vault", kms_key_arn=args.kms_key_arns[primary], tags=tags(env, "backup"), opts=po
+        )
+        copy_vault = None
+        if args.copy_region:
+            copy_vault = aws.backup.Vault(
+                f"{name}-vault-{args.copy_region}",
+                kms_key_arn=args.kms_key_arns[args.copy_region],
+                tags=tags(env, "backup"),
+                opts=child(self, providers[args.copy_region]),
+            )
+
+        def rule(rule_name: str, schedule: str, days: int) -> dict:
+            r: dict = {
+                "rule_name": rule_name,
+                "target_vault_name": vault.name,
+                "schedule": schedule,
+                "start_window": 60,
+                "completion_window": 180,
+                "lifecycle": {"delete_after": days},
+            }
+            if copy_vault is not None:
+                r["copy_actions"] = [
+                    {"destination_vault_arn": copy_vault.arn, "lifecycle": {"delete_after": days}}
+                ]
+            return r
+
+        plan = aws.backup.Plan(
+            f"{name}-plan",
+            rules=[
+                rule("hourly", "cron(0 * * * ? *)", HOURLY_BACKUP_RETENTION_DAYS),
+                rule("daily", "cron(0 5 * * ? *)", DAILY_BACKUP_RETENTION_DAYS),
+            ],
+            tags=tags(env, "backup"),
+            opts=po,
+        )
+        role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=assume_role_policy("backup.amazonaws.com"),
+            tags=tags(env, "backup"),
+            opts=po,
+        )
+        for i, arn in enumerate(
+            (
+                "arn:aws:iam::aws:policy/service-role/AWSBackupServiceRolePolicyForBackup",
+                "arn:aws:iam::aws:policy/service-role/AWSBackupServiceRolePolicyForRestores",
+                "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Backup",
+                "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Restore",
+            )
+        ):
+            aws.iam.RolePolicyAttachment(
+                f"{name}-role-{i}", role=role.name, policy_arn=arn, opts=child(role, providers[primary])
+            )
+        aws.backup.Selection(
+            f"{name}-selection",
+            plan_id=plan.id,
+            iam_role_arn=role.arn,
+            name=f"aegis-{env}-state",
+            resources=args.resource_arns,
+            opts=po,
+        )
+        self.register_outputs({"vault": vault.name})
