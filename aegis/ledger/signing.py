@@ -1,0 +1,143 @@
+"""The ledger's Ed25519 signing key: made on first use, kept private, published as PEM.
+
+The private key lives in ``keys/ledger_ed25519.pem`` with mode 0600 and is
+refused when anyone but the owner can read it (a key others can read signs for
+them too). The public key is written beside it (``ledger_ed25519.pub.pem``);
+``key_id`` is its fingerprint, so a record names the key that signed it.
+Older public keys kept in the same directory (``*.pub.pem``) stay trusted for
+verification after a rotation.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+PRIVATE_KEY_FILE = "ledger_ed25519.pem"
+PUBLIC_KEY_FILE = "ledger_ed25519.pub.pem"
+PUBLIC_KEY_GLOB = "*.pub.pem"
+PRIVATE_MODE = 0o600
+KEY_DIR_MODE = 0o700
+FINGERPRINT_HEX = 32
+
+
+class LedgerKeyError(RuntimeError):
+    """The signing key cannot be used safely (permissions, corrupt file)."""
+
+
+def fingerprint(public_key: Ed25519PublicKey) -> str:
+    """``key_id``: sha256 of the raw public key, shortened; stable across PEM re-encodings."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:FINGERPRINT_HEX]
+
+
+def public_pem(public_key: Ed25519PublicKey) -> str:
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def load_public_pem(pem: str | bytes) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise LedgerKeyError(f"not an Ed25519 public key: {type(key).__name__}")
+    return key
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    private_key: Ed25519PrivateKey
+    key_id: str
+    public_key_pem: str
+
+    def sign(self, digest_hex: str) -> str:
+        """Signature over the record hash (its 32 raw bytes), base64."""
+        return base64.b64encode(self.private_key.sign(bytes.fromhex(digest_hex))).decode()
+
+
+def verify_signature(public_key: Ed25519PublicKey, digest_hex: str, signature_b64: str) -> bool:
+    try:
+        public_key.verify(base64.b64decode(signature_b64, validate=True), bytes.fromhex(digest_hex))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def check_private_permissions(path: Path) -> None:
+    """Refuse a private key that group or others may read or write."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise LedgerKeyError(
+            f"refusing to use {path}: permissions are {mode:04o}, the ledger signing key must be readable by "
+            f"its owner only; run: chmod 600 {path}"
+        )
+
+
+def load_or_create(key_dir: Path) -> SigningKey:
+    """The signing key of ``key_dir``, made on first use (race-free between processes)."""
+    key_dir.mkdir(parents=True, exist_ok=True, mode=KEY_DIR_MODE)
+    path = key_dir / PRIVATE_KEY_FILE
+    if not path.exists():
+        _create(key_dir, path)
+    check_private_permissions(path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise LedgerKeyError(f"{path} is not a readable PEM private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise LedgerKeyError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+    pub = key.public_key()
+    pem = public_pem(pub)
+    pub_path = key_dir / PUBLIC_KEY_FILE
+    if not pub_path.exists() or pub_path.read_text() != pem:
+        _write_public(pub_path, pem)
+    return SigningKey(private_key=key, key_id=fingerprint(pub), public_key_pem=pem)
+
+
+def _create(key_dir: Path, path: Path) -> None:
+    """Write a new key under a temp name, then link it into place: a concurrent maker loses cleanly."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    tmp = key_dir / f".{PRIVATE_KEY_FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if another process made the key first: theirs wins
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+
+
+def _write_public(pub_path: Path, pem: str) -> None:
+    tmp = pub_path.with_name(f".{pub_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(pem)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, pub_path)
+
+
+def trusted_public_keys(key_dir: Path) -> dict[str, Ed25519PublicKey]:
+    """key_id -> public key of every ``*.pub.pem`` in ``key_dir`` (current and rotated keys)."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    if not key_dir.is_dir():
+        return keys
+    for pem_path in sorted(key_dir.glob(PUBLIC_KEY_GLOB)):
+        with contextlib.suppress(ValueError, LedgerKeyError):
+            pub = load_public_pem(pem_path.read_bytes())
+            keys[fingerprint(pub)] = pub
+    return keys

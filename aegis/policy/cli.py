@@ -1,0 +1,90 @@
+"""``aegis policy``: judge a changeset file, run the Rego tests."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+EXIT_MALFORMED = 2
+
+
+@click.group()
+@click.option(
+    "--policies",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Policy directory (default: policies/).",
+)
+@click.pass_context
+def policy(ctx: click.Context, policies: Path | None) -> None:
+    """Policy as code: the Rego axioms every change must pass."""
+    ctx.obj = {"policies": policies}
+
+
+def _engine(ctx: click.Context):  # type: ignore[no-untyped-def]
+    from aegis.policy.engine import PolicyEngine, PolicyError
+
+    try:
+        return PolicyEngine(ctx.obj.get("policies"))
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _malformed(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_MALFORMED)
+
+
+@policy.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def check(ctx: click.Context, file: Path) -> None:
+    """Judge FILE ({"changeset": ..., "context": ...}) and print the Decision as JSON.
+
+    Exit 0 on any verdict (auto, simulate, deny); exit 2 when FILE is malformed.
+    """
+    from aegis.domain import AutonomousChangeSet, explain
+    from aegis.policy.context import PolicyContext
+
+    try:
+        doc = json.loads(file.read_text())
+    except OSError as exc:
+        _malformed(f"cannot read {file}: {exc.strerror}")
+    except json.JSONDecodeError as exc:
+        _malformed(f"{file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    if not isinstance(doc, dict) or "changeset" not in doc or "context" not in doc:
+        _malformed(
+            f'{file} must hold an object with "changeset" and "context" (and optionally "description")'
+        )
+    unknown = sorted(set(doc) - {"changeset", "context", "description", "expected"})
+    if unknown:
+        _malformed(f"{file}: unknown top-level field(s) {', '.join(unknown)}")
+    try:
+        changeset = AutonomousChangeSet.model_validate(doc["changeset"])
+    except ValidationError as exc:
+        _malformed(explain(exc, "changeset"))
+    try:
+        context = PolicyContext.model_validate(doc["context"])
+    except ValidationError as exc:
+        _malformed(explain(exc, "context"))
+    decision = _engine(ctx).decide(changeset, context)
+    click.echo(decision.model_dump_json(indent=2))
+
+
+@policy.command("test")
+@click.pass_context
+def test_cmd(ctx: click.Context) -> None:
+    """Run the test_* rules of policies/*_test.rego; exit 1 if any fails."""
+    report = _engine(ctx).test()
+    for result in report.results:
+        mark = "PASS" if result.passed else "FAIL"
+        line = f"{mark}  {result.full_name}  ({result.file}, {result.duration_ms:.1f} ms)"
+        click.echo(line if result.passed else f"{line}\n      {result.detail}")
+    if report.error:
+        click.echo(f"error: {report.error}", err=True)
+    click.echo(f"{report.passed} passed, {report.failed} failed")
+    if not report.ok:
+        sys.exit(1)
