@@ -3,34 +3,82 @@
 Prints, for a world of ``--players`` total population slots (split over the
 default 9 shards) run for ``--minutes`` game minutes (1-minute ticks):
 
-* simulate only: player-steps/s and events/s produced (SCHEMA_V1 tables in memory);
-* end to end: events/s landed through LandingWriter (zstd Parquet, 5-minute batches);
-* ceiling: events/s pyarrow alone achieves writing the same batches with
-  ``write_atomic``, and the end-to-end rate as a share of that ceiling;
-* where the time goes (cProfile top entries of the simulation) with ``--profile``.
+* simulate only: player-steps/s and events/s produced (one SCHEMA_V1 table per
+  shard and 5-minute window, in memory, as the landing writer builds them);
+* end to end: events/s landed by :func:`run_world` (simulate, explore off, land
+  zstd Parquet in 5-minute batches) with ``workers=1`` and ``--workers`` (default
+  ``os.cpu_count()``), process start-up included;
+* ceiling: events/s pyarrow alone achieves writing the same window tables, with
+  the landing writer's options and with pyarrow's defaults (``write_atomic``),
+  and the end-to-end rate as a share of the former;
+* CPU seconds next to wall seconds: on a shared machine wall time also counts
+  other people's work, CPU time (per process, children included) does not.
 
-Usage: ``.venv/bin/python benchmarks/world.py [--players 100000] [--minutes 30] [--profile]``.
-The machine is shared: compare the ratio, not absolute rates, across runs.
+Usage: ``.venv/bin/python benchmarks/world.py [--players 100000] [--minutes 30] [--workers N] [--profile]``.
+The machine is shared: compare ratios measured in the same run, not absolute rates across runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
+import resource
 import shutil
 import tempfile
 import time
-from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
 
+from aegis.config import AegisPaths
 from aegis.telemetry import landing_path, write_atomic
-from aegis.world.landing import LandingWriter
+from aegis.world.landing import DEFAULT_BATCH_MINUTES, write_batch_atomic
+from aegis.world.runner import run_world
 from aegis.world.sim import DEFAULT_SHARDS_PER_REGION, REGIONS, World
+from aegis.world.sim_events import EventBuffer
 
 N_SHARDS = len(REGIONS) * DEFAULT_SHARDS_PER_REGION
+WINDOW_TICKS = int(DEFAULT_BATCH_MINUTES)  # 1-minute ticks per landing window
+
+
+def cpu_now() -> float:
+    """CPU seconds of this process and its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def simulate(
+    seed: int, per_shard: int, minutes: int
+) -> tuple[float, float, list[tuple[str, object, pa.Table]]]:
+    """Step the world into one buffer per shard and window; return wall s, CPU s and the window tables."""
+    world = World(seed=seed, players_per_shard=per_shard)
+    bufs = {sid: EventBuffer(sid, s.region) for sid, s in world.shards.items()}
+    tables: list[tuple[str, object, pa.Table]] = []
+    t0, c0 = time.perf_counter(), cpu_now()
+    start = world.game_time
+    for i in range(minutes):
+        now = start + timedelta(minutes=i)
+        for sid, shard in world.shards.items():
+            shard.step_into(1.0, now, bufs[sid])
+        if (i + 1) % WINDOW_TICKS == 0 or i == minutes - 1:
+            window_start = start + timedelta(minutes=i - i % WINDOW_TICKS)
+            tables += [(sid, window_start, buf.to_table()) for sid, buf in bufs.items()]
+    return time.perf_counter() - t0, cpu_now() - c0, tables
+
+
+def ceiling(tables: list[tuple[str, object, pa.Table]], root: Path, tuned: bool) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), cpu_now()
+    for i, (sid, start, t) in enumerate(tables):
+        path = landing_path(root, start, sid, f"b{i}")
+        if tuned:
+            write_batch_atomic(t, path)
+        else:
+            write_atomic(t, path)
+    return time.perf_counter() - t0, cpu_now() - c0
 
 
 def main() -> None:
@@ -38,60 +86,63 @@ def main() -> None:
     ap.add_argument("--players", type=int, default=100_000, help="total population over all shards")
     ap.add_argument("--minutes", type=int, default=30, help="game minutes (ticks) to simulate")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the parallel run")
     ap.add_argument("--profile", action="store_true", help="print where simulation time goes")
     args = ap.parse_args()
     per_shard = max(args.players // N_SHARDS, 1)
     slots = per_shard * N_SHARDS
+    steps = slots * args.minutes
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machines: read ratios)"
+    )
 
-    # 1. simulate only (keep the tables for the ceiling measurement)
-    world = World(seed=args.seed, players_per_shard=per_shard)
-    t0 = time.perf_counter()
-    ticks: list[tuple] = []
-    for _ in range(args.minutes):
-        now = world.game_time
-        ticks.append((now, world.step()))
-    sim_s = time.perf_counter() - t0
-    events = sum(t.num_rows for _, tabs in ticks for t in tabs.values())
+    sim_s, sim_cpu, tables = simulate(args.seed, per_shard, args.minutes)
+    events = sum(t.num_rows for _, _, t in tables)
     print(
         f"world: {N_SHARDS} shards x {per_shard} players = {slots} slots, {args.minutes} ticks, {events} events"
     )
     print(
-        f"simulate only : {slots * args.minutes / sim_s:12,.0f} player-steps/s  {events / sim_s:12,.0f} events/s"
+        f"simulate only : {steps / sim_s:12,.0f} player-steps/s {events / sim_s:12,.0f} events/s"
+        f"   (CPU: {events / sim_cpu:12,.0f} events/CPU-s)"
     )
 
     tmp = Path(tempfile.mkdtemp(prefix="aegis-bench-world-"))
     try:
-        # 2. end to end: simulate + land (a fresh world with the same seed: identical events)
-        world = World(seed=args.seed, players_per_shard=per_shard)
-        writer = LandingWriter(tmp / "e2e" / "telemetry", retention_hours=None)
-        t0 = time.perf_counter()
-        for _ in range(args.minutes):
-            now = world.game_time
-            writer.add_tick(world.shards, world.step(), now)
-        writer.flush()
-        e2e_s = time.perf_counter() - t0
+        tuned_s, tuned_cpu = ceiling(tables, tmp / "ceiling-tuned", tuned=True)
+        default_s, default_cpu = ceiling(tables, tmp / "ceiling-default", tuned=False)
+        ceil = events / tuned_s
         print(
-            f"end to end    : {slots * args.minutes / e2e_s:12,.0f} player-steps/s  "
-            f"{writer.events_landed / e2e_s:12,.0f} events/s landed "
-            f"({writer.files_landed} files, {writer.bytes_landed / 1e6:.1f} MB, "
-            f"{writer.bytes_landed / max(writer.events_landed, 1):.1f} B/event)"
+            f"ceiling       : {ceil:12,.0f} events/s written by pyarrow alone, landing options"
+            f"   (CPU: {events / tuned_cpu:12,.0f} events/CPU-s)"
         )
-
-        # 3. ceiling: pyarrow writing the same 5-minute batches alone
-        batches: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
-        for i, (_, tabs) in enumerate(ticks):
-            for sid, t in tabs.items():
-                batches[(sid, i // 5)].append(t)
-        tables = [(sid, w, pa.concat_tables(ts)) for (sid, w), ts in batches.items()]
-        t0 = time.perf_counter()
-        for sid, w, t in tables:
-            write_atomic(t, landing_path(tmp / "ceiling", ticks[w * 5][0], sid, f"b{w}"))
-        ceil_s = time.perf_counter() - t0
-        ceiling = events / ceil_s
-        print(f"ceiling       : {ceiling:12,.0f} events/s (pyarrow write_atomic of the same batches alone)")
         print(
-            f"end-to-end / ceiling = {writer.events_landed / e2e_s / ceiling:.2f}; "
-            f"time split: simulate {sim_s:.2f}s, write {ceil_s:.2f}s, end to end {e2e_s:.2f}s"
+            f"                {events / default_s:12,.0f} events/s with pyarrow defaults (write_atomic)"
+            f"   (CPU: {events / default_cpu:12,.0f} events/CPU-s)"
+        )
+        runs = [1] + ([args.workers] if args.workers > 1 else [])
+        for workers in runs:
+            home = AegisPaths(tmp / f"e2e-{workers}")
+            world = World(seed=args.seed, players_per_shard=per_shard)
+            c0 = cpu_now()
+            s = run_world(
+                home,
+                args.minutes / 60,
+                world=world,
+                explore=False,
+                retention_hours=None,
+                workers=workers,
+            )
+            cpu = cpu_now() - c0
+            assert s.events == events, (s.events, events)  # same seed: identical events
+            print(
+                f"end to end w={workers}: {s.player_steps_per_second:12,.0f} player-steps/s "
+                f"{s.events_per_second:12,.0f} events/s landed = {s.events_per_second / ceil:.2f} x ceiling"
+                f"   (CPU: {s.events / cpu:12,.0f} events/CPU-s; {s.seconds:.2f}s wall, {cpu:.2f}s CPU, "
+                f"{s.files} files, {s.bytes / max(s.events, 1):.1f} B/event)"
+            )
+        print(
+            f"time split (wall): simulate {sim_s:.2f}s, write {tuned_s:.2f}s "
+            f"(defaults {default_s:.2f}s); CPU: simulate {sim_cpu:.2f}s, write {tuned_cpu:.2f}s"
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,21 +5,42 @@ lands every tick through a :class:`LandingWriter` (telemetry and the config
 change feed), and, unless told otherwise, explores each shard's parameters on
 its schedule so the lake holds the variation the world model learns from.
 ``aegis world run --hours H`` wraps :func:`run_world`.
+
+Parallelism: shards are independent (own generator, own state; the clock is
+shared and exploration is a pure function of (seed, shard, epoch)), so with
+``workers > 1`` the shards are split over worker processes (spawned, not
+forked: pyarrow's threads do not survive a fork), each stepping its shards and
+landing their batches with its own writer. The landed events and the final
+world state are identical whatever the number of workers; only the random
+suffixes of batch file names differ, as between any two runs.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+import os
+import queue
 import time
+import traceback
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from aegis.config import AegisPaths
 from aegis.world import exploration
 from aegis.world.exploration import DEFAULT_EXPLORE_EVERY_HOURS, exploration_epoch
-from aegis.world.landing import DEFAULT_BATCH_MINUTES, DEFAULT_RETENTION_HOURS, LandingWriter
-from aegis.world.sim import DEFAULT_PLAYERS_PER_SHARD, World
+from aegis.world.landing import DEFAULT_BATCH_MINUTES, DEFAULT_RETENTION_HOURS, LandingStats, LandingWriter
+from aegis.world.sim import DEFAULT_PLAYERS_PER_SHARD, ShardSim, World
+
+# Below this many player-steps a run stays in-process when workers is left to choose:
+# starting a worker (a fresh interpreter importing numpy/pyarrow) costs ~1 s.
+AUTO_PARALLEL_MIN_PLAYER_STEPS = 20_000_000
+_WORKER_POLL_S = 0.2
 
 
 class RunSummary(BaseModel):
@@ -40,6 +61,140 @@ class RunSummary(BaseModel):
     player_steps_per_second: float
     kinds: dict[str, int] = Field(description="Events landed per kind")
     game_time_end: str
+    workers: int = Field(default=1, description="Processes that stepped shards")
+    cpu_seconds: float = Field(
+        default=0.0, description="CPU time of the simulation and landing, all processes"
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a worker needs besides its shards' states (picklable)."""
+
+    landing_root: str
+    ticks: int
+    tick_minutes: float
+    start: str  # ISO game time of the first tick
+    seed: int
+    explore: bool
+    explore_every_hours: float
+    frozen: tuple[str, ...]
+    retention_hours: float | None
+    batch_minutes: float
+
+
+def _simulate(plan: _Plan, shards: list[ShardSim], progress: Any = None) -> LandingStats:
+    """Step ``shards`` for the plan's ticks, exploring and landing: the loop every worker runs."""
+    writer = LandingWriter(
+        Path(plan.landing_root), retention_hours=plan.retention_hours, batch_minutes=plan.batch_minutes
+    )
+    for shard in shards:
+        writer.record_config(shard)
+    start = datetime.fromisoformat(plan.start)
+    epochs = {s.shard_id: exploration_epoch(start, s.shard_id, plan.explore_every_hours) for s in shards}
+    frozen = set(plan.frozen)
+    for i in range(plan.ticks):
+        now = start + timedelta(minutes=plan.tick_minutes * i)
+        for shard in shards:
+            if plan.explore and shard.shard_id not in frozen:
+                epoch = exploration_epoch(now, shard.shard_id, plan.explore_every_hours)
+                if epoch != epochs[shard.shard_id]:
+                    epochs[shard.shard_id] = epoch
+                    new = exploration.explore(shard.params, plan.seed, shard.shard_id, epoch)
+                    shard.set_params(new, shard.config_version + 1, "exploration")
+            writer.add_step(shard, plan.tick_minutes, now)
+        if progress is not None:
+            progress(i + 1)
+    writer.flush()
+    return writer.stats
+
+
+def _worker(plan: _Plan, states: list[dict[str, Any]], done: Any, results: Any) -> None:
+    """Worker process entry point: simulate its shards, send back stats and final states."""
+    try:
+        shards = [ShardSim.from_state_dict(st) for st in states]
+
+        def progress(ticks: int) -> None:
+            done.value = ticks
+
+        stats = _simulate(plan, shards, progress)
+        results.put(("ok", asdict(stats), [s.state_dict() for s in shards], time.process_time()))
+    except BaseException:
+        results.put(("error", traceback.format_exc(), None, 0.0))
+
+
+def _split(shards: list[ShardSim], workers: int) -> list[list[ShardSim]]:
+    """Shards over workers, balanced by population slots (largest first onto the lightest)."""
+    groups: list[list[ShardSim]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for shard in sorted(shards, key=lambda s: -s.slots):
+        k = load.index(min(load))
+        groups[k].append(shard)
+        load[k] += shard.slots
+    return [g for g in groups if g]
+
+
+def _merge(total: LandingStats, part: dict[str, Any]) -> None:
+    for name in ("events", "files", "bytes", "config_files", "corrupt_batches", "deleted_files"):
+        setattr(total, name, getattr(total, name) + int(part[name]))
+    for kind, n in part["kinds"].items():
+        total.kinds[kind] = total.kinds.get(kind, 0) + int(n)
+
+
+def _run_parallel(plan: _Plan, w: World, workers: int, bar: Any) -> tuple[LandingStats, float]:
+    """Run the plan over worker processes; load their final states back into ``w``'s shards."""
+    ctx = mp.get_context("spawn")
+    groups = _split(list(w.shards.values()), workers)
+    results = ctx.Queue()
+    counters = [ctx.Value("q", 0) for _ in groups]
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(plan, [s.state_dict() for s in g], c, results),
+            name=f"aegis-world-{i}",
+            daemon=True,
+        )
+        for i, (g, c) in enumerate(zip(groups, counters, strict=True))
+    ]
+    total = LandingStats()
+    cpu = 0.0
+    states: dict[str, dict[str, Any]] = {}
+    try:
+        for proc in procs:
+            proc.start()
+        pending = len(procs)
+        shown = 0
+        while pending:
+            try:
+                status, payload, shard_states, worker_cpu = results.get(timeout=_WORKER_POLL_S)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(
+                        f"world worker {dead[0].name} died with exit code {dead[0].exitcode}"
+                    ) from None
+            else:
+                if status != "ok":
+                    raise RuntimeError(f"a world worker failed:\n{payload}")
+                _merge(total, payload)
+                cpu += worker_cpu
+                states.update({st["shard_id"]: st for st in shard_states})
+                pending -= 1
+            if bar is not None:
+                ticks = min(c.value for c in counters)
+                bar.update(ticks - shown)
+                shown = ticks
+        for proc in procs:
+            proc.join()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        results.close()
+    for sid, state in states.items():
+        w.shards[sid].load_state_dict(state)
+    return total, cpu
 
 
 def run_world(
@@ -55,29 +210,45 @@ def run_world(
     no_explore_shards: Iterable[str] = (),
     retention_hours: float | None = DEFAULT_RETENTION_HOURS,
     batch_minutes: float = DEFAULT_BATCH_MINUTES,
+    workers: int | None = None,
 ) -> RunSummary:
     """Simulate ``hours`` of game time from ``world`` (or a new one) and land it under ``paths``.
 
     ``no_explore_shards`` names shards (canaries) whose parameters exploration
     must not touch. The world is advanced in place, so a caller can keep going.
+    ``workers``: processes stepping shards (at most one per shard); ``None``
+    picks ``os.cpu_count()`` for runs of at least AUTO_PARALLEL_MIN_PLAYER_STEPS
+    player-steps and 1 below. The result does not depend on it.
     """
     if not (hours > 0 and math.isfinite(hours)):
         raise ValueError(f"hours must be a positive number, got {hours}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     w = world if world is not None else World(seed=seed, players_per_shard=players_per_shard)
     paths.landing_telemetry.mkdir(parents=True, exist_ok=True)
-    writer = LandingWriter(
-        paths.landing_telemetry, retention_hours=retention_hours, batch_minutes=batch_minutes
-    )
     frozen = set(no_explore_shards)
     unknown = frozen - set(w.shards)
     if unknown:
         raise ValueError(
             f"no_explore_shards names unknown shards {sorted(unknown)}; known: {sorted(w.shards)}"
         )
-    for shard in w.shards.values():
-        writer.record_config(shard)
-    epochs = {sid: exploration_epoch(w.game_time, sid, explore_every_hours) for sid in w.shards}
     ticks = max(round(hours * 60 / w.tick_minutes), 1)
+    slots = sum(s.slots for s in w.shards.values())
+    if workers is None:
+        workers = (os.cpu_count() or 1) if slots * ticks >= AUTO_PARALLEL_MIN_PLAYER_STEPS else 1
+    workers = min(workers, len(w.shards))
+    plan = _Plan(
+        landing_root=str(paths.landing_telemetry),
+        ticks=ticks,
+        tick_minutes=w.tick_minutes,
+        start=w.game_time.isoformat(),
+        seed=w.seed,
+        explore=explore,
+        explore_every_hours=explore_every_hours,
+        frozen=tuple(sorted(frozen)),
+        retention_hours=retention_hours,
+        batch_minutes=batch_minutes,
+    )
 
     bar = None
     if progress:
@@ -85,29 +256,20 @@ def run_world(
 
         bar = tqdm(total=ticks, unit="tick", desc="world", mininterval=0.5)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     try:
-        for _ in range(ticks):
-            now = w.game_time
-            if explore:
-                for sid, shard in w.shards.items():
-                    if sid in frozen:
-                        continue
-                    epoch = exploration_epoch(now, sid, explore_every_hours)
-                    if epoch != epochs[sid]:
-                        epochs[sid] = epoch
-                        new = exploration.explore(shard.params, w.seed, sid, epoch)
-                        shard.set_params(new, shard.config_version + 1, "exploration")
-            tables = w.step()
-            writer.add_tick(w.shards, tables, now)
-            if bar is not None:
-                bar.update(1)
-        writer.flush()
+        if workers == 1:
+            tick_done = None if bar is None else (lambda k: bar.update(k - bar.n))
+            st = _simulate(plan, list(w.shards.values()), tick_done)
+            worker_cpu = 0.0
+        else:
+            st, worker_cpu = _run_parallel(plan, w, workers, bar)
     finally:
         if bar is not None:
             bar.close()
+    w.game_time = datetime.fromisoformat(plan.start) + timedelta(minutes=w.tick_minutes * ticks)
     seconds = time.perf_counter() - started
-    slots = sum(s.slots for s in w.shards.values())
-    st = writer.stats
+    cpu = time.process_time() - cpu_started + worker_cpu
     return RunSummary(
         hours=ticks * w.tick_minutes / 60,
         ticks=ticks,
@@ -124,4 +286,6 @@ def run_world(
         player_steps_per_second=slots * ticks / seconds if seconds > 0 else 0.0,
         kinds=dict(sorted(st.kinds.items())),
         game_time_end=w.game_time.isoformat(),
+        workers=workers,
+        cpu_seconds=cpu,
     )

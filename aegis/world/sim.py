@@ -6,12 +6,22 @@ fault state; :meth:`ShardSim.step` advances it one tick and returns that tick's
 telemetry in SCHEMA_V1. :class:`World` is the set of shards of all regions on
 one clock. docs/world.md explains the model and why it reacts as it does.
 
-Common random numbers: every tick draws the same fixed-shape block of uniforms
-(``_N_STREAMS`` x population slots, plus ``_N_GLOBAL`` server uniforms) whatever
-the parameters, and turns them into events by comparison and transformation.
-Two copies of one shard state with one generator state therefore consume the
-generator identically, so a changed copy differs from an unchanged one only by
-the change, not by noise (the simulation gate relies on this).
+Common random numbers: every tick draws the same fixed-size block whatever the
+parameters and the state: one uint32 per population slot for each of the
+``_N_PRIMARY`` Bernoulli streams (one ``random_raw`` call) plus ``_N_GLOBAL``
+server values, the last of which keys a counter-based generator for the
+secondary uniforms (where in the tick, which item, how much...) that only the
+players with an event need. Two copies of one shard state with one generator
+state therefore consume the generator identically, so a changed copy differs
+from an unchanged one only by the change, not by noise (the simulation gate
+relies on this).
+
+Speed: the tick touches every slot only for the few cheap full passes it needs
+(logins, arrivals, offline engagement drift); everything else runs on the
+online players, and per-player probabilities are thinned (compare the uniform
+with the bound of the probability first, compute the exact probability only
+for the few candidates). Events go straight into an
+:class:`~aegis.world.sim_events.EventBuffer`; docs/world.md has the figures.
 """
 
 from __future__ import annotations
@@ -27,9 +37,17 @@ import numpy as np
 import pyarrow as pa
 
 from aegis.domain import N_STAGES, N_ZONES, SAVE_SCHEMA_VERSION, Fault, FaultKind, Integrity, WorldParams
-from aegis.telemetry import SCHEMA_V1, WORLD_EPOCH
+from aegis.telemetry import WORLD_EPOCH
 from aegis.world import sim_catalog as C
-from aegis.world.sim_events import CAUSE_CODE, CURRENCY_CODE, EventBatch
+from aegis.world.sim_events import (
+    CAUSE_CODE,
+    CURRENCY_CODE,
+    INT32_NULL,
+    KIND_CODE,
+    KIND_TS_RANK,
+    PLAYER_SPREAD,
+    EventBuffer,
+)
 
 REGIONS: tuple[str, ...] = ("eu-west", "us-east", "ap-southeast")
 DEFAULT_PLAYERS_PER_SHARD = 5000
@@ -44,47 +62,69 @@ _EPOCH_US = int(WORLD_EPOCH.timestamp()) * _US
 _PLAYER_SHIFT = 28
 _MAX_SHARD_INDEX = 2**12 - 1
 
-# Uniform streams drawn every tick, one value per population slot (fixed order!).
-_STREAMS = (
-    "ts",
+# Primary uniforms: one uint32 per population slot per stream per tick, drawn in a single
+# ``random_raw`` call whatever the state (fixed order and size!). Every Bernoulli decision
+# that may concern many players reads one of these.
+_PRIMARY = (
     "recon",
     "login",
     "qstart",
-    "qpick",
     "death",
+    "abandon",
+    "stage",
+    "drop",
+    "loot",
+    "vsell",
+    "vbuy",
+    "fee",
+    "gem_buy",
+    "gem_shop",
+    "trade",
+    "exploit",
+    "logout",
+    "disc",
+    "arrive",
+)
+_P = {name: i for i, name in enumerate(_PRIMARY)}
+_N_PRIMARY = len(_PRIMARY)
+assert _N_PRIMARY % 2 == 0  # two uint32 per raw 64-bit draw
+# Secondary uniforms: what a player's triggered event needs next (where in the tick, which
+# quest, item, cause, amount, partner...). Few players need them, so they are computed on
+# demand by a counter-based generator keyed by the tick (see ShardSim._sec), never drawn.
+_SECONDARY = (
+    "ts",
+    "qpick",
     "dcause",
     "hot",
     "x",
     "y",
-    "abandon",
-    "stage",
+    "reward",
     "gems_q",
-    "drop",
     "item",
-    "loot",
     "loot_amt",
-    "vsell",
     "vitem",
-    "vbuy",
     "vbuy_amt",
-    "fee",
-    "trade",
+    "pack",
+    "cost",
     "titem",
     "partner",
     "price",
-    "gem_buy",
-    "gem_shop",
-    "exploit",
-    "logout",
+    "exploit_amt",
     "churn",
-    "disc",
-    "arrive",
     "new_skill",
     "new_eng",
 )
-_S = {name: i for i, name in enumerate(_STREAMS)}
-_N_STREAMS = len(_STREAMS)
-_N_GLOBAL = 4  # map event start, map event zone, tick noise (2 for Box-Muller)
+_Q = {name: i for i, name in enumerate(_SECONDARY)}
+_N_SECONDARY = len(_SECONDARY)
+_N_GLOBAL = 5  # map event start, map event zone, tick noise (2 for Box-Muller), tick key
+_INV32 = 2.0**-32
+_INV53 = 2.0**-53
+_TWO32 = 2**32
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_MAX_ENGAGEMENT = 1.0  # engagement is clipped to [0.02, 1]
+_NO_SLOTS = np.empty(0, dtype=np.int64)
 
 _ARRAY_FIELDS: dict[str, np.dtype] = {
     "player_id": np.dtype(np.int64),
@@ -141,6 +181,30 @@ def from_us(us: int) -> datetime:
 def _p(rate_per_min: np.ndarray | float, minutes: float) -> np.ndarray | float:
     """Probability of at least one Poisson event in ``minutes`` at ``rate_per_min``."""
     return -np.expm1(-np.asarray(rate_per_min, dtype=np.float64) * minutes)
+
+
+def _pc(rate_per_min: float, minutes: float) -> float:
+    """:func:`_p` of a scalar rate, in plain floats (no numpy call for a scalar)."""
+    return -math.expm1(-rate_per_min * minutes)
+
+
+def _thr(p: float) -> int:
+    """The uint32 threshold of probability ``p``: ``u < _thr(p)`` exactly when ``u * 2**-32 < p``."""
+    if not p > 0.0:
+        return 0
+    if p >= 1.0:
+        return _TWO32
+    return math.ceil(p * 4294967296.0)
+
+
+def _thr_vec(p: np.ndarray) -> np.ndarray:
+    """:func:`_thr` of each element (int64, so that 2**32 fits)."""
+    return np.ceil(np.clip(p, 0.0, 1.0) * 4294967296.0).astype(np.int64)
+
+
+def _bound(p: float) -> float:
+    """A probability a hair above ``p``, so that no vectorised rounding of p can exceed it (thinning)."""
+    return min(1.0, p * (1.0 + 1e-9) + 1e-15)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -289,6 +353,11 @@ class ShardSim:
         self._stage_diff = C.STAGE_BASE_DIFFICULTY * np.asarray(p.quest_difficulty)
         self._drop_zone = C.DROP_RATE_PER_MIN * p.drop_rate * spawn**C.SPAWN_DROP_EXPONENT
         self._loot_zone = C.LOOT_GOLD_RATE_PER_MIN * spawn**0.5
+        self._death_zone_max = float(self._death_zone.max())
+        self._mean_stage_diff = float(np.mean(self._stage_diff))
+        # Items held per type: kept up to date by every inventory change in the tick, and
+        # recounted here (construction, restore, config change) so it can never drift.
+        self._stock = self.inventory.sum(axis=0, dtype=np.int64)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -377,6 +446,17 @@ class ShardSim:
         The table is SCHEMA_V1 with one ``server_tick`` row; it is empty while the
         shard is down (crashed). ``now`` must not be earlier than the shard clock.
         """
+        events = EventBuffer(self.shard_id, self.region, capacity=self.slots // 4)
+        self.step_into(minutes, now, events)
+        return events.to_table()
+
+    def step_into(self, minutes: float, now: datetime, events: EventBuffer) -> int:
+        """:meth:`step`, appending the tick's events to ``events`` instead of returning a table.
+
+        The batch runner keeps one buffer per shard and landing window, so a
+        window becomes one table instead of one per tick. Returns the number of
+        events appended (0 while the shard is down).
+        """
         if not (minutes > 0 and math.isfinite(minutes)):
             raise ValueError(f"tick minutes must be a positive number, got {minutes}")
         now_us = to_us(now)
@@ -387,52 +467,68 @@ class ShardSim:
         tick_us = round(minutes * 60 * _US)
         if self.down_until_us > now_us:
             self.clock_us = now_us + tick_us
-            return SCHEMA_V1.empty_table()
+            return 0
 
+        # The tick's whole random block, always the same size (common random numbers).
         n = self.slots
-        u = self.rng.random((_N_STREAMS, n), dtype=np.float32)
-        g = self.rng.random(_N_GLOBAL)
-        ev = EventBatch(now_us, tick_us, u[_S["ts"]])
+        bits = self.rng.bit_generator
+        u = bits.random_raw(n * (_N_PRIMARY // 2)).view(np.uint32).reshape(_N_PRIMARY, n)
+        g = bits.random_raw(_N_GLOBAL)
+        gf = (g[:4] >> np.uint64(11)).astype(np.float64) * _INV53
+        self._key = g[4]
         dt = float(minutes)
         p = self.params
         on, active, pending = self.on, self.active, self.pending
+        events.begin_tick(now_us - _EPOCH_US, self.config_version)
+        first_row = events.n
+        self._events = events
+        self._tick_start_us = now_us
+        self._tick_us = tick_us
+        self._tsb = tsb = np.empty(n, dtype=np.int64)  # per slot: the instant of its activity this tick
+        spread = tick_us * PLAYER_SPREAD
+        n_on = int(np.count_nonzero(on))
 
         # --- map events: a shard-wide event in one zone draws players and loot.
-        if self.event_until_us <= now_us and g[0] < _p(p.map_event_frequency / 1440.0, dt):
+        if self.event_until_us <= now_us and gf[0] < _pc(p.map_event_frequency / 1440.0, dt):
             self.event_until_us = now_us + int(C.MAP_EVENT_MINUTES * 60 * _US)
-            self.event_zone = int(g[1] * N_ZONES)
+            self.event_zone = int(gf[1] * N_ZONES)
         event_on = self.event_until_us > now_us
 
         # --- reconnects (within the window) and expired disconnects.
+        rec_idx = expired = _NO_SLOTS
         if pending.any():
-            rec = (
-                pending
-                & (u[_S["recon"]] < _p(C.RECONNECT_RATE_PER_MIN, dt))
-                & (self.pending_until_us >= now_us)
-            )
-            free = self.capacity - int(on.sum())
-            rec_idx = self._admit(np.flatnonzero(rec), u[_S["recon"]], free)
+            cand = np.flatnonzero(pending)
+            until = self.pending_until_us[cand]
+            hit = u[_P["recon"], cand] < _thr(_pc(C.RECONNECT_RATE_PER_MIN, dt))
+            rec_idx = self._admit(cand[hit & (until >= now_us)], u[_P["recon"]], self.capacity - n_on)
             on[rec_idx] = True
             pending[rec_idx] = False
-            ev.add("reconnect", rec_idx)
-            expired = np.flatnonzero(pending & (self.pending_until_us < now_us))
+            n_on += len(rec_idx)
+            expired = cand[until < now_us]
             pending[expired] = False
-            ev.add("session_end", expired, cause=CAUSE_CODE["disconnect"])
 
-        # --- logins: engagement x time of day x map event, capped by capacity.
-        diurnal = self._diurnal(now_us)
-        boost = C.MAP_EVENT_LOGIN_BOOST if event_on else 1.0
-        cand = active & ~on & ~pending
-        login_rate = C.LOGIN_RATE_PER_MIN * diurnal * boost * self.engagement
-        login = cand & (u[_S["login"]] < _p(login_rate, dt))
-        login_idx = self._admit(np.flatnonzero(login), u[_S["login"]], self.capacity - int(on.sum()))
+        # --- logins: engagement x time of day x map event, capped by capacity. Thinned:
+        # only slots under the bound of the most engaged player's probability are looked at.
+        rate = C.LOGIN_RATE_PER_MIN * self._diurnal(now_us) * (C.MAP_EVENT_LOGIN_BOOST if event_on else 1.0)
+        cand = np.flatnonzero(u[_P["login"]] < _thr(_bound(_pc(rate * _MAX_ENGAGEMENT, dt))))
+        cand = cand[active[cand] & ~on[cand] & ~pending[cand]]
+        eng = self.engagement[cand].astype(np.float64)
+        hit = u[_P["login"], cand] * _INV32 < -np.expm1(-rate * eng * dt)
+        login_idx = self._admit(cand[hit], u[_P["login"]], self.capacity - n_on)
         on[login_idx] = True
-        ev.add("session_start", login_idx)
+        n_on += len(login_idx)
+
+        idx = np.flatnonzero(on)
+        tsb[idx] = now_us + (self._sec(_Q["ts"], idx) * spread).astype(np.int64)
+        self._emit("reconnect", rec_idx)
+        self._emit("session_start", login_idx)
+        if len(expired):
+            tsb[expired] = now_us + (self._sec(_Q["ts"], expired) * spread).astype(np.int64)
+            self._emit("session_end", expired, cause=CAUSE_CODE["disconnect"])
 
         # --- server load: a queueing-style tick time from saturation.
-        n_on = int(on.sum())
         rho = n_on / self.capacity
-        noise = math.sqrt(-2.0 * math.log(max(g[2], 1e-12))) * math.cos(2 * math.pi * g[3])
+        noise = math.sqrt(-2.0 * math.log(max(gf[2], 1e-12))) * math.cos(2 * math.pi * gf[3])
         tick_ms = C.TICK_BASE_MS * (1.0 + 0.5 * rho) / (1.0 - min(rho, C.RHO_MAX))
         tick_ms *= math.exp(C.TICK_NOISE_SIGMA * noise)
         if self.latency_until_us > now_us:
@@ -440,42 +536,66 @@ class ShardSim:
         tick_ms = min(tick_ms, C.TICK_MS_MAX)
         self.last_tick_ms = tick_ms
 
-        idx = np.flatnonzero(on)
         d_eng = np.zeros(len(idx), dtype=np.float32)
         if len(idx):
-            self._play(idx, u, dt, ev, d_eng, event_on, now_us)
-            self._sessions_end(idx, u, dt, ev, d_eng, tick_ms, now_us)
+            uu = u.take(idx, axis=1)  # (streams, online): gathered once
+            self._play(idx, uu, dt, d_eng, event_on, now_us)
+            self._sessions_end(idx, uu, dt, d_eng, tick_ms, now_us)
         self._arrivals(u, dt)
 
         # --- engagement: online experience and offline drift.
+        engagement = self.engagement
         if len(idx):
             lag = C.LAG_ENGAGEMENT_PER_MIN * dt if tick_ms > C.LAG_ENGAGEMENT_MS else 0.0
-            self.engagement[idx] = np.clip(
-                self.engagement[idx] + d_eng - np.float32(C.ONLINE_BOREDOM * dt + lag), 0.02, 1.0
+            engagement[idx] = np.clip(
+                engagement[idx] + d_eng - np.float32(C.ONLINE_BOREDOM * dt + lag), 0.02, 1.0
             )
-        off = active & ~on
-        self.engagement[off] += np.float32(C.OFFLINE_ENGAGEMENT_RATE * dt) * (
-            np.float32(C.OFFLINE_ENGAGEMENT_TARGET) - self.engagement[off]
+        drift = (np.float32(C.OFFLINE_ENGAGEMENT_TARGET) - engagement) * np.float32(
+            C.OFFLINE_ENGAGEMENT_RATE * dt
         )
+        drift *= active & ~on
+        engagement += drift
 
         # --- prices respond to money per active player and to item scarcity.
-        n_active = max(int(active.sum()), 1)
+        n_active = max(int(np.count_nonzero(active)), 1)
         money = float(self.gold.sum()) / n_active  # vacant slots hold nothing
         target = (max(money, 1.0) / self.money_ref) ** C.PRICE_MONEY_ELASTICITY
         self.price_level += (1.0 - math.exp(-dt / C.PRICE_ADJUST_MIN)) * (target - self.price_level)
 
-        ev.add_server("server_tick", tick_ms=tick_ms, players_online=int(on.sum()))
-        self.clock_us = now_us + tick_us
-        for kind, count in ev.counts().items():
-            self.kind_counts[kind] = self.kind_counts.get(kind, 0) + count
-        prefix = f"{self.shard_id}-{now_us - _EPOCH_US:013x}-".encode()
-        return ev.to_table(
-            shard_id=self.shard_id,
-            region=self.region,
-            config_version=self.config_version,
-            player_ids=self.player_id,
-            id_prefix=prefix,
+        events.append(
+            KIND_CODE["server_tick"],
+            now_us + tick_us - 1,
+            -1,
+            1,
+            {"tick_ms": tick_ms, "players_online": int(np.count_nonzero(on))},
         )
+        self.clock_us = now_us + tick_us
+        for kind, count in events.kind_counts(first_row).items():
+            self.kind_counts[kind] = self.kind_counts.get(kind, 0) + count
+        self._events = None
+        self._tsb = None
+        return events.n - first_row
+
+    def _sec(self, stream: int, slots: np.ndarray) -> np.ndarray:
+        """Secondary uniforms in [0, 1) of ``slots`` for ``stream`` this tick (53 bits).
+
+        SplitMix64 at counter ``slot * _N_SECONDARY + stream`` from this tick's
+        key: a pure function of (key, slot, stream), so whoever asks for it and
+        in whatever order, both copies of a paired run see the same number.
+        """
+        z = self._key + (slots.astype(np.uint64) * np.uint64(_N_SECONDARY) + np.uint64(stream + 1)) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z ^= z >> np.uint64(31)
+        return (z >> np.uint64(11)).astype(np.float64) * _INV53
+
+    def _emit(self, kind: str, slots: np.ndarray, **cols: np.ndarray | int | float) -> None:
+        """Append one ``kind`` event per slot in ``slots`` (at the slot's instant, offset by kind)."""
+        k = len(slots)
+        if not k:
+            return
+        offset = int(KIND_TS_RANK[kind] * self._tick_us * (1.0 - PLAYER_SPREAD) / len(KIND_TS_RANK))
+        self._events.append(KIND_CODE[kind], self._tsb[slots] + offset, self.player_id[slots], k, cols)
 
     def _diurnal(self, now_us: int) -> float:
         """Time-of-day factor of logins: peaks at PEAK_LOCAL_HOUR in the region's time zone."""
@@ -493,46 +613,55 @@ class ShardSim:
     def _play(
         self,
         idx: np.ndarray,
-        u: np.ndarray,
+        uu: np.ndarray,
         dt: float,
-        ev: EventBatch,
         d_eng: np.ndarray,
         event_on: bool,
         now_us: int,
     ) -> None:
-        """Quests, combat, loot, economy and trades of the online players ``idx``."""
+        """Quests, combat, loot, economy and trades of the online players ``idx``.
+
+        Positions below index ``idx`` (``uu`` columns, ``d_eng``). Every Bernoulli
+        draw compares a primary uint32 uniform with ``_thr(p)`` (scalar or per
+        zone) or, where p is per player, first with the bound of p (thinning)
+        and then exactly on the few candidates.
+        """
         p = self.params
-        uu = u[:, idx]  # (streams, online): gathered once
         quest = self.quest_id[idx]
         level_zone = self._level_zone(self.level[idx])
-        skill = self.skill[idx].astype(np.float64)
 
         # --- quest starts for players without one.
-        start = (quest < 0) & (uu[_S["qstart"]] < _p(C.QUEST_START_RATE_PER_MIN, dt))
-        new_q = level_zone + N_ZONES * np.minimum((uu[_S["qpick"]] * C.QUESTS_PER_ZONE).astype(np.int32), 9)
-        quest = np.where(start, new_q, quest).astype(np.int32)
-        stage = np.where(start, 1, self.stage[idx]).astype(np.int8)
-        self.quest_id[idx] = quest
-        self.stage[idx] = stage
-        self.stage_deaths[idx[start]] = 0
-        ev.add("quest_start", idx[start], quest_id=quest[start], stage=1)
-
+        start = np.flatnonzero((uu[_P["qstart"]] < _thr(_pc(C.QUEST_START_RATE_PER_MIN, dt))) & (quest < 0))
+        if len(start):
+            s_idx = idx[start]
+            pick = np.minimum(
+                (self._sec(_Q["qpick"], s_idx) * C.QUESTS_PER_ZONE).astype(np.int32), C.QUESTS_PER_ZONE - 1
+            )
+            new_q = (level_zone[start] + N_ZONES * pick).astype(np.int32)
+            quest[start] = new_q
+            self.quest_id[s_idx] = new_q
+            self.stage[s_idx] = 1
+            self.stage_deaths[s_idx] = 0
+            self._emit("quest_start", s_idx, quest_id=new_q, stage=1)
+        stage = self.stage[idx]
         in_quest = quest >= 0
         zone = np.where(in_quest, quest % N_ZONES, level_zone)
-        s0 = np.clip(stage.astype(np.int32) - 1, 0, N_STAGES - 1)
+        s0 = np.maximum(stage.astype(np.int32) - 1, 0)
         qdiff = np.where(
-            in_quest,
-            C.QUEST_BASE_DIFFICULTY[np.maximum(quest, 0)] * self._stage_diff[s0],
-            C.GRIND_DIFFICULTY,
+            in_quest, C.QUEST_BASE_DIFFICULTY[np.maximum(quest, 0)] * self._stage_diff[s0], C.GRIND_DIFFICULTY
         )
-        gap = qdiff - skill
+        gap = qdiff - self.skill[idx]
+        gap_max = float(gap.max())
 
         # --- combat deaths: zone danger x difficulty gap.
-        h_death = self._death_zone[zone] * np.exp(C.DEATH_GAP_K * gap)
-        die = uu[_S["death"]] < _p(h_death, dt)
-        if die.any():
+        h_max = self._death_zone_max * math.exp(C.DEATH_GAP_K * gap_max)
+        c = np.flatnonzero(uu[_P["death"]] < _thr(_bound(_pc(h_max, dt))))
+        h = self._death_zone[zone[c]] * np.exp(C.DEATH_GAP_K * gap[c])
+        die = c[uu[_P["death"], c] * _INV32 < -np.expm1(-h * dt)]
+        if len(die):
+            didx = idx[die]
             dz = zone[die]
-            uc = uu[_S["dcause"], die]
+            uc = self._sec(_Q["dcause"], didx)
             cut = self._cause_cut[dz]
             cause = np.where(
                 uc < cut[:, 0],
@@ -543,24 +672,24 @@ class ShardSim:
                     np.where(uc < cut[:, 2], CAUSE_CODE["fall"], CAUSE_CODE["pvp"]),
                 ),
             )
-            hot = np.minimum((uu[_S["hot"], die] * 3).astype(np.int32), 2)
+            hot = np.minimum((self._sec(_Q["hot"], didx) * 3).astype(np.int32), 2)
             centre = C.ZONE_HOTSPOTS[dz, hot]
-            x = np.clip(centre[:, 0] + (uu[_S["x"], die] - 0.5) * 2 * C.HOTSPOT_SPREAD, 0.0, 1023.9)
-            y = np.clip(centre[:, 1] + (uu[_S["y"], die] - 0.5) * 2 * C.HOTSPOT_SPREAD, 0.0, 1023.9)
-            didx = idx[die]
-            dq = quest[die]
-            ev_cols: dict[str, Any] = {"zone": dz, "x": x, "y": y, "cause": cause.astype(np.int8)}
+            spread = 2 * C.HOTSPOT_SPREAD
+            x = np.clip(centre[:, 0] + (self._sec(_Q["x"], didx) - 0.5) * spread, 0.0, 1023.9)
+            y = np.clip(centre[:, 1] + (self._sec(_Q["y"], didx) - 0.5) * spread, 0.0, 1023.9)
             # Deaths inside a quest carry its quest and stage (nullable columns) so marts can
-            # attribute deaths to stage bands.
-            qd = dq >= 0
-            ev.add(
+            # attribute deaths to stage bands; open-world deaths leave them null.
+            dq = quest[die]
+            self._emit(
                 "combat_death",
-                didx[qd],
-                quest_id=dq[qd],
-                stage=stage[die][qd],
-                **{k: v[qd] for k, v in ev_cols.items()},
+                didx,
+                quest_id=np.where(dq >= 0, dq, INT32_NULL),
+                stage=np.where(dq >= 0, stage[die].astype(np.int32), INT32_NULL),
+                zone=dz,
+                x=x,
+                y=y,
+                cause=cause,
             )
-            ev.add("combat_death", didx[~qd], **{k: v[~qd] for k, v in ev_cols.items()})
             self.stage_deaths[didx] += 1
             d_eng[die] += C.ENG_DEATH
             repair = np.minimum(
@@ -568,7 +697,7 @@ class ShardSim:
             )
             pay = repair >= 1
             self.gold[didx[pay]] -= repair[pay]
-            ev.add(
+            self._emit(
                 "currency_sink",
                 didx[pay],
                 currency=CURRENCY_CODE["gold"],
@@ -578,40 +707,189 @@ class ShardSim:
 
         # --- quest progress: abandonment competes with finishing the stage.
         if in_quest.any():
-            sd = self.stage_deaths[idx].astype(np.float64)
-            h_ab = (
-                C.ABANDON_RATE_PER_MIN
-                * np.exp(C.ABANDON_GAP_K * gap)
-                * p.quest_pacing**0.7
-                * (1.0 + C.ABANDON_PER_DEATH * sd)
+            self._quests(idx, uu, dt, d_eng, quest, stage, zone, s0, gap, gap_max, in_quest, start)
+
+        # --- loot: item drops and gold, with the map event zone boosted.
+        boost = np.ones(N_ZONES)
+        if event_on:
+            boost[self.event_zone] = C.MAP_EVENT_DROP_BOOST
+        drop = np.flatnonzero(uu[_P["drop"]] < _thr_vec(_p(self._drop_zone * boost, dt))[zone])
+        if len(drop):
+            di = idx[drop]
+            dz = zone[drop]
+            rarity = np.minimum(
+                (C.ITEMS_PER_ZONE * self._sec(_Q["item"], di) ** C.RARITY_EXPONENT).astype(np.int32),
+                C.ITEMS_PER_ZONE - 1,
             )
-            abandon = in_quest & ~start & (uu[_S["abandon"]] < _p(h_ab, dt))
-            ev.add("quest_abandon", idx[abandon], quest_id=quest[abandon], stage=stage[abandon])
-            d_eng[abandon] += C.ENG_ABANDON
-            h_stage = 1.0 / (
-                C.STAGE_MINUTES[s0] * p.quest_pacing * (1.0 + C.STAGE_SLOWDOWN_PER_GAP * np.maximum(gap, 0))
+            item = dz * C.ITEMS_PER_ZONE + rarity
+            self.inventory[di, item] += 1
+            self._stock += np.bincount(item, minlength=C.N_ITEMS)
+            self._emit("item_drop", di, item_id=item, zone=dz)
+            d_eng[drop] += C.ENG_DROP
+        loot = np.flatnonzero(uu[_P["loot"]] < _thr_vec(_p(self._loot_zone, dt))[zone])
+        if len(loot):
+            li = idx[loot]
+            amt = np.round(
+                C.LOOT_GOLD[zone[loot]] * p.source_multiplier * (0.5 + self._sec(_Q["loot_amt"], li))
+            ).astype(np.int64)
+            ok = amt >= 1
+            self.gold[li[ok]] += amt[ok]
+            self._emit(
+                "currency_source",
+                li[ok],
+                currency=CURRENCY_CODE["gold"],
+                amount=amt[ok],
+                cause=CAUSE_CODE["loot"],
             )
-            done = in_quest & ~abandon & (uu[_S["stage"]] < _p(h_stage, dt))
-            ev.add("quest_stage", idx[done], quest_id=quest[done], stage=stage[done])
-            d_eng[done] += C.ENG_STAGE
-            self.skill[idx[done]] = np.minimum(
-                self.skill[idx[done]] + np.float32(C.SKILL_PER_STAGE), C.SKILL_CAP
+
+        # --- vendors: selling loot is a faucet, consumables and travel are sinks.
+        vs = np.flatnonzero(uu[_P["vsell"]] < _thr(_pc(C.VENDOR_SELL_RATE_PER_MIN, dt)))
+        if len(vs):
+            vi = idx[vs]
+            vitem = zone[vs] * C.ITEMS_PER_ZONE + np.minimum(
+                (self._sec(_Q["vitem"], vi) * C.ITEMS_PER_ZONE).astype(np.int32), C.ITEMS_PER_ZONE - 1
             )
-            finish = done & (stage >= N_STAGES)
-            fidx = idx[finish]
-            ev.add("quest_complete", fidx, quest_id=quest[finish], stage=stage[finish])
-            d_eng[finish] += C.ENG_QUEST
-            fz = zone[finish]
-            mean_diff = float(np.mean(self._stage_diff))
+            vamt = np.round(C.ITEM_VALUE[vitem] * C.VENDOR_SELL_SHARE * p.source_multiplier).astype(np.int64)
+            ok = (self.inventory[vi, vitem] > 0) & (vamt >= 1)
+            vi, vitem, vamt = vi[ok], vitem[ok], vamt[ok]
+            self.inventory[vi, vitem] -= 1
+            self._stock -= np.bincount(vitem, minlength=C.N_ITEMS)
+            self.gold[vi] += vamt
+            self._emit(
+                "currency_source", vi, currency=CURRENCY_CODE["gold"], amount=vamt, cause=CAUSE_CODE["vendor"]
+            )
+        vb = np.flatnonzero(uu[_P["vbuy"]] < _thr(_pc(C.VENDOR_BUY_RATE_PER_MIN, dt)))
+        if len(vb):
+            bi = idx[vb]
+            want = C.VENDOR_COST[zone[vb]] * p.sink_multiplier * (0.6 + 0.8 * self._sec(_Q["vbuy_amt"], bi))
+            self._spend(bi, want, "vendor")
+        fee = np.flatnonzero(uu[_P["fee"]] < _thr(_pc(C.FEE_RATE_PER_MIN, dt)))
+        if len(fee):
+            self._spend(idx[fee], C.TRAVEL_FEE[zone[fee]] * p.sink_multiplier, "fee")
+
+        # --- gems: real-money purchases in, cosmetic shop out.
+        gb = np.flatnonzero(uu[_P["gem_buy"]] < _thr(_pc(C.GEM_PURCHASE_RATE_PER_MIN, dt)))
+        if len(gb):
+            gi = idx[gb]
+            pack = C.GEM_PURCHASE_PACKS[np.minimum((self._sec(_Q["pack"], gi) * 3).astype(np.int32), 2)]
+            self.gems[gi] += pack
+            self._emit(
+                "currency_source",
+                gi,
+                currency=CURRENCY_CODE["gems"],
+                amount=pack,
+                cause=CAUSE_CODE["purchase"],
+            )
+        gs = np.flatnonzero(uu[_P["gem_shop"]] < _thr(_pc(C.GEM_SHOP_RATE_PER_MIN, dt)))
+        if len(gs):
+            if len(gb):
+                bought = np.zeros(len(idx), dtype=bool)
+                bought[gb] = True
+                gs = gs[~bought[gs]]
+            si = idx[gs]
+            cost = C.GEM_SHOP_COSTS[np.minimum((self._sec(_Q["cost"], si) * 3).astype(np.int32), 2)]
+            ok = self.gems[si] >= cost
+            self.gems[si[ok]] -= cost[ok]
+            self._emit(
+                "currency_sink",
+                si[ok],
+                currency=CURRENCY_CODE["gems"],
+                amount=cost[ok],
+                cause=CAUSE_CODE["shop"],
+            )
+
+        self._trades(idx, uu, dt, zone, event_on)
+
+        # --- duplication exploit: a few players dupe items and sell the copies.
+        if self.exploit_until_us > now_us and self.exploit_mag > 0:
+            ex = np.flatnonzero(uu[_P["exploit"]] < _thr(_pc(C.EXPLOIT_RATE_PER_MIN * self.exploit_mag, dt)))
+            if len(ex):
+                exi = idx[ex]
+                rare = zone[ex] * C.ITEMS_PER_ZONE + C.ITEMS_PER_ZONE - 1
+                self.inventory[exi, rare] += C.EXPLOIT_ITEMS
+                self._stock += C.EXPLOIT_ITEMS * np.bincount(rare, minlength=C.N_ITEMS)
+                gain = np.round(
+                    C.EXPLOIT_GOLD * self.exploit_mag * (0.5 + self._sec(_Q["exploit_amt"], exi))
+                    + C.ITEM_VALUE[rare]
+                ).astype(np.int64)
+                self.gold[exi] += gain
+                self._emit(
+                    "currency_source",
+                    exi,
+                    currency=CURRENCY_CODE["gold"],
+                    amount=gain,
+                    cause=CAUSE_CODE["vendor"],
+                )
+
+    def _quests(
+        self,
+        idx: np.ndarray,
+        uu: np.ndarray,
+        dt: float,
+        d_eng: np.ndarray,
+        quest: np.ndarray,
+        stage: np.ndarray,
+        zone: np.ndarray,
+        s0: np.ndarray,
+        gap: np.ndarray,
+        gap_max: float,
+        in_quest: np.ndarray,
+        start: np.ndarray,
+    ) -> None:
+        """Abandonment competes with finishing the stage; the last stage completes the quest."""
+        p = self.params
+        pacing = p.quest_pacing
+        sd = self.stage_deaths[idx]  # after this tick's deaths
+        h_max = (
+            C.ABANDON_RATE_PER_MIN
+            * math.exp(C.ABANDON_GAP_K * gap_max)
+            * pacing**0.7
+            * (1.0 + C.ABANDON_PER_DEATH * float(sd.max()))
+        )
+        c = np.flatnonzero(uu[_P["abandon"]] < _thr(_bound(_pc(h_max, dt))))
+        fresh = np.zeros(len(idx), dtype=bool)
+        fresh[start] = True  # a quest started this tick is not abandoned in the same tick
+        c = c[in_quest[c] & ~fresh[c]]
+        h_ab = (
+            C.ABANDON_RATE_PER_MIN
+            * np.exp(C.ABANDON_GAP_K * gap[c])
+            * pacing**0.7
+            * (1.0 + C.ABANDON_PER_DEATH * sd[c].astype(np.float64))
+        )
+        ab = c[uu[_P["abandon"], c] * _INV32 < -np.expm1(-h_ab * dt)]
+        self._emit("quest_abandon", idx[ab], quest_id=quest[ab], stage=stage[ab])
+        d_eng[ab] += C.ENG_ABANDON
+
+        h_max = 1.0 / (float(C.STAGE_MINUTES.min()) * pacing)
+        c = np.flatnonzero(uu[_P["stage"]] < _thr(_bound(_pc(h_max, dt))))
+        fresh[:] = False
+        fresh[ab] = True
+        c = c[in_quest[c] & ~fresh[c]]
+        h_stage = 1.0 / (
+            C.STAGE_MINUTES[s0[c]] * pacing * (1.0 + C.STAGE_SLOWDOWN_PER_GAP * np.maximum(gap[c], 0))
+        )
+        done = c[uu[_P["stage"], c] * _INV32 < -np.expm1(-h_stage * dt)]
+        d_idx = idx[done]
+        self._emit("quest_stage", d_idx, quest_id=quest[done], stage=stage[done])
+        d_eng[done] += C.ENG_STAGE
+        self.skill[d_idx] = np.minimum(self.skill[d_idx] + np.float32(C.SKILL_PER_STAGE), C.SKILL_CAP)
+        last = stage[done] >= N_STAGES
+        fin = done[last]
+        fidx = idx[fin]
+        self._emit("quest_complete", fidx, quest_id=quest[fin], stage=stage[fin])
+        d_eng[fin] += C.ENG_QUEST
+        if len(fin):
+            fz = zone[fin]
+            mean_diff = self._mean_stage_diff
             reward = np.round(
                 C.QUEST_REWARD_GOLD[fz]
                 * p.quest_reward
                 * math.sqrt(mean_diff)
-                * (0.8 + 0.4 * uu[_S["loot_amt"], finish])
+                * (0.8 + 0.4 * self._sec(_Q["reward"], fidx))
             ).astype(np.int64)
             paid = reward >= 1
             self.gold[fidx[paid]] += reward[paid]
-            ev.add(
+            self._emit(
                 "currency_source",
                 fidx[paid],
                 currency=CURRENCY_CODE["gold"],
@@ -619,9 +897,9 @@ class ShardSim:
                 cause=CAUSE_CODE["quest_reward"],
             )
             gems = np.round((1 + fz // 2) * p.quest_reward).astype(np.int64)
-            gem = (uu[_S["gems_q"], finish] < C.QUEST_GEM_CHANCE) & (gems >= 1)
+            gem = (self._sec(_Q["gems_q"], fidx) < C.QUEST_GEM_CHANCE) & (gems >= 1)
             self.gems[fidx[gem]] += gems[gem]
-            ev.add(
+            self._emit(
                 "currency_source",
                 fidx[gem],
                 currency=CURRENCY_CODE["gems"],
@@ -629,162 +907,81 @@ class ShardSim:
                 cause=CAUSE_CODE["quest_reward"],
             )
             self.level[fidx] = np.minimum(self.level[fidx] + 1, C.MAX_LEVEL)
-            cleared = abandon | finish
-            self.quest_id[idx[cleared]] = -1
-            self.stage[idx[cleared]] = 0
-            advance = done & ~finish
-            self.stage[idx[advance]] += 1
-            self.stage_deaths[idx[advance | cleared]] = 0
+        cleared = idx[np.concatenate([ab, fin])]
+        self.quest_id[cleared] = -1
+        self.stage[cleared] = 0
+        advance = d_idx[~last]
+        self.stage[advance] += 1
+        self.stage_deaths[cleared] = 0
+        self.stage_deaths[advance] = 0
 
-        # --- loot: item drops and gold, with the map event zone boosted.
-        ev_zone = event_on & (zone == self.event_zone)
-        drop_p = _p(self._drop_zone[zone] * np.where(ev_zone, C.MAP_EVENT_DROP_BOOST, 1.0), dt)
-        drop = uu[_S["drop"]] < drop_p
-        rarity = np.minimum(
-            (C.ITEMS_PER_ZONE * uu[_S["item"]] ** C.RARITY_EXPONENT).astype(np.int32), C.ITEMS_PER_ZONE - 1
-        )
-        item = zone * C.ITEMS_PER_ZONE + rarity
-        self.inventory[idx[drop], item[drop]] += 1
-        ev.add("item_drop", idx[drop], item_id=item[drop], zone=zone[drop])
-        d_eng[drop] += C.ENG_DROP
-        loot = uu[_S["loot"]] < _p(self._loot_zone[zone], dt)
-        amt = np.round(C.LOOT_GOLD[zone] * p.source_multiplier * (0.5 + uu[_S["loot_amt"]])).astype(np.int64)
-        loot &= amt >= 1
-        self.gold[idx[loot]] += amt[loot]
-        ev.add(
-            "currency_source",
-            idx[loot],
-            currency=CURRENCY_CODE["gold"],
-            amount=amt[loot],
-            cause=CAUSE_CODE["loot"],
-        )
-
-        # --- vendors: selling loot is a faucet, consumables and travel are sinks.
-        vsell = uu[_S["vsell"]] < _p(C.VENDOR_SELL_RATE_PER_MIN, dt)
-        vitem = zone * C.ITEMS_PER_ZONE + np.minimum((uu[_S["vitem"]] * C.ITEMS_PER_ZONE).astype(np.int32), 7)
-        vsell &= self.inventory[idx, vitem] > 0
-        vamt = np.round(C.ITEM_VALUE[vitem] * C.VENDOR_SELL_SHARE * p.source_multiplier).astype(np.int64)
-        vsell &= vamt >= 1
-        self.inventory[idx[vsell], vitem[vsell]] -= 1
-        self.gold[idx[vsell]] += vamt[vsell]
-        ev.add(
-            "currency_source",
-            idx[vsell],
-            currency=CURRENCY_CODE["gold"],
-            amount=vamt[vsell],
-            cause=CAUSE_CODE["vendor"],
-        )
-        self._spend(
-            idx,
-            uu[_S["vbuy"]] < _p(C.VENDOR_BUY_RATE_PER_MIN, dt),
-            C.VENDOR_COST[zone] * p.sink_multiplier * (0.6 + 0.8 * uu[_S["vbuy_amt"]]),
-            "vendor",
-            ev,
-        )
-        self._spend(
-            idx, uu[_S["fee"]] < _p(C.FEE_RATE_PER_MIN, dt), C.TRAVEL_FEE[zone] * p.sink_multiplier, "fee", ev
-        )
-
-        # --- gems: real-money purchases in, cosmetic shop out.
-        gbuy = uu[_S["gem_buy"]] < _p(C.GEM_PURCHASE_RATE_PER_MIN, dt)
-        pack = C.GEM_PURCHASE_PACKS[np.minimum((uu[_S["gem_shop"]] * 3).astype(np.int32), 2)]
-        self.gems[idx[gbuy]] += pack[gbuy]
-        ev.add(
-            "currency_source",
-            idx[gbuy],
-            currency=CURRENCY_CODE["gems"],
-            amount=pack[gbuy],
-            cause=CAUSE_CODE["purchase"],
-        )
-        gshop = uu[_S["gem_shop"]] < _p(C.GEM_SHOP_RATE_PER_MIN, dt)
-        cost = C.GEM_SHOP_COSTS[np.minimum((uu[_S["vbuy_amt"]] * 3).astype(np.int32), 2)]
-        gshop &= ~gbuy & (self.gems[idx] >= cost)
-        self.gems[idx[gshop]] -= cost[gshop]
-        ev.add(
-            "currency_sink",
-            idx[gshop],
-            currency=CURRENCY_CODE["gems"],
-            amount=cost[gshop],
-            cause=CAUSE_CODE["shop"],
-        )
-
-        self._trades(idx, uu, dt, zone, event_on, ev)
-
-        # --- duplication exploit: a few players dupe items and sell the copies.
-        if self.exploit_until_us > now_us and self.exploit_mag > 0:
-            ex = uu[_S["exploit"]] < _p(C.EXPLOIT_RATE_PER_MIN * self.exploit_mag, dt)
-            exi = idx[ex]
-            rare = zone[ex] * C.ITEMS_PER_ZONE + C.ITEMS_PER_ZONE - 1
-            self.inventory[exi, rare] += C.EXPLOIT_ITEMS
-            gain = np.round(
-                C.EXPLOIT_GOLD * self.exploit_mag * (0.5 + uu[_S["loot_amt"], ex]) + C.ITEM_VALUE[rare]
-            ).astype(np.int64)
-            self.gold[exi] += gain
-            ev.add(
-                "currency_source",
-                exi,
-                currency=CURRENCY_CODE["gold"],
-                amount=gain,
-                cause=CAUSE_CODE["vendor"],
-            )
-
-    def _spend(
-        self, idx: np.ndarray, want: np.ndarray, amount: np.ndarray, cause: str, ev: EventBatch
-    ) -> None:
+    def _spend(self, slots: np.ndarray, amount: np.ndarray, cause: str) -> None:
         """A gold sink for the players who want it, can afford it and owe at least 1 gold."""
         amt = np.round(amount).astype(np.int64)
-        ok = want & (amt >= 1) & (self.gold[idx] >= amt)
-        self.gold[idx[ok]] -= amt[ok]
-        ev.add(
-            "currency_sink", idx[ok], currency=CURRENCY_CODE["gold"], amount=amt[ok], cause=CAUSE_CODE[cause]
+        ok = (amt >= 1) & (self.gold[slots] >= amt)
+        self.gold[slots[ok]] -= amt[ok]
+        self._emit(
+            "currency_sink",
+            slots[ok],
+            currency=CURRENCY_CODE["gold"],
+            amount=amt[ok],
+            cause=CAUSE_CODE[cause],
         )
 
-    def _trades(
-        self, idx: np.ndarray, uu: np.ndarray, dt: float, zone: np.ndarray, event_on: bool, ev: EventBatch
-    ) -> None:
+    def _trades(self, idx: np.ndarray, uu: np.ndarray, dt: float, zone: np.ndarray, event_on: bool) -> None:
         """Player-to-player trades: a buyer meets a random online seller holding the item."""
         n_on = len(idx)
         if n_on < 2:
             return
         rate = C.TRADE_RATE_PER_MIN * (C.MAP_EVENT_TRADE_BOOST if event_on else 1.0)
-        buy = uu[_S["trade"]] < _p(rate, dt)
-        want = zone * C.ITEMS_PER_ZONE + np.minimum(
-            (C.ITEMS_PER_ZONE * uu[_S["titem"]] ** 1.5).astype(np.int32), 7
+        b = np.flatnonzero(uu[_P["trade"]] < _thr(_pc(rate, dt)))
+        if not len(b):
+            return
+        buyer = idx[b]
+        want = zone[b] * C.ITEMS_PER_ZONE + np.minimum(
+            (C.ITEMS_PER_ZONE * self._sec(_Q["titem"], buyer) ** 1.5).astype(np.int32), C.ITEMS_PER_ZONE - 1
         )
-        seller_pos = np.minimum((uu[_S["partner"]] * n_on).astype(np.int64), n_on - 1)
-        seller = idx[seller_pos]
-        buy &= seller != idx
-        buy &= self.inventory[seller, want] > 0
-        n_active = max(int(self.active.sum()), 1)
-        stock = self.inventory.sum(axis=0, dtype=np.int64) / n_active  # vacant slots hold nothing
+        seller = idx[np.minimum((self._sec(_Q["partner"], buyer) * n_on).astype(np.int64), n_on - 1)]
+        n_active = max(int(np.count_nonzero(self.active)), 1)
+        stock = self._stock / n_active  # vacant slots hold nothing
         scarcity = np.clip(
             (self.ref_stock / np.maximum(stock, 1e-3)) ** C.PRICE_SCARCITY_ELASTICITY, *C.SCARCITY_CLIP
         )
         price = np.round(
-            C.ITEM_VALUE[want] * self.price_level * scarcity[want] * (0.85 + 0.3 * uu[_S["price"]])
+            C.ITEM_VALUE[want]
+            * self.price_level
+            * scarcity[want]
+            * (0.85 + 0.3 * self._sec(_Q["price"], buyer))
         ).astype(np.int64)
-        buy &= (price >= 1) & (self.gold[idx] >= price)
-        b = np.flatnonzero(buy)
-        if not len(b):
+        ok = (
+            (seller != buyer)
+            & (self.inventory[seller, want] > 0)
+            & (price >= 1)
+            & (self.gold[buyer] >= price)
+        )
+        k = np.flatnonzero(ok)
+        if not len(k):
             return
         # One sale per (seller, item) per tick: the seller holds at least one, maybe only one.
-        key = seller[b].astype(np.int64) * C.N_ITEMS + want[b]
+        key = seller[k].astype(np.int64) * C.N_ITEMS + want[k]
         _, first = np.unique(key, return_index=True)
-        b = np.sort(b[first])
+        k = np.sort(k[first])
         # A player who sells in this tick does not also buy (keeps gold checks exact).
-        b = b[~np.isin(idx[b], seller[b])]
-        if not len(b):
+        selling = np.zeros(self.slots, dtype=bool)
+        selling[seller[k]] = True
+        k = k[~selling[buyer[k]]]
+        if not len(k):
             return
-        bi, si, it, pr = idx[b], seller[b], want[b], price[b]
+        bi, si, it, pr = buyer[k], seller[k], want[k], price[k]
         self.gold[bi] -= pr
         tax = np.round(pr * C.TRADE_TAX * self.params.sink_multiplier).astype(np.int64)
         tax = np.minimum(tax, pr)
         np.add.at(self.gold, si, pr - tax)
         self.inventory[si, it] -= 1
         self.inventory[bi, it] += 1
-        ev.add("trade", bi, item_id=it, price=pr, currency=CURRENCY_CODE["gold"])
+        self._emit("trade", bi, item_id=it, price=pr, currency=CURRENCY_CODE["gold"])
         taxed = tax >= 1
-        ev.add(
+        self._emit(
             "currency_sink",
             si[taxed],
             currency=CURRENCY_CODE["gold"],
@@ -795,32 +992,41 @@ class ShardSim:
     def _sessions_end(
         self,
         idx: np.ndarray,
-        u: np.ndarray,
+        uu: np.ndarray,
         dt: float,
-        ev: EventBatch,
         d_eng: np.ndarray,
         tick_ms: float,
         now_us: int,
     ) -> None:
         """Logouts (some of which are churn) and disconnects (which may reconnect)."""
-        eng = self.engagement[idx].astype(np.float64)
+        h_max = 1.3 / C.MEAN_SESSION_MIN  # engagement >= 0
+        c = np.flatnonzero(uu[_P["logout"]] < _thr(_bound(_pc(h_max, dt))))
+        eng = self.engagement[idx[c]].astype(np.float64)
         h_logout = (1.3 - 0.6 * eng) / C.MEAN_SESSION_MIN
-        leave = u[_S["logout"], idx] < _p(h_logout, dt)
-        churn_p = C.CHURN_BASE + C.CHURN_SLOPE * (1.0 - np.clip(eng + d_eng, 0.0, 1.0)) ** 3
-        churn = leave & (u[_S["churn"], idx] < churn_p)
-        logout = leave & ~churn
+        hit = uu[_P["logout"], c] * _INV32 < -np.expm1(-h_logout * dt)
+        leave = c[hit]
+        eng = eng[hit]
+        churn_p = C.CHURN_BASE + C.CHURN_SLOPE * (1.0 - np.clip(eng + d_eng[leave], 0.0, 1.0)) ** 3
+        is_churn = self._sec(_Q["churn"], idx[leave]) < churn_p
         h_disc = C.DISCONNECT_RATE_PER_MIN * (1.0 + (tick_ms / C.DISCONNECT_TICK_MS) ** 2)
-        disc = ~leave & (u[_S["disc"], idx] < _p(h_disc, dt))
+        disc = np.flatnonzero(uu[_P["disc"]] < _thr(_pc(h_disc, dt)))
+        if len(disc) and len(leave):
+            left = np.zeros(len(idx), dtype=bool)
+            left[leave] = True
+            disc = disc[~left[disc]]
 
-        ev.add("session_end", idx[logout], cause=CAUSE_CODE["logout"])
-        ev.add("session_end", idx[churn], cause=CAUSE_CODE["churn"])
-        self.on[idx[leave | disc]] = False
+        li = idx[leave]
+        ci = li[is_churn]
+        self._emit("session_end", li[~is_churn], cause=CAUSE_CODE["logout"])
+        self._emit("session_end", ci, cause=CAUSE_CODE["churn"])
         di = idx[disc]
+        self.on[li] = False
+        self.on[di] = False
         self.pending[di] = True
         self.pending_until_us[di] = now_us + int(C.RECONNECT_WINDOW_MIN * 60 * _US)
-        ci = idx[churn]
         if len(ci):
             # The player leaves the game: the slot is vacant until a newcomer arrives.
+            self._stock -= self.inventory[ci].sum(axis=0, dtype=np.int64)
             self.active[ci] = False
             self.quest_id[ci] = -1
             self.stage[ci] = 0
@@ -830,10 +1036,8 @@ class ShardSim:
 
     def _arrivals(self, u: np.ndarray, dt: float) -> None:
         """New players fill vacant slots at a steady rate: the population is persistent but alive."""
-        vacant = ~self.active
-        if not vacant.any():
-            return
-        new = np.flatnonzero(vacant & (u[_S["arrive"]] < _p(C.ARRIVAL_RATE_PER_MIN, dt)))
+        new = np.flatnonzero(u[_P["arrive"]] < _thr(_pc(C.ARRIVAL_RATE_PER_MIN, dt)))
+        new = new[~self.active[new]]
         k = len(new)
         if not k:
             return
@@ -847,11 +1051,12 @@ class ShardSim:
         self.on[new] = False
         self.pending[new] = False
         self.level[new] = 1
-        self.skill[new] = (0.65 + 0.6 * u[_S["new_skill"], new]).astype(np.float32)
+        self.skill[new] = (0.65 + 0.6 * self._sec(_Q["new_skill"], new)).astype(np.float32)
         lo, hi = C.NEW_ENGAGEMENT
-        self.engagement[new] = (lo + (hi - lo) * u[_S["new_eng"], new]).astype(np.float32)
+        self.engagement[new] = (lo + (hi - lo) * self._sec(_Q["new_eng"], new)).astype(np.float32)
         self.gold[new] = C.START_GOLD
         self.gems[new] = 0
+        self._stock -= self.inventory[new].sum(axis=0, dtype=np.int64)
         self.inventory[new] = 0
         self.quest_id[new] = -1
         self.stage[new] = 0
@@ -904,6 +1109,14 @@ class ShardSim:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ShardSim:
         """Rebuild a shard from :meth:`state_dict`; it continues exactly where the original was."""
+        self = cls.__new__(cls)
+        self.load_state_dict(state)
+        return self
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Become the shard of :meth:`state_dict` ``state`` in place (the runner's workers hand
+        their final states back this way, so callers' references to the shard stay valid).
+        A bad state raises ValueError and leaves this shard untouched."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(
                 f"unsupported shard state format {state.get('format')!r}; expected {STATE_FORMAT}"
@@ -911,7 +1124,12 @@ class ShardSim:
         missing = [k for k in (*_ARRAY_FIELDS, *_SCALAR_FIELDS, "params_json", "rng_state") if k not in state]
         if missing:
             raise ValueError(f"shard state is missing {', '.join(missing)}")
-        self = cls.__new__(cls)
+        loaded = ShardSim.__new__(ShardSim)
+        loaded._load(state)
+        self.__dict__.clear()
+        self.__dict__.update(loaded.__dict__)
+
+    def _load(self, state: dict[str, Any]) -> None:
         n = len(state["active"])
         for name, dtype in _ARRAY_FIELDS.items():
             arr = np.array(state[name], dtype=dtype, copy=True)
@@ -949,7 +1167,6 @@ class ShardSim:
         self._corrupt_pending = [float(m) for m in state.get("corrupt_pending", [])]
         self.kind_counts = {str(k): int(v) for k, v in dict(state.get("kind_counts", {})).items()}
         self._derive()
-        return self
 
     def clone(self) -> ShardSim:
         """An independent copy with the same generator state (common random numbers)."""

@@ -144,3 +144,46 @@ def test_writer_rejects_bad_settings_and_tables(tmp_path):
     writer = LandingWriter(tmp_path)
     with pytest.raises(ValueError, match="SCHEMA_V1"):
         writer.add(world.shards["eu-west-1"], pa.table({"x": [1]}))
+
+
+def test_add_step_lands_what_add_lands(tmp_path):
+    """The runner's fast path (step straight into the window) lands the same batches as add()."""
+    slow_world = World(seed=12, players_per_shard=150, shards_per_region=1)
+    fast_world = World(seed=12, players_per_shard=150, shards_per_region=1)
+    for w in (slow_world, fast_world):
+        w.shards["us-east-1"].inject(
+            Fault(kind=FaultKind.CORRUPT_TELEMETRY, shard_id="us-east-1", magnitude=2), w.game_time
+        )
+    slow = LandingWriter(tmp_path / "slow" / "telemetry", batch_minutes=5)
+    fast = LandingWriter(tmp_path / "fast" / "telemetry", batch_minutes=5)
+    land(slow, slow_world, 12)
+    for _ in range(12):
+        now = fast_world.game_time
+        for shard in fast_world.shards.values():
+            fast.add_step(shard, fast_world.tick_minutes, now)
+        fast_world.game_time = now + timedelta(minutes=fast_world.tick_minutes)
+    slow.flush()
+    fast.flush()
+    assert fast.stats.events == slow.stats.events and fast.stats.kinds == slow.stats.kinds
+    assert fast.stats.files == slow.stats.files == 9 and fast.stats.corrupt_batches == 1
+
+    def rows(root):
+        return pa.concat_tables([pq.read_table(f) for f in sorted(root.rglob("*.parquet"))]).sort_by(
+            "event_id"
+        )
+
+    assert rows(tmp_path / "fast" / "telemetry").equals(rows(tmp_path / "slow" / "telemetry"))
+
+
+def test_retention_only_deletes_the_writers_own_shards(tmp_path):
+    root = tmp_path / "telemetry"
+    foreign = root / "date=2026-01-02" / "hour=00" / "shard=mars-1" / "x.parquet"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"not ours")
+    world = World(players_per_shard=40, shards_per_region=1, tick_minutes=5)
+    writer = LandingWriter(root, retention_hours=1, batch_minutes=30)
+    land(writer, world, 5 * 12)
+    writer.flush()
+    assert writer.stats.deleted_files > 0
+    assert foreign.exists()
+    assert not list((root / "date=2026-01-02" / "hour=00").glob("shard=eu-west-1"))
