@@ -1,0 +1,590 @@
+"""Landing -> bronze + quarantine, batch by batch, counts conserved.
+
+For every landed batch the ingest writes, atomically and keyed by batch id:
+
+* ``bronze/date=YYYY-MM-DD/<batch-id>.parquet``: the valid, first-seen events,
+  exactly SCHEMA_V1 plus ``batch_id`` and ``ingested_at``;
+* ``quarantine/date=YYYY-MM-DD/<batch-id>.parquet``: rejected rows as text with
+  ``rule`` and ``reason``; or, for a file no row of which can be read,
+  ``quarantine/files/<batch-id>/<name>`` plus a line in ``files/manifest.jsonl``;
+* a manifest entry with rows in / bronze / quarantined / duplicates.
+
+Re-processing a batch replaces its own files and index entries, so it never
+duplicates rows.  Each batch stands alone: a bad one is quarantined and the
+others go on.  Batches are validated one by one but de-duplicated in groups (one
+DuckDB probe per group of about a million rows), which is what makes many small
+batches cheap.  One ingest runs at a time (a file lock); runs queue behind it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aegis.config import AegisPaths
+from aegis.lake.event_index import INDEX_FILE, EventIndex
+from aegis.lake.landing import LandedBatch, list_landed
+from aegis.lake.manifest import Manifest, ManifestEntry, manifest_dir
+from aegis.lake.validate import (
+    DEFAULT_FUTURE_SKEW,
+    Conformed,
+    UnreadableBatch,
+    Verdicts,
+    conform,
+    quarantine_rows,
+    read_batch,
+    validate,
+)
+from aegis.telemetry import SCHEMA_V1
+
+# Valid rows de-duplicated together in one DuckDB probe.
+GROUP_ROWS = 1_000_000
+# Threads reading/validating and writing batches (pyarrow releases the GIL); sized for 2 cores.
+WORKERS = 2
+PREFETCH = 2  # batches loaded ahead of the one being committed
+# How long a run waits for another ingest to finish before giving up.
+LOCK_TIMEOUT_S = 600.0
+LOCK_POLL_S = 0.2
+BRONZE_COMPRESSION = "zstd"
+BRONZE_COMPRESSION_LEVEL = 1  # bronze is rewritten rarely and read often: speed over the last few %
+QUARANTINE_FILES_MANIFEST = "manifest.jsonl"
+DICTIONARY_COLUMNS = [
+    "region",
+    "shard_id",
+    "kind",
+    "cause",
+    "currency",
+    "schema_version",
+    "config_version",
+    "batch_id",
+    "ingested_at",
+    "source_file",
+    "quarantined_at",
+    "rule",
+]
+
+BRONZE_SCHEMA = pa.schema(
+    [
+        *[f.with_nullable(True) for f in SCHEMA_V1],
+        pa.field("batch_id", pa.string()),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+class IngestBusy(TimeoutError):
+    """Another ingest held the lake for longer than we were willing to wait."""
+
+
+@dataclass
+class BatchResult:
+    """What happened to one landed batch."""
+
+    batch_id: str
+    source_path: str
+    status: str
+    rows_in: int = 0
+    bronze_rows: int = 0
+    quarantined_rows: int = 0
+    duplicate_rows: int = 0
+    reason: str | None = None  # why the whole file was rejected
+    notes: list[str] = field(default_factory=list)
+    rules: Counter[str] = field(default_factory=Counter)  # quarantined rows per rule
+    examples: dict[str, str] = field(default_factory=dict)  # one reason sentence per rule
+    bronze_path: str | None = None
+    quarantine_path: str | None = None
+
+    @property
+    def conserved(self) -> bool:
+        return self.rows_in == self.bronze_rows + self.quarantined_rows + self.duplicate_rows
+
+
+@dataclass
+class IngestReport:
+    """The outcome of one ingest call, for the asset's metadata and the CLI."""
+
+    results: list[BatchResult]
+    skipped: list[str]  # batches already processed (not re-done)
+    seconds: float
+
+    def total(self, attr: str) -> int:
+        return sum(int(getattr(r, attr)) for r in self.results)
+
+    @property
+    def rows_in(self) -> int:
+        return self.total("rows_in")
+
+    @property
+    def bronze_rows(self) -> int:
+        return self.total("bronze_rows")
+
+    @property
+    def quarantined_rows(self) -> int:
+        return self.total("quarantined_rows")
+
+    @property
+    def duplicate_rows(self) -> int:
+        return self.total("duplicate_rows")
+
+    @property
+    def conserved(self) -> bool:
+        return all(r.conserved for r in self.results) and self.rows_in == (
+            self.bronze_rows + self.quarantined_rows + self.duplicate_rows
+        )
+
+    @property
+    def statuses(self) -> Counter[str]:
+        return Counter(r.status for r in self.results)
+
+    def by_rule(self) -> list[tuple[str, int, str]]:
+        """(rule, rows, an example reason), most frequent first; whole files count as ``unreadable_file``."""
+        counts: Counter[str] = Counter()
+        examples: dict[str, str] = {}
+        for r in self.results:
+            counts.update(r.rules)
+            for rule, text in r.examples.items():
+                examples.setdefault(rule, text)
+            if r.status == "rejected":
+                counts["unreadable_file"] += max(r.quarantined_rows, 1)
+                examples.setdefault("unreadable_file", r.reason or "")
+        return [(rule, n, examples.get(rule, "")) for rule, n in counts.most_common()]
+
+
+@dataclass
+class _Prepared:
+    batch: LandedBatch
+    batch_id: str
+    batch_no: int
+    conformed: Conformed
+    verdicts: Verdicts
+    valid: pa.Table
+    result: BatchResult
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def ingest_lock(paths: AegisPaths, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """One ingest at a time per lake (runs may overlap in Dagster; files must not)."""
+    lock_path = manifest_dir(paths) / ".lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    with open(lock_path, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise IngestBusy(
+                        f"another ingest has held {lock_path} for over {timeout_s:.0f} s"
+                    ) from None
+                time.sleep(LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    """Atomic write (temp name + rename); readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            compression=BRONZE_COMPRESSION,
+            compression_level=BRONZE_COMPRESSION_LEVEL,
+            store_schema=False,  # plain Parquet types: constant columns stay strings for every reader
+            use_dictionary=DICTIONARY_COLUMNS,  # high-cardinality columns gain nothing from trying
+        )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _constant(value: object, n: int, typ: pa.DataType) -> pa.Array:
+    """A constant column without materializing ``n`` Python objects."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value], typ))
+
+
+def _partition_date(batch: LandedBatch, table: pa.Table | None) -> str:
+    if batch.date:
+        return batch.date
+    if table is not None and table.num_rows:
+        first = pc.min(table.column("ts")).as_py()
+        if first is not None:
+            return f"{first:%Y-%m-%d}"
+    return datetime.fromtimestamp(batch.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d")
+
+
+def _rel(paths: AegisPaths, path: Path) -> str:
+    return path.relative_to(paths.lake).as_posix()
+
+
+def pending_batches(paths: AegisPaths, manifest: Manifest | None = None) -> list[LandedBatch]:
+    """Landed batches not yet finished, in landing order."""
+    manifest = manifest or Manifest(paths)
+    done = manifest.done_sources()
+    return [b for b in list_landed(paths.landing_telemetry) if b.rel not in done]
+
+
+# ------------------------------------------------------------------------ steps
+
+
+def _quarantine_file(paths: AegisPaths, batch: LandedBatch, batch_id: str, reason: str, now: datetime) -> str:
+    """Copy an unreadable file whole and list it, with its reason, in files/manifest.jsonl."""
+    target = paths.quarantine_files / batch_id / batch.path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(batch.path, tmp)
+    os.replace(tmp, target)
+    line = {
+        "batch_id": batch_id,
+        "source_path": batch.rel,
+        "quarantined_path": _rel(paths, target),
+        "size": batch.size,
+        "reason": reason,
+        "quarantined_at": now.isoformat(),
+    }
+    with open(paths.quarantine_files / QUARANTINE_FILES_MANIFEST, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    return _rel(paths, target)
+
+
+@dataclass
+class _Loaded:
+    """A batch read, conformed and validated (worker-thread work: pyarrow releases the GIL)."""
+
+    conformed: Conformed | None = None
+    verdicts: Verdicts | None = None
+    valid: pa.Table | None = None
+    rows: int = 0
+    error: str | None = None
+
+
+def _load(batch: LandedBatch, now: datetime, future_skew: timedelta) -> _Loaded:
+    table: pa.Table | None = None
+    try:
+        table = read_batch(batch.path)
+        conformed = conform(table)
+    except UnreadableBatch as exc:
+        return _Loaded(rows=table.num_rows if table is not None else 0, error=exc.reason)
+    verdicts = validate(conformed, now=now, future_skew=future_skew)
+    valid = conformed.table.filter(verdicts.valid) if verdicts.n_bad else conformed.table
+    return _Loaded(conformed, verdicts, valid, conformed.table.num_rows)
+
+
+def _register(manifest: Manifest, batch: LandedBatch, run_id: str | None) -> tuple[str, int, str | None]:
+    """Give the batch its manifest number; a clash of batch ids yields a distinct id and a reason."""
+    batch_id = batch.batch_id
+    batch_no, first_source = manifest.register(batch_id, batch.rel, batch.size, run_id)
+    if first_source is not None and first_source != batch.rel:
+        # The same id from another file: keep both, but never under one id.
+        clash = f"batch id {batch_id} was already used by {first_source}; batch ids must be unique"
+        batch_id = f"{batch_id}~{hashlib.sha1(batch.rel.encode()).hexdigest()[:10]}"
+        batch_no, _ = manifest.register(batch_id, batch.rel, batch.size, run_id)
+        return batch_id, batch_no, clash
+    return batch_id, batch_no, None
+
+
+def _prepared(batch: LandedBatch, batch_id: str, batch_no: int, loaded: _Loaded) -> _Prepared:
+    assert loaded.conformed is not None and loaded.verdicts is not None and loaded.valid is not None
+    verdicts = loaded.verdicts
+    result = BatchResult(
+        batch_id=batch_id,
+        source_path=batch.rel,
+        status="ok",
+        rows_in=loaded.rows,
+        quarantined_rows=verdicts.n_bad,
+        notes=list(loaded.conformed.notes),
+    )
+    if verdicts.n_bad:
+        rules = verdicts.rules.to_pylist()
+        result.rules = Counter(rules)
+        # one example sentence per rule: the first row that broke it
+        for rule in result.rules:
+            first = rules.index(rule)
+            result.examples[rule] = verdicts.reasons[first].as_py()
+    return _Prepared(batch, batch_id, batch_no, loaded.conformed, verdicts, loaded.valid, result)
+
+
+def _reject(
+    paths: AegisPaths,
+    manifest: Manifest,
+    batch: LandedBatch,
+    batch_id: str,
+    batch_no: int,
+    reason: str,
+    rows: int,
+    run_id: str | None,
+    now: datetime,
+) -> BatchResult:
+    date = _partition_date(batch, None)
+    # A batch rejected now may have had bronze/quarantine files from an earlier, different copy.
+    _remove(paths.bronze / f"date={date}" / f"{batch_id}.parquet")
+    _remove(paths.quarantine / f"date={date}" / f"{batch_id}.parquet")
+    qpath = _quarantine_file(paths, batch, batch_id, reason, now)
+    result = BatchResult(
+        batch_id=batch_id,
+        source_path=batch.rel,
+        status="rejected",
+        rows_in=rows,
+        quarantined_rows=rows,
+        reason=reason,
+        quarantine_path=qpath,
+    )
+    manifest.record(_entry(batch_no, batch, result, run_id, now))
+    return result
+
+
+def _entry(
+    batch_no: int, batch: LandedBatch, r: BatchResult, run_id: str | None, now: datetime
+) -> ManifestEntry:
+    return ManifestEntry(
+        batch_no=batch_no,
+        batch_id=r.batch_id,
+        source_path=batch.rel,
+        source_size=batch.size,
+        status=r.status,
+        rows_in=r.rows_in,
+        bronze_rows=r.bronze_rows,
+        quarantined_rows=r.quarantined_rows,
+        duplicate_rows=r.duplicate_rows,
+        reason=r.reason,
+        notes="; ".join(r.notes) or None,
+        bronze_path=r.bronze_path,
+        quarantine_path=r.quarantine_path,
+        run_id=run_id,
+        processed_at=now.isoformat(),
+    )
+
+
+def _duplicates_within(ids: pa.ChunkedArray, hashes: np.ndarray) -> np.ndarray:
+    """Positions whose event id appeared earlier in the same group (exact, not by hash)."""
+    dup = np.zeros(len(hashes), dtype=bool)
+    ordered = np.sort(hashes)  # a radix sort: far cheaper than hashing the hashes again
+    if not (ordered[1:] == ordered[:-1]).any():  # distinct hashes: distinct ids
+        return dup
+    t = pa.table({"event_id": ids, "pos": pa.array(np.arange(len(hashes)))})
+    first = t.group_by("event_id", use_threads=False).aggregate([("pos", "min")]).column("pos_min").to_numpy()
+    dup[:] = True
+    dup[first] = False
+    return dup
+
+
+def _duplicates_in_bronze(
+    paths: AegisPaths,
+    manifest: Manifest,
+    index: EventIndex,
+    ids: pa.ChunkedArray,
+    hashes: np.ndarray,
+    already: np.ndarray,
+) -> np.ndarray:
+    """Positions whose event id bronze already holds: index hits, confirmed against the bronze file."""
+    dup = np.zeros(len(hashes), dtype=bool)
+    pos, batch_nos = index.lookup(hashes)
+    if len(pos) == 0:
+        return dup
+    keep = ~already[pos]
+    pos, batch_nos = pos[keep], batch_nos[keep]
+    files = manifest.bronze_paths(np.unique(batch_nos).tolist())
+    for batch_no in np.unique(batch_nos):
+        rel = files.get(int(batch_no))
+        if rel is None:
+            continue
+        candidates = pos[batch_nos == batch_no]
+        held = pq.read_table(paths.lake / rel, columns=["event_id"]).column("event_id")
+        cand_ids = ids.take(pa.array(candidates))
+        confirmed = pc.is_in(cand_ids, value_set=held.combine_chunks()).to_numpy(zero_copy_only=False)
+        dup[candidates[confirmed]] = True
+    return dup
+
+
+def _write_batch_files(paths: AegisPaths, p: _Prepared, bronze: pa.Table, ingested_at: datetime) -> None:
+    """Replace the batch's bronze and quarantine files (or remove stale ones when it has none)."""
+    r = p.result
+    date = _partition_date(p.batch, p.valid if p.valid.num_rows else p.conformed.table)
+    bronze_path = paths.bronze / f"date={date}" / f"{p.batch_id}.parquet"
+    quarantine_path = paths.quarantine / f"date={date}" / f"{p.batch_id}.parquet"
+    ts_type = BRONZE_SCHEMA.field("ingested_at").type
+    if r.bronze_rows:
+        columns = [*bronze.columns, _constant(p.batch_id, r.bronze_rows, pa.string())]
+        columns.append(_constant(ingested_at, r.bronze_rows, ts_type))
+        _write_parquet(pa.Table.from_arrays(columns, names=BRONZE_SCHEMA.names), bronze_path)
+        r.bronze_path = _rel(paths, bronze_path)
+    else:
+        _remove(bronze_path)
+    if r.quarantined_rows:
+        q = quarantine_rows(p.conformed, p.verdicts)
+        q = q.append_column("batch_id", _constant(p.batch_id, q.num_rows, pa.string()))
+        q = q.append_column("source_file", _constant(p.batch.rel, q.num_rows, pa.string()))
+        q = q.append_column("quarantined_at", _constant(ingested_at, q.num_rows, ts_type))
+        _write_parquet(q, quarantine_path)
+        r.quarantine_path = _rel(paths, quarantine_path)
+    else:
+        _remove(quarantine_path)
+
+
+def _commit(
+    paths: AegisPaths,
+    manifest: Manifest,
+    index: EventIndex,
+    group: list[_Prepared],
+    ingested_at: datetime,
+    run_id: str | None,
+    pool: ThreadPoolExecutor,
+) -> list[BatchResult]:
+    """De-duplicate a group of validated batches, write their files, index and record them."""
+    if not group:
+        return []
+    index.forget([p.batch_no for p in group])
+    chunks = [c for p in group for c in p.valid.column("event_id").chunks]
+    ids = pa.chunked_array(chunks, pa.string())
+    hashes = index.hashes(ids) if len(ids) else np.zeros(0, np.uint64)
+    within = _duplicates_within(ids, hashes)
+    dup = within | _duplicates_in_bronze(paths, manifest, index, ids, hashes, within)
+    results = []
+    add_h: list[np.ndarray] = []
+    add_b: list[np.ndarray] = []
+    writes = []
+    offset = 0
+    for p in group:
+        n = p.valid.num_rows
+        batch_dup = dup[offset : offset + n]
+        batch_h = hashes[offset : offset + n]
+        offset += n
+        r = p.result
+        r.duplicate_rows = int(batch_dup.sum())
+        bronze = p.valid.filter(pa.array(~batch_dup)) if r.duplicate_rows else p.valid
+        r.bronze_rows = bronze.num_rows
+        if r.bronze_rows:
+            add_h.append(batch_h[~batch_dup] if r.duplicate_rows else batch_h)
+            add_b.append(np.full(r.bronze_rows, p.batch_no, dtype=np.int32))
+        if r.rows_in == 0:
+            r.status = "empty"
+        elif r.quarantined_rows or r.duplicate_rows:
+            r.status = "partial"
+        writes.append(pool.submit(_write_batch_files, paths, p, bronze, ingested_at))
+        results.append(r)
+    for w in writes:
+        w.result()  # re-raises a failed write before anything is indexed or recorded
+    if add_h:
+        index.add(np.concatenate(add_h), np.concatenate(add_b))
+    for p, r in zip(group, results, strict=True):
+        manifest.record(_entry(p.batch_no, p.batch, r, run_id, ingested_at))
+    return results
+
+
+# --------------------------------------------------------------------- the API
+
+
+def ingest_batches(
+    paths: AegisPaths,
+    batches: list[LandedBatch] | None = None,
+    *,
+    reprocess: bool = False,
+    now: datetime | None = None,
+    future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+    run_id: str | None = None,
+    group_rows: int = GROUP_ROWS,
+    log: Callable[[str], None] | None = None,
+) -> IngestReport:
+    """Ingest ``batches`` (default: every pending one) into bronze; see the module docstring.
+
+    Batches already finished are skipped unless ``reprocess``; a re-processed
+    batch replaces its own bronze and quarantine files.
+    """
+    started = time.perf_counter()
+    paths.ensure()
+    say = log or (lambda _msg: None)
+    with ingest_lock(paths), Manifest(paths).session() as manifest:
+        skipped: list[str] = []
+        if batches is None:
+            todo = pending_batches(paths, manifest)
+        elif reprocess:
+            todo = sorted(batches)
+        else:
+            done = manifest.done_sources()
+            todo = [b for b in sorted(batches) if b.rel not in done]
+            skipped = [b.batch_id for b in batches if b.rel in done]
+        ingested_at = (now or datetime.now(UTC)).astimezone(UTC)
+        clock = now or datetime.now(UTC)
+        results: list[BatchResult] = []
+        with EventIndex(manifest.dir / INDEX_FILE) as index:
+            if index.stale:
+                say("event index was built by another DuckDB version; rebuilding it from bronze")
+                entries = [e for e in manifest.entries() if e.bronze_path]
+                index.rebuild({e.batch_no: str(paths.lake / e.bronze_path) for e in entries if e.bronze_path})
+            registered = [(b, *_register(manifest, b, run_id)) for b in todo]
+            group: list[_Prepared] = []
+            rows = 0
+            with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ingest") as pool:
+                futures: dict[int, Future[_Loaded]] = {}
+                submitted = 0
+                for i, (batch, batch_id, batch_no, clash) in enumerate(registered):
+                    while submitted < len(registered) and submitted <= i + PREFETCH:  # keep workers busy
+                        if registered[submitted][3] is None:
+                            futures[submitted] = pool.submit(
+                                _load, registered[submitted][0], clock, future_skew
+                            )
+                        submitted += 1
+                    if clash is not None:
+                        results.append(
+                            _reject(paths, manifest, batch, batch_id, batch_no, clash, 0, run_id, clock)
+                        )
+                        continue
+                    loaded = futures.pop(i).result()
+                    if loaded.error is not None:
+                        results.append(
+                            _reject(
+                                paths,
+                                manifest,
+                                batch,
+                                batch_id,
+                                batch_no,
+                                loaded.error,
+                                loaded.rows,
+                                run_id,
+                                clock,
+                            )
+                        )
+                        say(f"{batch.rel}: rejected whole: {loaded.error}")
+                        continue
+                    group.append(_prepared(batch, batch_id, batch_no, loaded))
+                    rows += loaded.rows
+                    if rows >= group_rows:
+                        results += _commit(paths, manifest, index, group, ingested_at, run_id, pool)
+                        group, rows = [], 0
+                results += _commit(paths, manifest, index, group, ingested_at, run_id, pool)
+        manifest.export()
+    report = IngestReport(results=results, skipped=skipped, seconds=time.perf_counter() - started)
+    if not report.conserved:  # record() already refuses a non-conserving batch; this guards the sums
+        raise AssertionError("ingest counts are not conserved; see the manifest")
+    return report

@@ -1,0 +1,594 @@
+"""Validate one landed telemetry batch against schema v1, vectorized.
+
+Three layers, each answering a different question:
+
+1. :func:`read_batch` - can the file be read at all?  A 0-byte file, a file that
+   is not Parquet or a truncated one cannot; it raises :class:`UnreadableBatch`
+   and the whole file goes to ``quarantine/files``.
+2. :func:`conform` - can its columns be brought to SCHEMA_V1?  The choices, per
+   case, and why:
+
+   * a missing column that the schema marks non-nullable (``event_id``, ``ts``,
+     ``kind``, ...) makes every row meaningless: the whole file is quarantined;
+   * a missing nullable column (``zone``, ``amount``, ...) is filled with nulls:
+     rows of kinds that do not need it are still good, and rows that need it are
+     rejected by the per-kind rule with a reason that names the field;
+   * an extra column is dropped and noted: producers add columns before the
+     schema catches up (forward compatibility), and bronze holds exactly
+     SCHEMA_V1, so nothing downstream can start depending on an unvetted column;
+   * a column of another type is converted when the conversion is lossless
+     (int32 -> int64, strings holding numbers, ...); values that cannot be
+     converted reject only their own rows ("amount: 'lots' is not a valid
+     int64"); a type with no sensible conversion at all (a list where a number
+     belongs) quarantines the file.
+3. :func:`validate` - is each row a possible event?  Kind enum, required fields
+   per kind, value ranges, string lengths, currencies, session-end causes and
+   timestamp sanity.  The result names, for every rejected row, the first rule it
+   broke as a short code (for counting) and a sentence (for people).
+
+Everything is pyarrow.compute over whole columns; messages are built only for the
+rejected rows, so a clean batch pays for the masks and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aegis.telemetry import (
+    COMMON_REQUIRED,
+    CURRENCIES,
+    KINDS,
+    MAX_STRING_LENGTH,
+    REQUIRED_BY_KIND,
+    SCHEMA_V1,
+    SCHEMA_VERSION,
+    SESSION_END_CAUSES,
+    VALUE_RANGES,
+    WORLD_EPOCH,
+)
+
+# How far ahead of the ingest clock an event may claim to be (shard clock skew).
+DEFAULT_FUTURE_SKEW = timedelta(minutes=5)
+# Strings accepted as numbers when a producer wrote a numeric column as text.
+INT_PATTERN = r"^\s*[+-]?\d{1,18}\s*$"
+FLOAT_PATTERN = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
+# Columns without which no row means anything: their absence quarantines the file.
+STRUCTURAL_COLUMNS: tuple[str, ...] = tuple(f.name for f in SCHEMA_V1 if not f.nullable)
+REQUIRED_ALWAYS: tuple[str, ...] = tuple(dict.fromkeys((*STRUCTURAL_COLUMNS, *COMMON_REQUIRED)))
+STRING_TYPES = (pa.string(), pa.large_string())
+
+
+class UnreadableBatch(Exception):
+    """No row of the batch can be rescued; the file is quarantined whole with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule over a whole batch.
+
+    ``mask`` is True where a row breaks the rule (never null); ``message`` builds
+    the sentence for the rows given by index, and is only called for rows that
+    break this rule first.
+    """
+
+    rule: str
+    mask: pa.Array
+    message: Callable[[pa.Array], pa.Array]
+
+
+@dataclass
+class Conformed:
+    """A batch brought to SCHEMA_V1, plus what it cost."""
+
+    table: pa.Table  # exactly SCHEMA_V1 (names, order, types)
+    original: pa.Table  # the schema columns as read, for quarantining rows as they were
+    checks: list[Check] = field(default_factory=list)  # rows whose values could not be converted
+    notes: list[str] = field(default_factory=list)  # schema drift a person should know about
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """Which rows are valid, and for the others the first rule broken and why."""
+
+    valid: pa.Array  # boolean, one per row
+    bad_rows: pa.Array  # int64 row numbers, ascending
+    rules: pa.Array  # string, aligned with bad_rows
+    reasons: pa.Array  # string, aligned with bad_rows
+
+    @property
+    def n_bad(self) -> int:
+        return len(self.bad_rows)
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read_batch(path: Path) -> pa.Table:
+    """Read a landed file, or raise :class:`UnreadableBatch` saying why it cannot be."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise UnreadableBatch(f"the file cannot be opened ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise UnreadableBatch("the file is empty (0 bytes), so it holds no Parquet data at all")
+    try:
+        with pq.ParquetFile(path) as pf:
+            # One thread per file: the ingest already reads files in parallel.
+            table = pf.read(use_threads=False)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableBatch(
+            f"the file is not readable Parquet (truncated, corrupt or another format): {detail}"
+        ) from exc
+    names = table.column_names
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UnreadableBatch(f"the file has duplicated column name(s) {', '.join(dupes)}")
+    return table
+
+
+# ------------------------------------------------------------------- conforming
+
+
+def _lit(value: str, n: int) -> pa.Array:
+    return pa.array([value] * n, pa.string()) if n else pa.array([], pa.string())
+
+
+def _as_text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as strings for messages and quarantine; unconvertible types become their repr."""
+    try:
+        return pc.cast(arr, pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return pa.array([None if v is None else repr(v) for v in arr.to_pylist()], pa.string())
+
+
+def _convert(name: str, col: pa.ChunkedArray, target: pa.DataType) -> tuple[pa.ChunkedArray, pa.Array | None]:
+    """Convert ``col`` to ``target``; return it and a mask of rows whose value was lost.
+
+    Raises :class:`UnreadableBatch` when the type has no row-by-row conversion.
+    """
+    try:
+        return pc.cast(col, target, safe=True), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    src = col.type
+    if src in STRING_TYPES and (pa.types.is_integer(target) or pa.types.is_floating(target)):
+        pattern = INT_PATTERN if pa.types.is_integer(target) else FLOAT_PATTERN
+        ok = pc.fill_null(pc.match_substring_regex(col, pattern), False)
+        trimmed = pc.utf8_trim_whitespace(pc.if_else(ok, col, pa.scalar(None, src)))
+        wide = pc.cast(trimmed, pa.int64() if pa.types.is_integer(target) else pa.float64())
+        return _narrow(wide, target, ok, col)
+    if src in STRING_TYPES and pa.types.is_timestamp(target):
+        # ISO-8601 text; rows that do not parse are lost one by one.
+        parsed = pc.strptime(col, format="%Y-%m-%dT%H:%M:%S%z", unit="us", error_is_null=True)
+        parsed2 = pc.strptime(col, format="%Y-%m-%d %H:%M:%S%z", unit="us", error_is_null=True)
+        merged = pc.coalesce(parsed, parsed2)
+        out = pc.cast(merged, target)
+        lost = pc.and_(pc.is_valid(col), pc.is_null(out))
+        return out, pc.fill_null(lost, False)
+    if (pa.types.is_integer(src) or pa.types.is_floating(src)) and (
+        pa.types.is_integer(target) or pa.types.is_floating(target)
+    ):
+        return _narrow(col, target, pc.is_valid(col), col)
+    raise UnreadableBatch(
+        f"column {name} has type {src} but schema v1 says {target}, and no conversion exists"
+    )
+
+
+def _narrow(
+    wide: pa.ChunkedArray, target: pa.DataType, ok: pa.ChunkedArray, original: pa.ChunkedArray
+) -> tuple[pa.ChunkedArray, pa.Array]:
+    """Keep values that fit ``target`` exactly; the rest become null and are flagged."""
+    fits = pc.fill_null(ok, False)
+    if pa.types.is_integer(target):
+        info_min, info_max = _int_bounds(target)
+        fits = pc.and_(fits, pc.fill_null(pc.greater_equal(wide, info_min), False))
+        fits = pc.and_(fits, pc.fill_null(pc.less_equal(wide, info_max), False))
+        if pa.types.is_floating(wide.type):
+            fits = pc.and_(fits, pc.fill_null(pc.equal(pc.floor(wide), wide), False))
+    kept = pc.if_else(fits, wide, pa.scalar(None, wide.type))
+    out = pc.cast(kept, target, safe=False)
+    lost = pc.and_(pc.is_valid(original), pc.invert(fits))
+    return out, pc.fill_null(lost, False)
+
+
+def _int_bounds(t: pa.DataType) -> tuple[int, int]:
+    bits = t.bit_width
+    if pa.types.is_signed_integer(t):
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def conform(table: pa.Table) -> Conformed:
+    """Bring a readable batch to exactly SCHEMA_V1 (see the module docstring for the rules)."""
+    names = set(table.column_names)
+    missing = [c for c in SCHEMA_V1.names if c not in names]
+    structural = [c for c in missing if c in STRUCTURAL_COLUMNS]
+    if structural:
+        raise UnreadableBatch(
+            f"the file lacks column(s) {', '.join(structural)} that every event needs; "
+            "no row can be rescued without them"
+        )
+    notes: list[str] = []
+    extra = [c for c in table.column_names if c not in SCHEMA_V1.names]
+    if extra:
+        notes.append(f"extra column(s) dropped (not in schema v1): {', '.join(extra)}")
+    if missing:
+        notes.append(f"column(s) absent and treated as null: {', '.join(missing)}")
+    n = table.num_rows
+    columns: list[pa.ChunkedArray] = []
+    originals: list[pa.ChunkedArray] = []
+    checks: list[Check] = []
+    for f in SCHEMA_V1:
+        if f.name not in names:
+            col = pa.chunked_array([pa.nulls(n, f.type)], f.type)
+            columns.append(col)
+            originals.append(col)
+            continue
+        col = table.column(f.name)
+        originals.append(col)
+        if col.type == f.type:
+            columns.append(col)
+            continue
+        if pa.types.is_null(col.type):
+            columns.append(pa.chunked_array([pa.nulls(n, f.type)], f.type))
+            continue
+        converted, lost = _convert(f.name, col, f.type)
+        columns.append(converted)
+        notes.append(f"column {f.name} converted from {col.type} to {f.type}")
+        if lost is not None and pc.any(lost).as_py():
+            checks.append(_conversion_check(f.name, f.type, lost, col))
+    conformed = pa.Table.from_arrays(columns, schema=SCHEMA_V1.remove_metadata().with_metadata(None))
+    conformed = conformed.cast(_nullable(SCHEMA_V1))
+    original = pa.Table.from_arrays(originals, names=list(SCHEMA_V1.names))
+    return Conformed(table=conformed, original=original, checks=checks, notes=notes)
+
+
+def _nullable(schema: pa.Schema) -> pa.Schema:
+    """Nullability is a rule we check row by row, not a property the file must declare."""
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
+def _conversion_check(name: str, target: pa.DataType, lost: pa.Array, col: pa.ChunkedArray) -> Check:
+    def message(idx: pa.Array) -> pa.Array:
+        values = _as_text(col.take(idx))
+        return pc.binary_join_element_wise(
+            f"{name}: '", values, f"' is not a valid {target} (the column should hold {target})", ""
+        )
+
+    return Check("bad_type", _flat(lost), message)
+
+
+# ------------------------------------------------------------------- validation
+
+
+def _flat(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        return arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    return arr
+
+
+def _false_if_null(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return _flat(pc.fill_null(arr, False))
+
+
+def _quote(values: pa.Array) -> pa.Array:
+    return pc.binary_join_element_wise("'", values, "'", "")
+
+
+def _list(values: Sequence[str]) -> str:
+    return ", ".join(values)
+
+
+def _fmt(v: float) -> str:
+    return f"{int(v)}" if float(v).is_integer() else f"{v:g}"
+
+
+def _min_max(col: pa.ChunkedArray) -> tuple[object, object]:
+    mm = pc.min_max(col)
+    return mm["min"].as_py(), mm["max"].as_py()
+
+
+def _byte_lengths(col: pa.ChunkedArray) -> np.ndarray:
+    """Byte length of every value (0 for most nulls) from the offsets, without touching the data."""
+    parts = []
+    for chunk in col.chunks:
+        offsets = np.frombuffer(
+            chunk.buffers()[1], dtype=np.int64 if chunk.type == pa.large_string() else np.int32
+        )[chunk.offset : chunk.offset + len(chunk) + 1]
+        parts.append(np.diff(offsets))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+def _checks(table: pa.Table, now: datetime, future_skew: timedelta) -> list[Check]:
+    """Every rule of schema v1 that some row breaks, in the order a person wants them.
+
+    Each rule first asks a whole-column question that is cheap (null counts,
+    min/max, distinct values); only when that says "some row may break me" is the
+    per-row mask computed.  A clean batch costs a handful of passes.
+    """
+    t = table
+    n = t.num_rows
+    checks: list[Check] = []
+
+    # Required on every event: null, or an empty string, is missing.
+    missing: dict[str, pa.Array] = {}
+    for name in REQUIRED_ALWAYS:
+        col = t.column(name)
+        empty_possible = col.type in STRING_TYPES and len(col) > 0 and _byte_lengths(col).min() == 0
+        if col.null_count == 0 and not empty_possible:
+            continue
+        miss = pc.is_null(col)
+        if empty_possible:
+            miss = pc.or_(miss, pc.fill_null(pc.equal(pc.utf8_length(col), 0), False))
+        missing[name] = _flat(miss)
+    if missing:
+
+        def missing_message(idx: pa.Array) -> pa.Array:
+            none = pa.scalar(None, pa.string())
+            pieces = [pc.if_else(m.take(idx), name, none) for name, m in missing.items()]
+            names = pc.binary_join_element_wise(*pieces, ", ", null_handling="skip")
+            return pc.binary_join_element_wise("required field(s) missing on every event: ", names, "")
+
+        checks.append(Check("missing_field", _or_all(list(missing.values())), missing_message))
+
+    version = t.column("schema_version")
+    if _min_max(version) != (SCHEMA_VERSION, SCHEMA_VERSION) and version.null_count < n:
+        checks.append(
+            Check(
+                "schema_version",
+                _false_if_null(pc.not_equal(version, SCHEMA_VERSION)),
+                lambda idx: pc.binary_join_element_wise(
+                    "schema_version is ", _as_text(version.take(idx)), f", expected {SCHEMA_VERSION}", ""
+                ),
+            )
+        )
+
+    kind = t.column("kind")
+    kind_index = _flat(pc.index_in(kind, value_set=pa.array(KINDS)))
+    if kind_index.null_count > kind.null_count:
+        checks.append(
+            Check(
+                "unknown_kind",
+                _false_if_null(pc.and_(pc.is_valid(kind), pc.is_null(kind_index))),
+                lambda idx: pc.binary_join_element_wise(
+                    "kind ",
+                    _quote(_as_text(kind.take(idx))),
+                    f" is not a known event kind (expected one of: {_list(KINDS)})",
+                    "",
+                ),
+            )
+        )
+
+    # Fields each kind needs: one bit per field; a row lacks a needed field when
+    # the bits its kind needs and the bits of its null fields overlap.
+    kind_ix = pc.fill_null(kind_index, len(KINDS)).to_numpy(zero_copy_only=False)
+    null_bits = np.zeros(n, dtype=np.uint16)
+    for bit, name in enumerate(_KIND_FIELDS):
+        col = t.column(name)
+        if col.null_count:
+            null_bits |= pc.is_null(col).to_numpy(zero_copy_only=False).astype(np.uint16) << bit
+    lacking_bits = _NEED_BITS[kind_ix] & null_bits
+    if lacking_bits.any():
+        requirement_text = pa.array(
+            [f"{k} requires {_list(REQUIRED_BY_KIND[k])}; missing: " for k in KINDS] + [""]
+        )
+        kind_ix_arrow = pa.array(kind_ix)
+        lacking_arrow = pa.array(lacking_bits)
+
+        def kind_missing_message(idx: pa.Array) -> pa.Array:
+            prefix = requirement_text.take(kind_ix_arrow.take(idx))
+            bits = lacking_arrow.take(idx).to_numpy()
+            none = pa.scalar(None, pa.string())
+            pieces = [
+                pc.if_else(pa.array((bits >> b) & 1 == 1), name, none) for b, name in enumerate(_KIND_FIELDS)
+            ]
+            names = pc.binary_join_element_wise(*pieces, ", ", null_handling="skip")
+            return pc.binary_join_element_wise(prefix, names, "")
+
+        checks.append(Check("missing_field", pa.array(lacking_bits != 0), kind_missing_message))
+
+    for name, limit in MAX_STRING_LENGTH.items():
+        col = t.column(name)
+        # Bytes >= characters: when no value has more bytes than the limit allows
+        # characters, no value is too long, and the characters need not be counted.
+        if col.null_count == n or _byte_lengths(col).max(initial=0) <= limit:
+            continue
+        length = pc.utf8_length(col)
+
+        def long_message(idx: pa.Array, name: str = name, limit: int = limit, length=length) -> pa.Array:
+            return pc.binary_join_element_wise(
+                f"{name} is ",
+                _as_text(length.take(idx)),
+                f" characters long; at most {limit} are allowed",
+                "",
+            )
+
+        checks.append(Check("oversized_string", _false_if_null(pc.greater(length, limit)), long_message))
+
+    for name, (lo, hi) in VALUE_RANGES.items():
+        col = t.column(name)
+        if col.null_count == n:
+            continue
+        floating = pa.types.is_floating(col.type)
+        cmin, cmax = _min_max(col)
+        has_nan = floating and pc.any(pc.is_nan(col)).as_py()
+        if not has_nan and cmin is not None and lo <= cmin and cmax <= hi:
+            continue
+        low = pa.scalar(lo if floating else int(lo), col.type)
+        high = pa.scalar(hi if floating else int(hi), col.type)
+        outside = pc.or_(pc.less(col, low), pc.greater(col, high))
+        if floating:  # NaN compares false both ways: reject it explicitly
+            outside = pc.or_(outside, pc.is_nan(col))
+
+        def range_message(idx: pa.Array, name: str = name, col=col, lo=lo, hi=hi) -> pa.Array:
+            return pc.binary_join_element_wise(
+                f"{name} ",
+                _as_text(col.take(idx)),
+                f" is outside the allowed range {_fmt(lo)}..{_fmt(hi)}",
+                "",
+            )
+
+        checks.append(Check("out_of_range", _false_if_null(outside), range_message))
+
+    currency = t.column("currency")
+    seen = {v for v in pc.unique(currency).to_pylist() if v is not None}
+    if seen - set(CURRENCIES):
+        checks.append(
+            Check(
+                "unknown_currency",
+                _false_if_null(
+                    pc.and_(
+                        pc.is_valid(currency), pc.invert(pc.is_in(currency, value_set=pa.array(CURRENCIES)))
+                    )
+                ),
+                lambda idx: pc.binary_join_element_wise(
+                    "currency ",
+                    _quote(_as_text(currency.take(idx))),
+                    f" is not a known currency (expected one of: {_list(CURRENCIES)})",
+                    "",
+                ),
+            )
+        )
+
+    cause = t.column("cause")
+    is_end = pa.array(kind_ix == KINDS.index("session_end"))
+    end_causes = {v for v in pc.unique(pc.filter(cause, is_end)).to_pylist() if v}
+    if end_causes - set(SESSION_END_CAUSES):
+        checks.append(
+            Check(
+                "unknown_cause",
+                _false_if_null(
+                    pc.and_(
+                        pc.and_(is_end, pc.is_valid(cause)),
+                        pc.invert(pc.is_in(cause, value_set=pa.array(SESSION_END_CAUSES))),
+                    )
+                ),
+                lambda idx: pc.binary_join_element_wise(
+                    "session_end cause ",
+                    _quote(_as_text(cause.take(idx))),
+                    f" is not a known cause (expected one of: {_list(SESSION_END_CAUSES)})",
+                    "",
+                ),
+            )
+        )
+
+    ts = t.column("ts")
+    ts_type = SCHEMA_V1.field("ts").type
+    latest = now.astimezone(UTC) + future_skew
+    tmin, tmax = _min_max(ts)
+    if tmin is not None and tmin < WORLD_EPOCH:
+        checks.append(
+            Check(
+                "ts_before_epoch",
+                _false_if_null(pc.less(ts, pa.scalar(WORLD_EPOCH, ts_type))),
+                lambda idx: pc.binary_join_element_wise(
+                    "ts ",
+                    _as_text(ts.take(idx)),
+                    f" is before the world began ({WORLD_EPOCH.isoformat()})",
+                    "",
+                ),
+            )
+        )
+    if tmax is not None and tmax > latest:
+        checks.append(
+            Check(
+                "ts_in_future",
+                _false_if_null(pc.greater(ts, pa.scalar(latest, ts_type))),
+                lambda idx: pc.binary_join_element_wise(
+                    "ts ",
+                    _as_text(ts.take(idx)),
+                    f" is in the future (later than the ingest clock {latest.isoformat(timespec='seconds')}, "
+                    f"skew allowance {int(future_skew.total_seconds())} s included)",
+                    "",
+                ),
+            )
+        )
+    return checks
+
+
+# kind index -> bits of the fields it needs (the last slot, an unknown or null kind, needs nothing)
+_KIND_FIELDS: tuple[str, ...] = tuple(sorted({f for fields in REQUIRED_BY_KIND.values() for f in fields}))
+_NEED_BITS: np.ndarray = np.array(
+    [sum(1 << b for b, f in enumerate(_KIND_FIELDS) if f in REQUIRED_BY_KIND[k]) for k in KINDS] + [0],
+    dtype=np.uint16,
+)
+
+
+def _or_all(masks: list[pa.Array]) -> pa.Array:
+    out = masks[0]
+    for m in masks[1:]:
+        out = pc.or_(out, m)
+    return _flat(out)
+
+
+def validate(
+    conformed: Conformed,
+    now: datetime | None = None,
+    future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+) -> Verdicts:
+    """Judge every row of a conformed batch; the first rule a row breaks is its reason."""
+    table = conformed.table
+    n = table.num_rows
+    if n == 0:
+        empty_s = pa.array([], pa.string())
+        return Verdicts(pa.array([], pa.bool_()), pa.array([], pa.int64()), empty_s, empty_s)
+    checks = [*conformed.checks, *_checks(table, now or datetime.now(UTC), future_skew)]
+    if not checks:
+        empty_s = pa.array([], pa.string())
+        return Verdicts(pa.array(np.ones(n, dtype=bool)), pa.array([], pa.int64()), empty_s, empty_s)
+    bad = _or_all([c.mask for c in checks])
+    assigned = pa.array(np.zeros(n, dtype=bool))
+    rows_parts: list[pa.Array] = []
+    rule_parts: list[pa.Array] = []
+    reason_parts: list[pa.Array] = []
+    for check in checks:
+        first = pc.and_(check.mask, pc.invert(assigned))
+        idx = pc.indices_nonzero(first)
+        if len(idx) == 0:
+            continue
+        assigned = pc.or_(assigned, first)
+        rows_parts.append(idx.cast(pa.int64()))
+        rule_parts.append(_lit(check.rule, len(idx)))
+        reason_parts.append(_flat(check.message(idx)).cast(pa.string()))
+    rows = pa.concat_arrays(rows_parts)
+    order = pc.sort_indices(rows)
+    return Verdicts(
+        valid=pc.invert(bad),
+        bad_rows=rows.take(order),
+        rules=pa.concat_arrays(rule_parts).take(order),
+        reasons=pa.concat_arrays(reason_parts).take(order),
+    )
+
+
+def quarantine_rows(conformed: Conformed, verdicts: Verdicts) -> pa.Table:
+    """The rejected rows as they were read (every schema column as text) with rule and reason."""
+    if verdicts.n_bad == 0:
+        return quarantine_schema().empty_table()
+    taken = conformed.original.take(verdicts.bad_rows)
+    arrays = [_as_text(_flat(taken.column(name))) for name in SCHEMA_V1.names]
+    arrays += [verdicts.bad_rows, verdicts.rules, verdicts.reasons]
+    return pa.Table.from_arrays(arrays, names=[*SCHEMA_V1.names, "row_number", "rule", "reason"])
+
+
+def quarantine_schema() -> pa.Schema:
+    """Rejected rows keep every schema column as text: no value is lost to a failed cast."""
+    fields = [pa.field(name, pa.string()) for name in SCHEMA_V1.names]
+    fields += [
+        pa.field("row_number", pa.int64()),
+        pa.field("rule", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+    return pa.schema(fields)

@@ -1,0 +1,20 @@
+"""The code location: every area's definitions, merged, plus resources for the active profile.
+
+Each assets module exports ``defs`` without resources; this is the one place
+that adds them (``pipelines.profiles``), so an area never knows its environment.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets import telemetry, warehouse
+from pipelines.profiles import get_profile, resources_for
+from pipelines.schedules import SCHEDULES
+from pipelines.sensors import SENSORS
+
+defs = dg.Definitions.merge(
+    telemetry.defs,
+    warehouse.defs,
+    dg.Definitions(sensors=SENSORS, schedules=SCHEDULES, resources=resources_for(get_profile())),
+)

@@ -1,0 +1,83 @@
+"""The one place that picks resources per profile (``AEGIS_PROFILE``: ``local`` | ``prod``).
+
+Assets name the resources they need (``lake``, ``game``, ``dbt``, ...); which
+lake, which backend and which warehouse they get is decided here and nowhere
+else, so an asset never branches on the environment.  ``prod`` reads the
+Pulumi stack outputs from the environment variables that
+``pipelines.stack_outputs`` names and fails with the list of missing ones.
+Dagster's own storage is instance configuration, not a resource: locally
+``aegis up`` writes ``AEGIS_HOME/dagster/dagster.yaml`` (SQLite);
+:func:`prod_instance_config` is the PostgreSQL (Aurora) shape for the cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aegis.config import current_profile
+from pipelines.resources import GameBackendResource, LakeResource
+from pipelines.stack_outputs import read_stack_env
+
+PROFILES = ("local", "prod")
+# The database password is not a stack output: the platform injects it from Secrets Manager.
+PROD_DB_PASSWORD_ENV = "AEGIS_DB_PASSWORD"
+PROD_DB_USER_ENV = "AEGIS_DB_USER"
+
+
+def get_profile() -> str:
+    """The active profile (an unknown value is an error, never a silent fallback)."""
+    return current_profile()
+
+
+def _dbt(profile: str) -> Any:
+    from assets.warehouse import dbt_resource
+
+    return dbt_resource(profile)
+
+
+def resources_for(profile: str) -> dict[str, Any]:
+    """Resources keyed by the names assets ask for."""
+    if profile == "local":
+        return {
+            "lake": LakeResource(),
+            "game": GameBackendResource(),
+            "dbt": _dbt(profile),
+        }
+    if profile == "prod":
+        from dagster_aws.s3 import S3Resource
+
+        stack = read_stack_env()
+        return {
+            "lake": LakeResource(
+                s3_bucket=stack["lakeBucket"],
+                s3_landing_prefix=stack["lakeLandingPrefix"],
+                region=stack["primaryRegion"],
+            ),
+            "s3": S3Resource(region_name=stack["primaryRegion"]),
+            "game": GameBackendResource(base_url=stack["gameApiUrl"]),
+            "dbt": _dbt(profile),
+        }
+    raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+
+
+def prod_instance_config() -> dict[str, Any]:
+    """dagster.yaml for prod: run/event/schedule storage in Aurora PostgreSQL, values from the environment."""
+    read_stack_env()  # fail early, naming every missing stack output
+    postgres = {
+        "postgres_db": {
+            "hostname": {"env": "AEGIS_DB_HOST"},
+            "port": {"env": "AEGIS_DB_PORT"},
+            "db_name": {"env": "AEGIS_DAGSTER_DB"},
+            "username": {"env": PROD_DB_USER_ENV},
+            "password": {"env": PROD_DB_PASSWORD_ENV},
+        }
+    }
+    return {
+        "storage": {"postgres": postgres},
+        "run_coordinator": {
+            "module": "dagster.core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+            "config": {"max_concurrent_runs": 20},
+        },
+        "telemetry": {"enabled": False},
+    }

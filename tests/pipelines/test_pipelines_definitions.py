@@ -1,0 +1,109 @@
+"""Snapshot of the code location (a graph change shows up in review), profiles, CLI, dagster.yaml."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+from click.testing import CliRunner
+
+from aegis.config import AegisPaths
+
+# The telemetry area's part of the graph; other areas add theirs beside it.
+EXPECTED_TELEMETRY_ASSETS = {"bronze_events", "telemetry_quality_report"}
+EXPECTED_JOBS = {"ingest_telemetry", "telemetry_quality_report_job"}
+EXPECTED_SENSORS = {"landing_sensor": "RUNNING", "default_automation_condition_sensor": "RUNNING"}
+EXPECTED_SCHEDULES = {"telemetry_daily_quality_report": ("0 6 * * *", "RUNNING")}
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    from pipelines.definitions import defs
+
+    return defs
+
+
+def test_asset_keys_and_groups(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+    groups = {k.to_user_string(): graph.get(k).group_name for k in graph.materializable_asset_keys}
+    assert {k: g for k, g in groups.items() if k in EXPECTED_TELEMETRY_ASSETS} == dict.fromkeys(
+        EXPECTED_TELEMETRY_ASSETS, "telemetry"
+    )
+    # marts hang off bronze: every dbt model's upstream closure reaches bronze_events
+    marts = [k for k in graph.materializable_asset_keys if k.path[-1].startswith("fct_")]
+    assert marts, "the warehouse's marts are part of the code location"
+    bronze = dg.AssetKey("bronze_events")
+    for mart in marts:
+        assert bronze in dg.AssetSelection.assets(mart).upstream().resolve(graph), mart
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    assert ("bronze_events", "rows_conserved") in checks
+
+
+def test_jobs_sensors_schedules(defs: dg.Definitions) -> None:
+    repo = defs.get_repository_def()
+    assert {j.name for j in repo.get_all_jobs()} >= EXPECTED_JOBS
+    sensors = {s.name: s.default_status.value for s in repo.sensor_defs}
+    assert {k: sensors.get(k) for k in EXPECTED_SENSORS} == EXPECTED_SENSORS
+    schedules = {s.name: (s.cron_schedule, s.default_status.value) for s in repo.schedule_defs}
+    assert {k: schedules.get(k) for k in EXPECTED_SCHEDULES} == EXPECTED_SCHEDULES
+    landing = repo.get_sensor_def("landing_sensor")
+    assert landing.minimum_interval_seconds == 15
+    assert landing.job_name == "ingest_telemetry"
+
+
+def test_resources_per_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.profiles import resources_for
+    from pipelines.resources.lake import LakeNotConfigured
+    from pipelines.stack_outputs import STACK_OUTPUT_ENV, MissingStackOutputsError
+
+    local = resources_for("local")
+    assert {"lake", "game", "dbt"} <= set(local)
+    assert not local["lake"].is_s3
+    for var in STACK_OUTPUT_ENV.values():
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(MissingStackOutputsError, match="AEGIS_LAKE_BUCKET"):
+        resources_for("prod")
+    for out, var in STACK_OUTPUT_ENV.items():
+        monkeypatch.setenv(var, f"value-of-{out}")
+    prod = resources_for("prod")
+    assert prod["lake"].s3_bucket == "value-of-lakeBucket"
+    assert prod["game"].base_url == "value-of-gameApiUrl"
+    with pytest.raises(LakeNotConfigured, match="local directory only"):
+        prod["lake"].paths()
+    with pytest.raises(ValueError, match="unknown profile"):
+        resources_for("staging")
+
+
+def test_local_dagster_yaml_is_a_valid_instance(tmp_path) -> None:
+    from aegis.stack import write_dagster_yaml
+
+    home = tmp_path / "dagster"
+    write_dagster_yaml(home)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue.max_concurrent_runs == 2
+        assert queue.tag_concurrency_limits == [{"key": "aegis/ingest", "limit": 1}]
+        assert instance.auto_materialize_use_sensors
+        assert not instance.telemetry_enabled
+
+
+def test_materialize_list_and_unknown_group(aegis_home: AegisPaths) -> None:
+    from pipelines.cli import materialize
+
+    runner = CliRunner()
+    listed = runner.invoke(materialize, ["--list"])
+    assert listed.exit_code == 0, listed.output
+    assert "telemetry (" in listed.output and "bronze_events" in listed.output
+    unknown = runner.invoke(materialize, ["no_such_group"])
+    assert unknown.exit_code == 2 and "unknown group 'no_such_group'" in unknown.output
+
+
+def test_materialize_exits_non_zero_when_a_run_fails(aegis_home: AegisPaths) -> None:
+    from aegis.lake.synth import land_batch, make_batch
+    from pipelines.cli import materialize
+
+    land_batch(aegis_home.landing_telemetry, make_batch(20, seed=1), "x")
+    # The lake's ingest directory is a file: the ingest cannot run.
+    (aegis_home.lake / "ingest").write_text("not a directory")
+    result = CliRunner().invoke(materialize, ["telemetry"])
+    assert result.exit_code == 1
+    assert "failed" in (result.output + (result.stderr if result.stderr_bytes else ""))
