@@ -1,0 +1,1 @@
+"""The AutonomousChangeSet lifecycle: state machine, journal, simulation gate, rollback artifacts."""

@@ -1,0 +1,222 @@
+"""``aegis changeset``: drive, inspect, roll back and resume changesets from a shell.
+
+Exit codes: 0 when the command did its job (a rejected changeset is a job done:
+the output says why), 2 for bad input (malformed file, unknown shard or id,
+illegal transition), 1 when the backend failed mid-way (run ``resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from aegis.config import WORLD_PORT, paths
+from aegis.domain import AutonomousChangeSet, ExecutionPolicy, PromotionState, explain
+
+ENV_WORLD_URL = "AEGIS_WORLD_URL"
+EXIT_BAD_INPUT = 2
+EXIT_BACKEND = 1
+
+
+def default_url() -> str:
+    return os.environ.get(ENV_WORLD_URL, f"http://127.0.0.1:{WORLD_PORT}")
+
+
+def _load_changeset(path: Path) -> AutonomousChangeSet:
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        _bad(f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}")
+    if isinstance(doc, dict) and "changeset" in doc and isinstance(doc["changeset"], dict):
+        doc = doc["changeset"]  # the policy examples' {"changeset", "context"} shape
+    try:
+        return AutonomousChangeSet.model_validate(doc)
+    except ValidationError as exc:
+        _bad(explain(exc, f"changeset in {path}"))
+    raise AssertionError("unreachable")
+
+
+def _bad(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _build(url: str, simulator: str, hours: float | None, seed: int | None, actor_policy: Path | None) -> Any:
+    from aegis.changes.gate import HttpRunner, InProcessRunner, store_snapshot_loader
+    from aegis.changes.lifecycle import Lifecycle, LifecycleConfig
+    from aegis.world.client import GameBackendClient
+
+    p = paths().ensure()
+    config = LifecycleConfig()
+    if hours is not None:
+        config.simulation_hours = hours
+    config.simulation_seed = seed
+    if actor_policy is not None:
+        try:
+            policy = ExecutionPolicy.model_validate_json(actor_policy.read_text())
+        except ValidationError as exc:
+            _bad(explain(exc, f"execution policy in {actor_policy}"))
+        except OSError as exc:
+            _bad(f"cannot read {actor_policy}: {exc}")
+        config.actor_policies[policy.actor] = policy
+    if simulator == "auto":
+        simulator = "inprocess" if p.world_db.exists() else "http"
+    runner = (
+        InProcessRunner(store_snapshot_loader(p.world_db)) if simulator == "inprocess" else HttpRunner(url)
+    )
+    return Lifecycle(GameBackendClient(url), simulator=runner, config=config, aegis_paths=p)
+
+
+def _emit(data: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    if isinstance(data, list):
+        for row in data:
+            click.echo(f"{row['id']}  {row['target']:<16} {row['state']:<15} {row.get('reason') or ''}")
+        return
+    for key, value in data.items():
+        click.echo(f"{key:<22} {value}")
+
+
+def _guard(fn: Any) -> Any:
+    """Turn the lifecycle's exceptions into clear messages and exit codes."""
+    from aegis.changes.gate import SimulationUnavailable
+    from aegis.changes.lifecycle import ChangeSetError
+    from aegis.changes.states import IllegalTransition
+    from aegis.changes.store import ChangeSetConflict, ChangeSetNotFound
+    from aegis.world.client import BadRequest, GameBackendError, NotFound
+
+    try:
+        return fn()
+    except (
+        ChangeSetError,
+        IllegalTransition,
+        ChangeSetNotFound,
+        ChangeSetConflict,
+        NotFound,
+        BadRequest,
+    ) as exc:
+        _bad(str(exc))
+    except (GameBackendError, SimulationUnavailable) as exc:
+        click.echo(
+            f"error: {exc}\nthe changeset is journalled; run 'aegis changeset resume' once it is fixed",
+            err=True,
+        )
+        raise SystemExit(EXIT_BACKEND) from exc
+
+
+_url = click.option(
+    "--url", default=default_url, show_default=f"${ENV_WORLD_URL} or :{WORLD_PORT}", help="Game backend."
+)
+_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group()
+def changeset() -> None:
+    """Autonomous changesets: policy, simulation gate, canary, rollback."""
+
+
+@changeset.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_url
+@click.option(
+    "--simulator",
+    type=click.Choice(["auto", "inprocess", "http"]),
+    default="auto",
+    show_default=True,
+    help="Where the simulation gate runs: in-process from the local world store, or the backend's endpoint.",
+)
+@click.option("--hours", type=float, help="Game hours the simulation gate runs (default 6).")
+@click.option("--seed", type=int, help="Seed both simulation arms with this (default: the snapshot's rng).")
+@click.option(
+    "--actor-policy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="ExecutionPolicy JSON of the changeset's actor (default: set_params on any shard).",
+)
+@_json
+def run(
+    file: Path,
+    url: str,
+    simulator: str,
+    hours: float | None,
+    seed: int | None,
+    actor_policy: Path | None,
+    as_json: bool,
+) -> None:
+    """Propose FILE and drive it up to canary start (or rejection)."""
+    cs = _load_changeset(file)
+    lc = _build(url, simulator, hours, seed, actor_policy)
+    rec = _guard(lambda: lc.run(cs))
+    _emit(rec.summary(), as_json)
+
+
+@changeset.command()
+@click.argument("changeset_id")
+@_json
+def status(changeset_id: str, as_json: bool) -> None:
+    """State, decision, snapshot and artifacts of one changeset."""
+    from aegis.changes.store import ChangeSetStore
+
+    store = ChangeSetStore()
+    rec = _guard(lambda: store.get(changeset_id))
+    data = rec.summary()
+    data["artifacts"] = {k: v["path"] for k, v in store.artifacts(changeset_id).items()}
+    data["steps"] = {s.step: s.status for s in store.steps(changeset_id)}
+    data["transitions"] = [
+        f"{t.src.value} -> {t.dst.value}: {t.reason}" for t in store.transitions(changeset_id)
+    ]
+    _emit(data, as_json)
+
+
+@changeset.command()
+@click.argument("changeset_id")
+@_url
+@click.option(
+    "--mode",
+    type=click.Choice(["snapshot", "config"]),
+    default="snapshot",
+    show_default=True,
+    help="snapshot: restore the pre-change snapshot; config: put the old params back, keep progress.",
+)
+@click.option("--reason", default="manual rollback", show_default=True)
+@_json
+def rollback(changeset_id: str, url: str, mode: str, reason: str, as_json: bool) -> None:
+    """Roll an applied changeset back and verify integrity."""
+    lc = _build(url, "http", None, None, None)
+    rec = _guard(lambda: lc.roll_back(changeset_id, reason, mode))
+    _emit(rec.summary(), as_json)
+
+
+@changeset.command()
+@_url
+@click.option(
+    "--simulator", type=click.Choice(["auto", "inprocess", "http"]), default="auto", show_default=True
+)
+@click.option(
+    "--hours", type=float, help="Game hours of a simulation gate that still has to run (default 6)."
+)
+@_json
+def resume(url: str, simulator: str, hours: float | None, as_json: bool) -> None:
+    """Finish every changeset a crash left mid-way (reads the backend to learn what applied)."""
+    lc = _build(url, simulator, hours, None, None)
+    recs = _guard(lc.resume)
+    _emit([r.summary() for r in recs], as_json)
+
+
+@changeset.command(name="list")
+@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in PromotionState]))
+@_json
+def list_(states: tuple[str, ...], as_json: bool) -> None:
+    """Every changeset (or those in the given states)."""
+    from aegis.changes.store import ChangeSetStore
+
+    recs = ChangeSetStore().changesets({PromotionState(s) for s in states} or None)
+    _emit([r.summary() for r in recs], as_json)
