@@ -66,8 +66,8 @@ def _build(url: str, simulator: str, hours: float | None, seed: int | None, acto
         except OSError as exc:
             _bad(f"cannot read {actor_policy}: {exc}")
         config.actor_policies[policy.actor] = policy
-    if simulator == "auto":
-        simulator = "inprocess" if p.world_db.exists() else "http"
+    if simulator == "auto":  # the contract's endpoint; in-process only when asked for
+        simulator = "http"
     runner = (
         InProcessRunner(store_snapshot_loader(p.world_db)) if simulator == "inprocess" else HttpRunner(url)
     )

@@ -46,6 +46,7 @@ from aegis.world.client import (
 )
 from aegis.world.metrics import CONTENT_TYPE
 from aegis.world.service import ServiceError, Unavailable, WorldService, server_version
+from aegis.world.simulations_api import make_router
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ def create_app(service: WorldService | None) -> FastAPI:
     def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
         log.exception("unhandled error in %s %s", request.method, request.url.path)
         return _error(500, "internal_error", f"internal error: {type(exc).__name__}: {exc}")
+
+    # The simulation gate's endpoint: runs where the snapshots live (aegis.world.simulations_api).
+    app.include_router(make_router(lambda shard_id, snapshot_id: svc().snapshot_state(shard_id, snapshot_id)))
 
     @app.get(f"{API_PREFIX}/health", response_model=Health, tags=["world"])
     def health() -> Health:

@@ -605,6 +605,19 @@ class WorldService:
             self.metrics.snapshots.set(self.store.count_snapshots())
             return info
 
+    def snapshot_state(self, shard_id: str, snapshot_id: str) -> dict[str, Any]:
+        """The stored state of one of ``shard_id``'s snapshots (for offline simulation).
+
+        Raises ``LookupError`` for an unknown shard or snapshot, or a snapshot of
+        another shard, so the simulations endpoint answers 404.
+        """
+        if shard_id not in self.world.shards:
+            raise LookupError(f"unknown shard {shard_id!r}")
+        stored = self.store.get_snapshot(snapshot_id)
+        if stored is None or stored.info.shard_id != shard_id:
+            raise LookupError(f"shard {shard_id!r} has no snapshot {snapshot_id!r}")
+        return stored.state
+
     def restore(self, shard_id: str, snapshot_id: str) -> RestoreResult:
         """Rebuild the shard from a snapshot, verify its integrity, then install it.
 

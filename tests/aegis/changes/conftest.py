@@ -105,7 +105,7 @@ def policy_engine():
 @pytest.fixture
 def make_lifecycle(world: WorldServer, aegis_home, policy_engine) -> Iterator[Callable[..., object]]:
     """Build a Lifecycle on the test's AEGIS_HOME (store, ledger, artifacts) against the module's server."""
-    from aegis.changes.gate import InProcessRunner, store_snapshot_loader
+    from aegis.changes.gate import HttpRunner
     from aegis.changes.lifecycle import Lifecycle, LifecycleConfig
     from aegis.changes.store import ChangeSetStore
     from aegis.ledger.ledger import Ledger
@@ -120,7 +120,8 @@ def make_lifecycle(world: WorldServer, aegis_home, policy_engine) -> Iterator[Ca
             store=ChangeSetStore(),
             policy=policy_engine,
             ledger=Ledger(),
-            simulator=InProcessRunner(store_snapshot_loader(world.world_db)),
+            # the gate over real HTTP: POST /v1/shards/{id}/simulations on the server
+            simulator=HttpRunner(world.url),
             config=config,
             aegis_paths=aegis_home,
         )
