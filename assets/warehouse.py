@@ -1,0 +1,361 @@
+"""The warehouse stage: dbt models as Dagster assets, Great Expectations checks, mart charts.
+
+- Every dbt model is an asset in group ``telemetry`` (staging and intermediate
+  too: ``aegis materialize telemetry`` must fill every mart, which needs their
+  upstream models in the same selection). dbt tests become asset checks
+  (dagster-dbt), and bronze lineage is the ingest's ``bronze_events`` asset.
+- Automation: ``AutomationCondition.eager()`` on every model, so a new bronze
+  materialization cascades through staging to the marts. Eager rather than
+  on_cron: bronze arrives in batches whenever the sensor ingests, and the marts
+  (incremental staging, sub-minute rebuild of the marts) are cheap enough to
+  follow every batch; the nightly schedule below reconciles with a full refresh.
+  ``world_configs`` is ignored by the condition: the config feed is not a Dagster
+  asset (the world server lands it), and ``stg_lake__world_configs`` is a view,
+  never stale.
+- GX checks (``aegis.quality``) guard bronze (integrity blocking) and the key
+  marts (integrity blocking; volume and freshness warn).
+
+The manifest is prepared at import when missing or older than the project's
+files (``dbt parse``, guarded against concurrent parses), so importing the code
+location works on a fresh clone where ``dbt/target`` does not exist.
+"""
+
+import fcntl
+import json
+import shutil
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    DbtProject,
+    dbt_assets,
+)
+
+from aegis.config import AegisPaths, paths
+from aegis.quality import suites
+from aegis.quality.gx_validation import ValidationReport
+
+GROUP = "telemetry"
+DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
+DBT_TARGETS: dict[str, str] = {"local": "local", "prod": "prod"}  # AEGIS_PROFILE -> dbt target
+BRONZE_KEY = dg.AssetKey("bronze_events")
+WORLD_CONFIGS_KEY = dg.AssetKey("world_configs")
+CHECKED_MARTS: tuple[str, ...] = tuple(suites.MART_SPECS)
+FUNNEL_MART = "fct_progression_funnel"
+HEATMAP_MART = "fct_death_heatmap"
+PREVIEW_ROWS = 10
+# Files whose change makes the manifest stale.
+_PROJECT_GLOBS: tuple[str, ...] = (
+    "dbt_project.yml",
+    "profiles.yml",
+    "models/**/*",
+    "macros/**/*",
+    "tests/**/*",
+)
+NIGHTLY_CRON = "30 3 * * *"
+
+
+# ------------------------------------------------------------------ dbt project
+
+
+def _manifest_is_stale(project: DbtProject) -> bool:
+    manifest = project.manifest_path
+    if not manifest.exists():
+        return True
+    built = manifest.stat().st_mtime
+    return any(
+        p.is_file() and p.stat().st_mtime > built for g in _PROJECT_GLOBS for p in project.project_dir.glob(g)
+    )
+
+
+def _dbt_executable() -> str:
+    """The dbt beside this interpreter (the venv), so nothing depends on PATH being activated."""
+    beside = Path(sys.executable).with_name("dbt")
+    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
+
+
+def prepare_manifest(project: DbtProject) -> Path:
+    """``dbt parse`` when the manifest is missing or stale.
+
+    A file lock serialises concurrent imports (pytest-xdist workers, the webserver
+    and a run worker starting together); the staleness test is repeated under the
+    lock so only the first of them parses.
+    """
+    if _manifest_is_stale(project):
+        lock_path = project.project_dir / project.target_path / ".parse.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if _manifest_is_stale(project):
+                    DbtCliResource(project_dir=project, dbt_executable=_dbt_executable()).cli(
+                        ["parse", "--quiet"], target_path=project.target_path, raise_on_error=True
+                    ).wait()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    if not project.manifest_path.exists():
+        raise RuntimeError(
+            f"dbt parse did not produce {project.manifest_path}; run 'dbt parse' in {project.project_dir}"
+        )
+    return project.manifest_path
+
+
+DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR)
+prepare_manifest(DBT_PROJECT)
+
+
+def dbt_resource(profile: str) -> DbtCliResource:
+    """The dbt CLI resource for an Aegis profile (``local`` or ``prod``), keyed ``dbt`` in pipelines/profiles.py."""
+    try:
+        target = DBT_TARGETS[profile]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {profile!r} for dbt; expected one of {', '.join(DBT_TARGETS)}"
+        ) from None
+    return DbtCliResource(
+        project_dir=DBT_PROJECT, profiles_dir=DBT_PROJECT_DIR, target=target, dbt_executable=_dbt_executable()
+    )
+
+
+class AegisDbtTranslator(DagsterDbtTranslator):
+    """Models in group ``telemetry``, eager automation; sources keep the keys their meta names."""
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        if dbt_resource_props.get("resource_type") == "source":
+            return super().get_group_name(dbt_resource_props)
+        return GROUP
+
+    def get_automation_condition(
+        self, dbt_resource_props: Mapping[str, Any]
+    ) -> dg.AutomationCondition | None:
+        if dbt_resource_props.get("resource_type") == "source":
+            return None
+        return dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(WORLD_CONFIGS_KEY))
+
+
+TRANSLATOR = AegisDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
+
+
+class WarehouseBuildConfig(dg.Config):
+    """Run config of the dbt build."""
+
+    full_refresh: bool = False  # rebuild stg_lake__events from the lake instead of appending new batches
+
+
+def _dbt_args(config: WarehouseBuildConfig, home: AegisPaths) -> list[str]:
+    args = ["build", "--vars", json.dumps({"aegis_home": str(home.home)})]
+    if config.full_refresh:
+        args.append("--full-refresh")
+    return args
+
+
+def _model_name(event: Any) -> str | None:
+    key = getattr(event, "asset_key", None)
+    if key is None and isinstance(event, dg.Output):
+        key = dg.AssetKey(event.output_name)
+    return key.path[-1] if key is not None else None
+
+
+@dbt_assets(
+    manifest=DBT_PROJECT.manifest_path,
+    project=DBT_PROJECT,
+    dagster_dbt_translator=TRANSLATOR,
+    name="warehouse_dbt",
+)
+def warehouse_dbt(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, config: WarehouseBuildConfig
+) -> Iterator[Any]:
+    """``dbt build`` of the selected models; marts get row counts, previews and charts.
+
+    DuckDB allows one writer per file and dbt holds it until it exits, so the
+    events of the enriched marts are held back and yielded, with their metadata,
+    once the build is over.
+    """
+    home = paths()
+    held: list[Any] = []
+    for event in dbt.cli(_dbt_args(config, home), context=context).stream():
+        name = _model_name(event)
+        if name in _ENRICHED and isinstance(event, (dg.Output, dg.AssetMaterialization, dg.AssetCheckResult)):
+            held.append(event)
+        else:
+            yield event
+    for event in held:
+        name = _model_name(event)
+        if isinstance(event, (dg.Output, dg.AssetMaterialization)) and name is not None:
+            try:
+                extra = mart_metadata(home, name)
+            except Exception as exc:  # metadata is a view of the data: never fail a good build over it
+                context.log.warning(f"could not compute metadata for {name}: {exc}")
+                extra = {}
+            event = event.with_metadata({**event.metadata, **extra})
+        yield event
+
+
+# ---------------------------------------------------------------- mart metadata
+
+_ENRICHED = frozenset({*CHECKED_MARTS, FUNNEL_MART, HEATMAP_MART, "fct_server_health"})
+
+
+def mart_metadata(home: AegisPaths, mart: str) -> dict[str, Any]:
+    """Row count, a preview table and, for the funnel and the heatmap, a chart."""
+    from aegis.quality import reporting
+
+    out: dict[str, Any] = {}
+    with suites.connect_warehouse(home.warehouse) as con:
+        rows = int(con.execute(f"select count(*) from main.{mart}").fetchone()[0])  # type: ignore[index]
+        out["dagster/row_count"] = dg.MetadataValue.int(rows)
+        out["preview"] = dg.MetadataValue.md(
+            reporting.frame_markdown(con.execute(f"select * from main.{mart} limit {PREVIEW_ROWS}").df())
+        )
+        if mart == FUNNEL_MART and rows:
+            funnel = con.execute(f"select stage, starts, completions, abandonments from main.{mart}").df()
+            png = reporting.funnel_chart(funnel)
+            out["funnel_chart"] = dg.MetadataValue.md(reporting.png_markdown(png, "quest funnel"))
+            out["funnel_chart_path"] = dg.MetadataValue.path(
+                str(reporting.save_png(png, home.home / "reports", mart))
+            )
+        if mart == HEATMAP_MART and rows:
+            deaths = con.execute(f"select cell_x, cell_y, deaths from main.{mart}").df()
+            png = reporting.death_heatmap(deaths)
+            out["heatmap"] = dg.MetadataValue.md(reporting.png_markdown(png, "death heatmap"))
+            out["heatmap_path"] = dg.MetadataValue.path(
+                str(reporting.save_png(png, home.home / "reports", mart))
+            )
+    return out
+
+
+# ------------------------------------------------------------------- GX checks
+
+
+def check_result(report: ValidationReport, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+    """A GX report as an asset check result the UI can read: counts, the table, failing rows."""
+    metadata: dict[str, Any] = {
+        "summary": dg.MetadataValue.text(report.summary()),
+        "rows_validated": dg.MetadataValue.int(report.row_count),
+        "failed_expectations": dg.MetadataValue.int(len(report.failed)),
+        "unexpected_values": dg.MetadataValue.int(report.unexpected_total),
+        "expectations": dg.MetadataValue.md(report.outcomes_markdown()),
+        "failing_examples": dg.MetadataValue.md(report.examples_markdown()),
+    }
+    if report.skipped:
+        metadata["skipped"] = dg.MetadataValue.text("; ".join(report.skipped))
+    for key, value in report.details.items():
+        metadata[f"detail/{key}"] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return dg.AssetCheckResult(passed=report.success, severity=severity, metadata=metadata)
+
+
+@dg.asset_check(
+    asset=BRONZE_KEY,
+    name="gx_integrity",
+    blocking=True,
+    description="GX: keys not null, kind in the enum, schema_version 1, event_id unique (newest rows).",
+)
+def bronze_gx_integrity() -> dg.AssetCheckResult:
+    return check_result(suites.bronze_integrity(paths()), dg.AssetCheckSeverity.ERROR)
+
+
+@dg.asset_check(
+    asset=BRONZE_KEY,
+    name="gx_volume",
+    description="GX: events in the newest complete game hour within 50% of the trailing hours' mean.",
+)
+def bronze_gx_volume() -> dg.AssetCheckResult:
+    return check_result(suites.bronze_volume(paths()), dg.AssetCheckSeverity.WARN)
+
+
+@dg.asset_check(
+    asset=BRONZE_KEY,
+    name="gx_freshness",
+    description="GX: lake ingested recently (wall clock); no shard trails the fleet's newest event by 30 min.",
+)
+def bronze_gx_freshness() -> dg.AssetCheckResult:
+    return check_result(suites.bronze_freshness(paths()), dg.AssetCheckSeverity.WARN)
+
+
+def _previous_row_counts(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = 25) -> list[int]:
+    """Row counts of earlier materializations (newest excluded: it is the one being checked)."""
+    records = instance.fetch_materializations(key, limit=limit).records
+    counts: list[int] = []
+    for record in records[1:]:
+        mat = record.asset_materialization
+        value = mat.metadata.get("dagster/row_count") if mat is not None else None
+        if value is not None:
+            counts.append(int(value.value))  # type: ignore[arg-type]
+    return list(reversed(counts))
+
+
+def _mart_checks(mart: str) -> list[dg.AssetChecksDefinition]:
+    key = dg.AssetKey(mart)
+
+    @dg.asset_check(
+        asset=key,
+        name="gx_integrity",
+        blocking=True,
+        description=f"GX: keys not null and rates within [0, 1] on {mart}; bad rows must not flow on.",
+    )
+    def integrity() -> dg.AssetCheckResult:
+        return check_result(suites.mart_integrity(paths(), mart), dg.AssetCheckSeverity.ERROR)
+
+    @dg.asset_check(
+        asset=key, name="gx_volume", description=f"GX: {mart} row volume against its trailing baseline."
+    )
+    def volume(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        previous = _previous_row_counts(context.instance, key)
+        return check_result(suites.mart_volume(paths(), mart, previous), dg.AssetCheckSeverity.WARN)
+
+    @dg.asset_check(
+        asset=key, name="gx_freshness", description=f"GX: {mart} covers the lake's newest events."
+    )
+    def freshness() -> dg.AssetCheckResult:
+        return check_result(suites.mart_freshness(paths(), mart), dg.AssetCheckSeverity.WARN)
+
+    return [integrity, volume, freshness]
+
+
+ASSET_CHECKS: list[dg.AssetChecksDefinition] = [
+    bronze_gx_integrity,
+    bronze_gx_volume,
+    bronze_gx_freshness,
+    *[check for mart in CHECKED_MARTS for check in _mart_checks(mart)],
+]
+
+# ------------------------------------------------------------------- schedules
+
+warehouse_full_refresh_job = dg.define_asset_job(
+    "warehouse_full_refresh",
+    selection=dg.AssetSelection.assets(warehouse_dbt),
+    config=dg.RunConfig(ops={"warehouse_dbt": WarehouseBuildConfig(full_refresh=True)}),
+    description="Rebuild the warehouse from the lake as it is (drops batches the lake no longer holds).",
+)
+
+warehouse_nightly = dg.ScheduleDefinition(
+    name="warehouse_nightly_full_refresh",
+    job=warehouse_full_refresh_job,
+    cron_schedule=NIGHTLY_CRON,
+    execution_timezone="UTC",
+    description="Nightly full refresh: reconciles the incremental staging table with the lake.",
+)
+
+defs = dg.Definitions(
+    assets=[warehouse_dbt],
+    asset_checks=ASSET_CHECKS,
+    jobs=[warehouse_full_refresh_job],
+    schedules=[warehouse_nightly],
+)
+
+__all__ = [
+    "ASSET_CHECKS",
+    "DBT_PROJECT",
+    "GROUP",
+    "AegisDbtTranslator",
+    "dbt_resource",
+    "defs",
+    "mart_metadata",
+    "warehouse_dbt",
+]
