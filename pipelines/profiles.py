@@ -16,6 +16,8 @@ from typing import Any
 
 from aegis.config import current_profile
 from pipelines.resources import GameBackendResource, LakeResource
+from pipelines.resources.changes import ChangeSetResource
+from pipelines.resources.mlflow import MlflowResource
 from pipelines.stack_outputs import read_stack_env
 
 PROFILES = ("local", "prod")
@@ -42,6 +44,8 @@ def resources_for(profile: str) -> dict[str, Any]:
             "lake": LakeResource(),
             "game": GameBackendResource(),
             "dbt": _dbt(profile),
+            "mlflow": MlflowResource(),
+            "changes": ChangeSetResource(),
         }
     if profile == "prod":
         from dagster_aws.s3 import S3Resource
@@ -56,6 +60,8 @@ def resources_for(profile: str) -> dict[str, Any]:
             "s3": S3Resource(region_name=stack["primaryRegion"]),
             "game": GameBackendResource(base_url=stack["gameApiUrl"]),
             "dbt": _dbt(profile),
+            "mlflow": MlflowResource(tracking_uri=stack["mlflowTrackingUri"]),
+            "changes": ChangeSetResource(backend_url=stack["gameApiUrl"]),
         }
     raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
 

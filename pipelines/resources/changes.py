@@ -46,8 +46,8 @@ class ChangeSetResource(ConfigurableResource):
             mode = self.simulator
             if mode not in ("auto", "inprocess", "http"):
                 raise ValueError(f"simulator={mode!r}; expected auto, inprocess or http")
-            if mode == "auto":
-                mode = "inprocess" if p.world_db.exists() else "http"
+            if mode == "auto":  # the contract's simulations endpoint; in-process only when asked for
+                mode = "http"
             runner = (
                 InProcessRunner(store_snapshot_loader(p.world_db))
                 if mode == "inprocess"
