@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import telemetry, warehouse
+from assets import evaluation, telemetry, training, warehouse
 from pipelines.profiles import get_profile, resources_for
 from pipelines.schedules import SCHEDULES
 from pipelines.sensors import SENSORS
@@ -16,5 +16,7 @@ from pipelines.sensors import SENSORS
 defs = dg.Definitions.merge(
     telemetry.defs,
     warehouse.defs,
+    training.defs,
+    evaluation.defs,
     dg.Definitions(sensors=SENSORS, schedules=SCHEDULES, resources=resources_for(get_profile())),
 )

@@ -1,0 +1,118 @@
+"""The evaluation stage: challenger vs champion on the held-out split; the only place ``champion`` moves.
+
+``model_evaluation`` compares the newest challenger with the current champion
+and both baselines on the same held-out shards and time, promotes only on a
+clear win (``margin``; a first model must beat persistence and ridge), and
+records the decision and its reason in metadata and as MLflow tags.
+
+``champion_is_sound`` is a blocking check: whatever the decision, the champion
+that downstream stages (proposals, canary) will load must exist, load from
+``models:/aegis-world-model@champion``, and still beat persistence with honest
+intervals on today's held-out data. When it fails, downstream assets in the
+same run do not materialize.
+"""
+
+from typing import Any
+
+import dagster as dg
+
+from aegis.worldmodel.dataset import WorldModelDataset
+from aegis.worldmodel.metrics import COVERAGE_BAND, DEFAULT_BASELINE_MARGIN, DEFAULT_MARGIN, report
+from aegis.worldmodel.pipeline import EvaluationError, baseline_reports, evaluate_challenger
+from aegis.worldmodel.registry import CHAMPION
+from pipelines.resources.mlflow import MlflowResource
+
+GROUP = "evaluation"
+
+
+class EvaluationConfig(dg.Config):
+    margin: float = DEFAULT_MARGIN
+    baseline_margin: float = DEFAULT_BASELINE_MARGIN
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["world_model"],
+    kinds={"mlflow"},
+    description="Challenger vs champion vs baselines on held-out shards and time; moves the champion alias.",
+)
+def model_evaluation(
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    training_dataset: WorldModelDataset,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    registry = mlflow.registry()
+    try:
+        outcome = evaluate_challenger(registry, training_dataset, config.margin, config.baseline_margin)
+    except EvaluationError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    d = outcome.decision
+    context.log.info(f"{'PROMOTED' if d.promote else 'kept champion'}: {d.reason}")
+    meta: dict[str, Any] = {
+        "decision": "promoted" if d.promote else "kept_champion",
+        "reason": d.reason,
+        "challenger_version": outcome.challenger_version,
+        "champion_version_before": outcome.champion_version or "none",
+        "challenger_relative_mae": dg.MetadataValue.float(round(d.challenger_score, 4)),
+        "checks": dg.MetadataValue.json(d.checks),
+        "dataset_hash": training_dataset.content_hash,
+        "comparison": dg.MetadataValue.md(outcome.markdown()),
+    }
+    if d.champion_score is not None:
+        meta["champion_relative_mae"] = dg.MetadataValue.float(round(d.champion_score, 4))
+    if outcome.champion_error:
+        meta["champion_error"] = outcome.champion_error
+    for split, m in outcome.reports["challenger"].splits.items():
+        meta[f"challenger.{split}.coverage"] = dg.MetadataValue.float(round(m.coverage, 4))
+        if m.directional_accuracy is not None:
+            meta[f"challenger.{split}.directional_accuracy"] = dg.MetadataValue.float(
+                round(m.directional_accuracy, 4)
+            )
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset_check(
+    asset=model_evaluation,
+    blocking=True,
+    additional_ins={"training_dataset": dg.AssetIn("training_dataset")},
+    description="The champion exists, loads from the registry, beats persistence and has honest intervals.",
+)
+def champion_is_sound(training_dataset: WorldModelDataset, mlflow: MlflowResource) -> dg.AssetCheckResult:
+    registry = mlflow.registry()
+    try:
+        loaded = registry.load(CHAMPION)
+    except Exception as exc:
+        return dg.AssetCheckResult(passed=False, description=f"champion cannot be loaded: {exc}")
+    if loaded is None:
+        return dg.AssetCheckResult(
+            passed=False,
+            description="no champion yet: no model has passed the quality gate, downstream stays blocked",
+        )
+    mv, champion = loaded
+    try:
+        rep = report(champion, training_dataset.splits)
+    except ValueError as exc:
+        return dg.AssetCheckResult(passed=False, description=f"champion v{mv.version} cannot predict: {exc}")
+    persistence = baseline_reports(training_dataset)["persistence"]
+    problems = []
+    for split, m in rep.splits.items():
+        if not m.relative_mae < persistence.splits[split].relative_mae:
+            problems.append(f"{split}: relative MAE {m.relative_mae:.3f} does not beat persistence")
+        if not COVERAGE_BAND[0] <= m.coverage <= COVERAGE_BAND[1]:
+            problems.append(f"{split}: coverage {m.coverage:.3f} outside {COVERAGE_BAND}")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems)
+        or f"champion v{mv.version} is sound on dataset {training_dataset.content_hash[:12]}",
+        metadata={
+            "champion_version": str(mv.version),
+            **{f"{s}.relative_mae": round(m.relative_mae, 4) for s, m in rep.splits.items()},
+            **{f"{s}.coverage": round(m.coverage, 4) for s, m in rep.splits.items()},
+        },
+    )
+
+
+evaluation_assets = [model_evaluation]
+evaluation_checks = [champion_is_sound]
+defs = evaluation_defs = dg.Definitions(assets=evaluation_assets, asset_checks=evaluation_checks)

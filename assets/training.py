@@ -1,0 +1,237 @@
+"""The training stage: ``training_dataset`` (windows from ``fct_shard_kpis``) and ``world_model``.
+
+Retraining is driven two ways, both targeting ``world_model_training_job``
+(dataset, model and evaluation in one run, so a registered challenger is always
+judged in the run that made it):
+
+- ``world_model_new_telemetry`` sensor: when the mart has gained at least
+  ``AEGIS_RETRAIN_NEW_ROWS`` rows (default 2000, about six shards x 7 game
+  hours) since the rows the last dataset was built from. A sensor, not an
+  ``AutomationCondition``: the marts are eager and update on every ingested
+  batch, so "upstream updated" would retrain every few minutes; the threshold
+  needs a count read from the warehouse, which a sensor with a cursor says
+  plainly and a custom condition would hide.
+- ``world_model_daily`` schedule (04:00 UTC, after the nightly dbt refresh),
+  so a model keeps up with slow drift even when telemetry trickles.
+
+Both are RUNNING by default.
+"""
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from aegis.config import paths
+from aegis.worldmodel.dataset import (
+    KPI_TABLE,
+    DatasetError,
+    SplitConfig,
+    WorldModelDataset,
+    build_dataset,
+    read_warehouse,
+)
+from aegis.worldmodel.pipeline import log_to_registry, train_with_baselines
+from aegis.worldmodel.train import EpochLog, TrainConfig
+from pipelines.resources.mlflow import MlflowResource
+
+GROUP = "training"
+KPI_KEY = dg.AssetKey(KPI_TABLE)
+JOB_NAME = "world_model_training_job"
+DAILY_CRON = "0 4 * * *"
+RETRAIN_NEW_ROWS = int(os.environ.get("AEGIS_RETRAIN_NEW_ROWS", "2000"))
+SENSOR_INTERVAL_S = 300
+
+
+class TrainingDatasetConfig(dg.Config):
+    window: int = 12
+    seed: int = 0
+    test_shard_fraction: float = 0.25
+    test_time_fraction: float = 0.2
+    val_fraction: float = 0.15
+
+
+class WorldModelConfig(dg.Config):
+    epochs: int = 60
+    patience: int = 10
+    members: int = 5
+    hidden: int = 64
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    device: str = "auto"
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[KPI_KEY],
+    kinds={"python", "numpy"},
+    description="Windows of shard KPI history + parameters -> next-bucket KPIs, split by shard and time.",
+)
+def training_dataset(
+    context: dg.AssetExecutionContext, config: TrainingDatasetConfig
+) -> dg.Output[WorldModelDataset]:
+    home = paths()
+    try:
+        rows = read_warehouse(home.warehouse)
+        ds = build_dataset(
+            rows,
+            SplitConfig(
+                window=config.window,
+                seed=config.seed,
+                test_shard_fraction=config.test_shard_fraction,
+                test_time_fraction=config.test_time_fraction,
+                val_fraction=config.val_fraction,
+            ),
+        )
+    except DatasetError as exc:
+        raise dg.Failure(description=f"no training dataset: {exc}", allow_retries=False) from exc
+    context.log.info(f"dataset {ds.content_hash[:12]}: {ds.sizes()} windows from {len(rows)} KPI rows")
+    summary = ds.summary()
+    return dg.Output(
+        ds,
+        metadata={
+            "content_hash": ds.content_hash,
+            "source_rows": dg.MetadataValue.int(len(rows)),
+            "windows": dg.MetadataValue.json(ds.sizes()),
+            "held_out_shards": ", ".join(ds.held_out_shards),
+            "time_cutoffs": dg.MetadataValue.json(ds.time_cutoffs),
+            "rows_invalid": dg.MetadataValue.int(ds.clean.rows_invalid),
+            "param_changes_in_test": dg.MetadataValue.json(summary["param_changes_in_test"]),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "mlflow"},
+    description="Deep-ensemble GRU world model; logged to MLflow and registered as 'challenger'.",
+)
+def world_model(
+    context: dg.AssetExecutionContext,
+    config: WorldModelConfig,
+    training_dataset: WorldModelDataset,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    ds = training_dataset
+    cfg = TrainConfig(
+        epochs=config.epochs,
+        patience=config.patience,
+        members=config.members,
+        hidden=config.hidden,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        device=config.device,
+    )
+
+    def progress(log: EpochLog) -> None:
+        context.log.info(
+            f"member {log.member + 1}/{cfg.members} epoch {log.epoch + 1}/{cfg.epochs}: "
+            f"train {log.train_loss:.4f} val NLL {log.val_loss:.4f} ({log.seconds:.1f}s)"
+        )
+
+    try:
+        outcome = train_with_baselines(ds, cfg, progress)
+    except (ValueError, FloatingPointError) as exc:
+        raise dg.Failure(description=f"training failed: {exc}", allow_retries=False) from exc
+    registry = mlflow.registry()
+    registered = log_to_registry(
+        registry,
+        outcome,
+        ds,
+        None,
+        cfg,
+        {
+            "aegis.trigger": context.run.tags.get("dagster/sensor_name")
+            or context.run.tags.get("dagster/schedule_name")
+            or "manual",
+            "dagster.run_id": context.run_id,
+        },
+    )
+    reports = outcome.reports
+    meta: dict[str, Any] = {
+        "model_version": registered.version,
+        "model_uri": registered.uri,
+        "mlflow_run_id": registered.run_id,
+        "dataset_hash": ds.content_hash,
+        "device": outcome.result.device,
+        "epochs_run": dg.MetadataValue.json(outcome.result.epochs_run),
+        "samples_per_second": dg.MetadataValue.float(round(outcome.result.samples_per_second, 1)),
+        "accuracy": dg.MetadataValue.md(outcome.markdown()),
+    }
+    for kind, rep in reports.items():
+        for split, m in rep.splits.items():
+            meta[f"{kind}.{split}.relative_mae"] = dg.MetadataValue.float(round(m.relative_mae, 4))
+    return dg.MaterializeResult(metadata=meta)
+
+
+training_job = dg.define_asset_job(
+    JOB_NAME,
+    selection=dg.AssetSelection.assets(training_dataset, world_model)
+    | dg.AssetSelection.groups("evaluation"),
+    description="Build the dataset, train and register a challenger, judge it against the champion.",
+)
+
+world_model_daily = dg.ScheduleDefinition(
+    name="world_model_daily",
+    cron_schedule=DAILY_CRON,
+    job=training_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    execution_timezone="UTC",
+)
+
+
+def count_kpi_rows() -> int | None:
+    """Rows in the mart now, or None when the warehouse cannot be read (absent or locked by a writer)."""
+    try:
+        import duckdb
+
+        con = duckdb.connect(str(paths().warehouse), read_only=True)
+    except Exception:
+        return None
+    try:
+        return int(con.execute(f"select count(*) from {KPI_TABLE}").fetchone()[0])  # type: ignore[index]
+    except Exception:
+        return None
+    finally:
+        con.close()
+
+
+def rows_at_last_dataset(instance: dg.DagsterInstance) -> int | None:
+    event = instance.get_latest_materialization_event(dg.AssetKey("training_dataset"))
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("source_rows")
+    return int(value.value) if value is not None else None  # type: ignore[arg-type]
+
+
+@dg.sensor(
+    name="world_model_new_telemetry",
+    job=training_job,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=f"Retrain when fct_shard_kpis gained >= {RETRAIN_NEW_ROWS} rows since the last dataset.",
+)
+def world_model_new_telemetry(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    now = count_kpi_rows()
+    if now is None:
+        return dg.SkipReason(f"warehouse {paths().warehouse} or table {KPI_TABLE} not readable now")
+    cursor = int(context.cursor) if context.cursor else None
+    baseline = cursor if cursor is not None else rows_at_last_dataset(context.instance)
+    grown = now - (baseline or 0)
+    if grown < RETRAIN_NEW_ROWS:
+        return dg.SkipReason(f"{grown} new KPI rows since the last dataset; retrain at {RETRAIN_NEW_ROWS}")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"kpi-rows-{now}", tags={"aegis/kpi_rows": str(now)})],
+        cursor=str(now),
+    )
+
+
+training_assets = [training_dataset, world_model]
+defs = training_defs = dg.Definitions(
+    assets=training_assets,
+    jobs=[training_job],
+    schedules=[world_model_daily],
+    sensors=[world_model_new_telemetry],
+)
