@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from aegis.config import AegisPaths
+from tests.support import free_port
 
 
 @pytest.fixture
@@ -18,12 +18,6 @@ def aegis_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aegi
     monkeypatch.setenv("AEGIS_HOME", str(home))
     monkeypatch.setenv("AEGIS_PROFILE", "local")
     yield AegisPaths.from_env().ensure()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

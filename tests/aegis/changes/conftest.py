@@ -2,97 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-AEGIS = str(Path(sys.executable).with_name("aegis"))
-STARTUP_TIMEOUT_S = 90.0
-SERVER_SPEED = "300"  # game seconds per wall second: 5 ticks a second
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class WorldServer:
-    url: str
-    home: Path
-    proc: subprocess.Popen
-
-    @property
-    def world_db(self) -> Path:
-        return self.home / "world" / "world.db"
-
-
-def start_world(home: Path, port: int, log: Path) -> WorldServer:
-    env = {**os.environ, "AEGIS_HOME": str(home), "AEGIS_PROFILE": "local"}
-    cmd = [
-        AEGIS,
-        "world",
-        "serve",
-        "--port",
-        str(port),
-        "--speed",
-        SERVER_SPEED,
-        "--players-per-shard",
-        "300",
-        "--shards-per-region",
-        "4",
-        "--no-explore",
-        "--log-level",
-        "warning",
-    ]
-    fh = open(log, "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"world server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=1.0).status_code == 200:
-                return WorldServer(url, home, proc)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    stop_world(proc)
-    raise RuntimeError(f"world server did not answer within {STARTUP_TIMEOUT_S}s: {log.read_text()[-2000:]}")
-
-
-def stop_world(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+from tests.support import CANARY_WORLD_ARGS, WorldServer
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorldServer]:
-    root = tmp_path_factory.mktemp("world")
-    server = start_world(root / "home", free_port(), root / "server.log")
+    server = WorldServer(tmp_path_factory.mktemp("world") / "home", speed="300", args=CANARY_WORLD_ARGS).start()
     try:
         yield server
     finally:
-        stop_world(server.proc)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

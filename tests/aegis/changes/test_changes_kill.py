@@ -17,11 +17,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import AEGIS, free_port, start_world, stop_world
 
 from aegis.changes.store import ChangeSetNotFound, ChangeSetStore
 from aegis.domain import Integrity, PromotionState
 from aegis.world.client import GameBackendClient
+from tests.support import AEGIS, CANARY_WORLD_ARGS, WorldServer
 
 S = PromotionState
 ITERATIONS = 6
@@ -49,7 +49,7 @@ def _state_of(home: Path, cs_id: str) -> str:
 @pytest.mark.slow
 def test_changes_kill9_at_random_points_then_resume_is_consistent(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    server = start_world(home, free_port(), tmp_path / "server.log")
+    server = WorldServer(home, speed="300", args=CANARY_WORLD_ARGS).start()
     env = {**os.environ, "AEGIS_HOME": str(home), "AEGIS_PROFILE": "local", "AEGIS_WORLD_URL": server.url}
     rng = random.Random(SEED)
     client = GameBackendClient(server.url)
@@ -127,5 +127,5 @@ def test_changes_kill9_at_random_points_then_resume_is_consistent(tmp_path: Path
         assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         client.close()
-        stop_world(server.proc)
+        server.stop()
     print("kill outcomes:", outcomes)

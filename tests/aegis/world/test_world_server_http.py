@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -19,55 +16,8 @@ from aegis.config import AegisPaths
 from aegis.domain import WorldParams
 from aegis.world.client import GameBackendClient, IdempotencyConflict, StaleConfigVersion
 from aegis.world.store import WorldStore
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from conftest import free_port
-
-AEGIS = Path(sys.executable).parent / "aegis"
-SPEED = "600"  # 10 ticks per wall second
-STARTUP_S = 60.0
-
-
-class Server:
-    def __init__(self, home: Path, port: int) -> None:
-        self.home, self.port = home, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = home / f"serve-{port}.log"
-
-    def start(self) -> Server:
-        env = {**os.environ, "AEGIS_HOME": str(self.home), "AEGIS_PROFILE": "local"}
-        cmd = [str(AEGIS), "world", "serve", "--port", str(self.port), "--speed", SPEED,
-               "--players-per-shard", "300", "--log-level", "warning"]  # fmt: skip
-        self.home.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited early:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"server did not answer within {STARTUP_S} s:\n{self.log.read_text()}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        code = self.proc.returncode
-        self.proc = None
-        return code
+from tests.support import WorldServer as Server
+from tests.support import free_port
 
 
 @pytest.fixture(scope="module")

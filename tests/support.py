@@ -1,0 +1,89 @@
+"""Helpers shared by test areas: free ports and a real world server as a subprocess.
+
+Imported as ``tests.support`` (the repo root is on ``pythonpath``); not a
+conftest, so two areas never shadow each other's helpers in a full run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+AEGIS = str(Path(sys.executable).with_name("aegis"))
+STARTUP_S = 90.0
+# For changeset tests: a single-shard canary is at most 10% of players (4 shards a
+# region) and nothing explores parameters under the lifecycle's feet.
+CANARY_WORLD_ARGS = ("--shards-per-region", "4", "--no-explore")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WorldServer:
+    """``aegis world serve`` on a free loopback port with its own AEGIS_HOME."""
+
+    def __init__(
+        self, home: Path, port: int | None = None, *, speed: str = "600", args: tuple[str, ...] = ()
+    ) -> None:
+        self.home = home
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.speed = speed
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = home / f"serve-{self.port}.log"
+
+    @property
+    def world_db(self) -> Path:
+        return self.home / "world" / "world.db"
+
+    def start(self) -> WorldServer:
+        env = {**os.environ, "AEGIS_HOME": str(self.home), "AEGIS_PROFILE": "local"}
+        cmd = [AEGIS, "world", "serve", "--port", str(self.port), "--speed", self.speed,
+               "--players-per-shard", "300", "--log-level", "warning", *self.args]  # fmt: skip
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+            )
+        deadline = time.monotonic() + STARTUP_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"world server exited early ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}"
+                )
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(
+            f"world server did not answer within {STARTUP_S} s:\n{self.log.read_text()[-3000:]}"
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        code = self.proc.returncode
+        self.proc = None
+        return code
