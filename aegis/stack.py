@@ -1,13 +1,22 @@
 """``aegis up`` (= ``make up``): the local stack in one command.
 
-Starts, as child processes, the world server (``aegis world serve``) and
+Starts, as child processes, the world server (``aegis world serve``),
 ``dagster dev`` (web server + daemon) with ``DAGSTER_HOME = AEGIS_HOME/dagster``
-and a ``dagster.yaml`` written here for a small machine: SQLite storage, a run
-queue of two, one ingest at a time, sensors and declarative automation on,
-telemetry off.  With no clicks, the world lands batches, the landing sensor
-ingests them and automation builds the marts.  Ctrl-C / SIGTERM stop both
-children (each in its own process group, so nothing is left behind); if either
-child dies, the other is stopped and ``aegis up`` exits non-zero.
+and a ``dagster.yaml`` written here for a small machine, and the MLflow UI
+(``mlflow server`` over ``AEGIS_HOME/mlflow``).  With no clicks, the world lands
+batches, the landing sensor ingests them and automation builds the marts.
+
+The instance is tuned for a 2-core machine: SQLite storage; a run queue of two;
+one ingest run at a time; one automation run at a time (its warehouse builds
+write one DuckDB file, which takes a single writer); sensors and declarative
+automation on; run monitoring on, so a run stuck starting or canceling is
+closed; telemetry off.  Before Dagster starts, runs a previous session left in
+flight with no live worker are closed (``pipelines.stack_recovery``): otherwise
+the sensors would wait on them for ever.
+
+Ctrl-C / SIGTERM stop every child (each in its own process group, so nothing
+is left behind); if one child dies, the others are stopped and ``aegis up``
+exits non-zero.
 
 No Dagster import here (``aegis/`` stays free of it): Dagster runs as a child.
 """
@@ -26,14 +35,20 @@ from types import FrameType
 import click
 import httpx
 
-from aegis.config import DAGSTER_PORT, WORLD_PORT, paths
+from aegis.config import DAGSTER_PORT, MLFLOW_PORT, WORLD_PORT, AegisPaths, paths
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CODE_LOCATION_MODULE = "pipelines.definitions"
+RECOVERY_MODULE = "pipelines.stack_recovery"
 MAX_CONCURRENT_RUNS = 2  # 2 cores: a third run would only slow the other two
 INGEST_TAG = "aegis/ingest"  # the ingest job's runs: one at a time (they serialize on a lock anyway)
+AUTOMATION_TAG = "aegis/automation"  # automation runs (warehouse builds): one DuckDB writer at a time
 SENSOR_WORKERS = 2
-STOP_TIMEOUT_S = 20.0
+RUN_START_TIMEOUT_S = 180  # a run still STARTING after this is failed by run monitoring
+RUN_MONITOR_POLL_S = 30
+RECOVERY_TIMEOUT_S = 120.0
+MLFLOW_WORKERS = 1  # the UI for one person; mlflow's default of 4 workers is 4 interpreters
+STOP_TIMEOUT_S = 30.0  # dagster dev needs a while to stop its web server, daemon and run workers
 POLL_S = 0.5
 READY_TIMEOUT_S = 300.0
 DEFAULT_SPEED = 60.0
@@ -60,6 +75,12 @@ run_coordinator:
     tag_concurrency_limits:
       - key: "{INGEST_TAG}"
         limit: 1
+      - key: "{AUTOMATION_TAG}"
+        limit: 1
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: {RUN_START_TIMEOUT_S}
+  poll_interval_seconds: {RUN_MONITOR_POLL_S}
 sensors:
   use_threads: true
   num_workers: {SENSOR_WORKERS}
@@ -117,8 +138,23 @@ class Child:
         return self.ready
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def stop_children(children: list[Child], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM every child's group, wait, then SIGKILL what is left."""
+    """SIGTERM every child's process group, wait for the whole group, then SIGKILL what is left.
+
+    The whole group, not only the child: ``dagster dev`` may exit before its
+    run workers have recorded that they were interrupted, and killing them then
+    leaves runs ``STARTED`` for ever.
+    """
     for child in children:
         if child.alive():
             child.signal_group(signal.SIGTERM)
@@ -129,62 +165,114 @@ def stop_children(children: list[Child], timeout_s: float = STOP_TIMEOUT_S) -> N
         try:
             child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            child.signal_group(signal.SIGKILL)
-            child.proc.wait(timeout=5)
-        # The group may hold grandchildren (dagster's webserver, daemon, code server).
+            pass
+        while _group_alive(child.proc.pid) and time.monotonic() < deadline and child.proc.poll() is not None:
+            time.sleep(POLL_S)
         child.signal_group(signal.SIGKILL)
+        child.proc.wait(timeout=5)
+
+
+def _bin(name: str) -> str:
+    """A console script beside this interpreter (the venv), so nothing depends on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def world_child(port: int, speed: float, players_per_shard: int) -> Child:
+    argv = [sys.executable, "-m", "aegis.cli", "world", "serve", "--port", str(port), "--speed", str(speed)]
+    argv += ["--players-per-shard", str(players_per_shard)]
+    return Child("world", argv, f"http://127.0.0.1:{port}", "/v1/health")
+
+
+def dagster_child(port: int) -> Child:
+    argv = [_bin("dagster"), "dev", "-m", CODE_LOCATION_MODULE, "-h", "127.0.0.1", "-p", str(port)]
+    return Child("dagster", argv, f"http://127.0.0.1:{port}", "/server_info")
+
+
+def mlflow_argv(p: AegisPaths, port: int) -> list[str]:
+    """``mlflow server`` over the tracking database and artifacts the world model logs to.
+
+    New experiments store artifacts under ``AEGIS_HOME/mlflow/artifacts`` (as
+    the world model's resource does), and proxied artifact uploads land there
+    too. Loopback only; mlflow's own host and CORS checks keep their defaults
+    (localhost), so the UI is not reachable through a rebinding DNS name.
+    """
+    artifacts = p.mlflow_artifacts.as_uri()
+    return [
+        _bin("mlflow"),
+        "server",
+        "--backend-store-uri",
+        p.mlflow_tracking_uri,
+        "--default-artifact-root",
+        artifacts,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(MLFLOW_WORKERS),
+    ]
+
+
+def mlflow_child(p: AegisPaths, port: int) -> Child:
+    return Child("mlflow", mlflow_argv(p, port), f"http://127.0.0.1:{port}", "/health")
 
 
 def build_children(
-    world_port: int, dagster_port: int, speed: float, players_per_shard: int, with_dagster: bool
+    p: AegisPaths,
+    *,
+    world_port: int,
+    dagster_port: int,
+    mlflow_port: int,
+    speed: float,
+    players_per_shard: int,
+    with_dagster: bool = True,
+    with_mlflow: bool = True,
 ) -> list[Child]:
-    bin_dir = Path(sys.executable).parent
-    children = [
-        Child(
-            "world",
-            [
-                sys.executable,
-                "-m",
-                "aegis.cli",
-                "world",
-                "serve",
-                "--port",
-                str(world_port),
-                "--speed",
-                str(speed),
-                "--players-per-shard",
-                str(players_per_shard),
-            ],
-            f"http://127.0.0.1:{world_port}",
-            "/v1/health",
-        )
-    ]
+    children = [world_child(world_port, speed, players_per_shard)]
     if with_dagster:
-        dagster = bin_dir / "dagster"
-        children.append(
-            Child(
-                "dagster",
-                [
-                    str(dagster) if dagster.exists() else "dagster",
-                    "dev",
-                    "-m",
-                    CODE_LOCATION_MODULE,
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(dagster_port),
-                ],
-                f"http://127.0.0.1:{dagster_port}",
-                "/server_info",
-            )
-        )
+        children.append(dagster_child(dagster_port))
+    if with_mlflow:
+        children.append(mlflow_child(p, mlflow_port))
     return children
 
 
+def recover_runs(env: dict[str, str]) -> None:
+    """Close runs a previous session left in flight (see ``pipelines.stack_recovery``).
+
+    A failure here is reported, not fatal: the stack still starts, and the
+    message says what to look at.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", RECOVERY_MODULE],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RECOVERY_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        click.echo(f"run recovery did not finish in {RECOVERY_TIMEOUT_S:.0f} s; continuing", err=True)
+        return
+    for line in done.stdout.splitlines():
+        click.echo(line)
+    if done.returncode != 0:
+        click.echo(
+            f"run recovery failed (exit {done.returncode}); continuing:\n{done.stderr[-2000:]}", err=True
+        )
+
+
 @click.command()
-@click.option("--no-dagster", is_flag=True, help="Start the world server only.")
+@click.option("--no-dagster", is_flag=True, help="Do not start Dagster.")
+@click.option("--no-mlflow", is_flag=True, help="Do not start the MLflow UI.")
 @click.option("--world-port", type=click.IntRange(1, 65535), default=WORLD_PORT, show_default=True)
 @click.option("--dagster-port", type=click.IntRange(1, 65535), default=DAGSTER_PORT, show_default=True)
+@click.option("--mlflow-port", type=click.IntRange(1, 65535), default=MLFLOW_PORT, show_default=True)
 @click.option(
     "--speed",
     type=click.FloatRange(min=0.0),
@@ -199,19 +287,38 @@ def build_children(
     show_default=True,
     help="New worlds only.",
 )
-def up(no_dagster: bool, world_port: int, dagster_port: int, speed: float, players_per_shard: int) -> None:
-    """Run the local stack (world server + Dagster) until Ctrl-C."""
+def up(
+    no_dagster: bool,
+    no_mlflow: bool,
+    world_port: int,
+    dagster_port: int,
+    mlflow_port: int,
+    speed: float,
+    players_per_shard: int,
+) -> None:
+    """Run the local stack (world server, Dagster, MLflow UI) until Ctrl-C."""
+    ports = [world_port] + ([] if no_dagster else [dagster_port]) + ([] if no_mlflow else [mlflow_port])
+    if len(set(ports)) != len(ports):
+        raise click.UsageError(f"each service needs its own port; got {ports}")
     p = paths().ensure()
     env = dict(os.environ)
     env["AEGIS_HOME"] = str(p.home)
     env["DAGSTER_HOME"] = str(p.dagster_home)
     env["AEGIS_WORLD_PORT"] = str(world_port)
     env["AEGIS_DAGSTER_PORT"] = str(dagster_port)
+    env["AEGIS_MLFLOW_PORT"] = str(mlflow_port)
     env.setdefault("AEGIS_PROFILE", "local")
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if x)
-    if not no_dagster:
-        write_dagster_yaml(p.dagster_home)
-    children = build_children(world_port, dagster_port, speed, players_per_shard, not no_dagster)
+    children = build_children(
+        p,
+        world_port=world_port,
+        dagster_port=dagster_port,
+        mlflow_port=mlflow_port,
+        speed=speed,
+        players_per_shard=players_per_shard,
+        with_dagster=not no_dagster,
+        with_mlflow=not no_mlflow,
+    )
 
     stopping: list[int] = []
 
@@ -221,13 +328,20 @@ def up(no_dagster: bool, world_port: int, dagster_port: int, speed: float, playe
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     exit_code = 0
     try:
+        if not no_dagster:
+            write_dagster_yaml(p.dagster_home)
+            recover_runs(env)
         for child in children:
+            if stopping:
+                break
             child.start(env)
             click.echo(f"started {child.name} (pid {child.proc.pid if child.proc else '?'})")
         click.echo(f"AEGIS_HOME   {p.home}")
         click.echo(f"world API    http://127.0.0.1:{world_port}/v1/health")
         if not no_dagster:
             click.echo(f"Dagster UI   http://127.0.0.1:{dagster_port}  (DAGSTER_HOME {p.dagster_home})")
+        if not no_mlflow:
+            click.echo(f"MLflow UI    http://127.0.0.1:{mlflow_port}  (tracking {p.mlflow_tracking_uri})")
         click.echo(f"lake         {p.lake}   warehouse {p.warehouse}")
         click.echo("Ctrl-C stops everything.")
         started = time.monotonic()

@@ -4,14 +4,25 @@
   too: ``aegis materialize telemetry`` must fill every mart, which needs their
   upstream models in the same selection). dbt tests become asset checks
   (dagster-dbt), and bronze lineage is the ingest's ``bronze_events`` asset.
-- Automation: ``AutomationCondition.eager()`` on every model, so a new bronze
-  materialization cascades through staging to the marts. Eager rather than
-  on_cron: bronze arrives in batches whenever the sensor ingests, and the marts
-  (incremental staging, sub-minute rebuild of the marts) are cheap enough to
-  follow every batch; the nightly schedule below reconciles with a full refresh.
+- Automation: :func:`warehouse_automation_condition` on every model, eager in
+  spirit (a new bronze materialization cascades through staging to the marts)
+  with three differences from ``AutomationCondition.eager()``, each found by
+  running the stack: (1) a model that is missing is built even when it was
+  already missing on the condition's first evaluation (``eager()`` resets on
+  that evaluation, so ``stg_lake__world_configs``, whose only input is the
+  external config feed, was never built and ``fct_shard_kpis`` waited on it
+  forever); (2) at most one request per model per ``WAREHOUSE_BUILD_WINDOW_CRON``
+  window, so a build (tens of seconds on a small machine) is not re-requested on
+  every ingest; an update seen meanwhile is built in the next window, never
+  dropped; (3) bronze's blocking checks must have passed, so bad bronze stops
+  here although the ingest and the build are separate runs (between dbt models,
+  dbt's own blocking tests stop a build inside its run; requiring them across
+  runs too would split one build into a run per layer). Eager rather than on_cron: bronze
+  arrives whenever the sensor ingests, and the marts should follow within
+  minutes; the nightly schedule below reconciles with a full refresh.
   ``world_configs`` is ignored by the condition: the config feed is not a Dagster
   asset (the world server lands it), and ``stg_lake__world_configs`` is a view,
-  never stale.
+  never stale once built.
 - GX checks (``aegis.quality``) guard bronze (integrity blocking) and the key
   marts (integrity blocking; volume and freshness warn).
 
@@ -59,6 +70,8 @@ _PROJECT_GLOBS: tuple[str, ...] = (
     "tests/**/*",
 )
 NIGHTLY_CRON = "30 3 * * *"
+# Automation requests a model at most once per window (see warehouse_automation_condition).
+WAREHOUSE_BUILD_WINDOW_CRON = "*/2 * * * *"
 
 
 # ------------------------------------------------------------------ dbt project
@@ -123,8 +136,41 @@ def dbt_resource(profile: str) -> DbtCliResource:
     )
 
 
+def warehouse_automation_condition() -> dg.AutomationCondition:
+    """When automation builds a dbt model: missing, or an input updated since it was last handled.
+
+    Built from ``AutomationCondition``'s parts rather than ``eager()`` (see the
+    module docstring for the three reasons). Kept from eager: never while the
+    model or an input is in progress, never with an input missing. A missing
+    model whose build failed is retried once per window; a present one waits for
+    the next input update, as with eager.
+    """
+    cond = dg.AutomationCondition
+    requested_this_window = (
+        cond.newly_requested()
+        .since(cond.cron_tick_passed(WAREHOUSE_BUILD_WINDOW_CRON))
+        .with_label(f"requested since the last {WAREHOUSE_BUILD_WINDOW_CRON} tick")
+    )
+    needs_build = cond.missing() | cond.any_deps_updated().since_last_handled()
+    return (
+        (
+            needs_build.with_label("missing or an input updated since last handled")
+            & ~cond.any_deps_missing()
+            & ~cond.any_deps_in_progress()
+            & ~cond.in_progress()
+            & cond.all_deps_blocking_checks_passed().allow(dg.AssetSelection.assets(BRONZE_KEY))
+            & ~requested_this_window
+        )
+        .with_label("warehouse_eager")
+        .ignore(dg.AssetSelection.assets(WORLD_CONFIGS_KEY))
+    )
+
+
+WAREHOUSE_AUTOMATION = warehouse_automation_condition()
+
+
 class AegisDbtTranslator(DagsterDbtTranslator):
-    """Models in group ``telemetry``, eager automation; sources keep the keys their meta names."""
+    """Models in group ``telemetry``, warehouse automation; sources keep the keys their meta names."""
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         if dbt_resource_props.get("resource_type") == "source":
@@ -136,7 +182,7 @@ class AegisDbtTranslator(DagsterDbtTranslator):
     ) -> dg.AutomationCondition | None:
         if dbt_resource_props.get("resource_type") == "source":
             return None
-        return dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(WORLD_CONFIGS_KEY))
+        return WAREHOUSE_AUTOMATION
 
 
 TRANSLATOR = AegisDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import evaluation, telemetry, training, warehouse
-from pipelines.profiles import get_profile, resources_for
+from pipelines.profiles import executor_for, get_profile, resources_for
 from pipelines.schedules import SCHEDULES
 from pipelines.sensors import SENSORS
 
@@ -18,5 +18,10 @@ defs = dg.Definitions.merge(
     warehouse.defs,
     training.defs,
     evaluation.defs,
-    dg.Definitions(sensors=SENSORS, schedules=SCHEDULES, resources=resources_for(get_profile())),
+    dg.Definitions(
+        sensors=SENSORS,
+        schedules=SCHEDULES,
+        resources=resources_for(get_profile()),
+        executor=executor_for(get_profile()),
+    ),
 )

@@ -66,6 +66,24 @@ def resources_for(profile: str) -> dict[str, Any]:
     raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
 
 
+def executor_for(profile: str) -> Any:
+    """The executor every job gets by default (asset jobs and automation runs included).
+
+    ``local``: in-process. A step subprocess re-imports the whole code location
+    (dbt, torch, MLflow: 15-25 s on a 2-core machine), which dwarfed the steps
+    themselves (an ingest of 400 batches is ~2 s; a GX check under 1 s): with the
+    multiprocess executor one ingest run took ~2 min and a warehouse build ~5.
+    ``prod``: multiprocess, steps in parallel inside the run's pod.
+    """
+    import dagster as dg
+
+    if profile == "local":
+        return dg.in_process_executor
+    if profile == "prod":
+        return dg.multiprocess_executor
+    raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+
+
 def prod_instance_config() -> dict[str, Any]:
     """dagster.yaml for prod: run/event/schedule storage in Aurora PostgreSQL, values from the environment."""
     read_stack_env()  # fail early, naming every missing stack output

@@ -7,28 +7,46 @@ renamed just after a tick may carry an mtime older than the watermark.  Looking
 back ``LAG_NS`` and remembering what was already requested there catches it
 without ever requesting a batch twice; the manifest then filters batches
 already processed (a reset cursor costs one scan, not a re-ingest).
+
+Pacing, learnt by running ``aegis up`` on a 2-core machine: the sensor requests
+at most one ingest run at a time (the oldest ``max_batches_per_run`` batches; a
+backlog is taken over the next ticks, the watermark held at the newest batch
+requested).  A queue of ingest runs keeps ``bronze_events`` "in progress" for
+minutes, and the marts' automation condition rightly waits while an input is in
+progress, so queued ingests starved the marts.  After an ingest run ends, the
+sensor also leaves ``WAREHOUSE_WINDOW_S`` of quiet (two automation ticks) so the
+automation sensor sees bronze settled and can request the warehouse build.
 """
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 
 import dagster as dg
 
 from aegis.lake.landing import LandedBatch, list_landed
 from aegis.lake.manifest import Manifest
+
+# Every automation run carries this tag; dagster.yaml (aegis.stack) runs one at a time, since
+# the warehouse builds in them write one DuckDB file, which takes a single writer.
+from aegis.stack import AUTOMATION_TAG
 from assets.telemetry import INGEST_TAG, ingest_job
 from pipelines.resources.lake import LakeResource
 
 SENSOR_INTERVAL_S = 15
 LAG_NS = 60 * 1_000_000_000
 AUTOMATION_INTERVAL_S = 15
+WAREHOUSE_WINDOW_S = 2 * AUTOMATION_INTERVAL_S
+AUTOMATION_SENSOR_NAME = "default_automation_condition_sensor"
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
 ]
+FINISHED_STATUSES = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 @dataclass
@@ -47,21 +65,30 @@ class LandingCursor:
         return json.dumps({"w": self.watermark_ns, "recent": list(self.recent)})
 
 
-def plan_runs(
+def plan_run(
     landed: list[LandedBatch], cursor: LandingCursor, done: set[str], max_per_run: int
-) -> tuple[list[list[LandedBatch]], LandingCursor]:
-    """Batches to request, in runs of at most ``max_per_run``, and the next cursor."""
+) -> tuple[list[LandedBatch], int, LandingCursor]:
+    """The next run's batches (oldest first, at most ``max_per_run``), how many wait, and the next cursor.
+
+    With a backlog the watermark stops at the newest batch taken: everything left
+    is at least as new, so the next tick lists it again and takes the next slice.
+    """
+    if max_per_run < 1:
+        raise ValueError(f"max_per_run must be >= 1, got {max_per_run}")
     seen = set(cursor.recent)
-    new = [b for b in landed if b.rel not in seen and b.rel not in done]
-    watermark = max([cursor.watermark_ns, *(b.mtime_ns for b in landed)])
+    new = sorted(b for b in landed if b.rel not in seen and b.rel not in done)
+    take, rest = new[:max_per_run], new[max_per_run:]
+    if rest:
+        watermark = max(cursor.watermark_ns, take[-1].mtime_ns)
+    else:
+        watermark = max([cursor.watermark_ns, *(b.mtime_ns for b in landed)])
     recent = tuple(
         sorted(
-            {*(r for r in cursor.recent), *(b.rel for b in new)}
+            {*cursor.recent, *(b.rel for b in take)}
             & {b.rel for b in landed if b.mtime_ns > watermark - LAG_NS}
         )
     )
-    runs = [new[i : i + max_per_run] for i in range(0, len(new), max_per_run)]
-    return runs, LandingCursor(watermark, recent)
+    return take, len(rest), LandingCursor(watermark, recent)
 
 
 def run_key(batches: list[LandedBatch]) -> str:
@@ -69,46 +96,58 @@ def run_key(batches: list[LandedBatch]) -> str:
     return f"ingest-{digest}"
 
 
+def ingest_wait_reason(instance: dg.DagsterInstance, now: float) -> str | None:
+    """Why the sensor must not request an ingest now (``None``: it may)."""
+    active = instance.get_run_records(
+        dg.RunsFilter(job_name=ingest_job.name, statuses=ACTIVE_STATUSES), limit=1
+    )
+    if active:
+        return f"ingest run {active[0].dagster_run.run_id[:8]} is still {active[0].dagster_run.status.value.lower()}"
+    last = instance.get_run_records(
+        dg.RunsFilter(job_name=ingest_job.name, statuses=FINISHED_STATUSES), limit=1
+    )
+    if last and last[0].end_time is not None and now - last[0].end_time < WAREHOUSE_WINDOW_S:
+        return (
+            f"last ingest ended {now - last[0].end_time:.0f} s ago; leaving the warehouse "
+            f"{WAREHOUSE_WINDOW_S} s to pick it up"
+        )
+    return None
+
+
 @dg.sensor(
     job=ingest_job,
     minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests an ingest run for batches newly landed under landing/telemetry.",
+    description="Requests an ingest run for batches newly landed under landing/telemetry (one run at a time).",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
-    # While an ingest run is queued or running, wait: the next run then takes every batch
-    # landed meanwhile, instead of a queue of small runs starving the marts' runs.
-    active = context.instance.get_run_records(
-        dg.RunsFilter(job_name=ingest_job.name, statuses=ACTIVE_STATUSES), limit=1
-    )
-    if active:
-        return dg.SensorResult(skip_reason="an ingest run is still queued or running", cursor=context.cursor)
+    wait = ingest_wait_reason(context.instance, time.time())
+    if wait is not None:
+        return dg.SensorResult(skip_reason=wait, cursor=context.cursor)
     paths = lake.paths()
     cursor = LandingCursor.parse(context.cursor)
     since = cursor.watermark_ns - LAG_NS if cursor.watermark_ns else None
     landed = list_landed(paths.landing_telemetry, newer_than_ns=since)
     done = Manifest(paths).done_sources() if landed else set()
-    runs, nxt = plan_runs(landed, cursor, done, lake.max_batches_per_run)
-    requests = [
-        dg.RunRequest(
-            run_key=run_key(batch_list),
-            run_config=dg.RunConfig(
-                ops={"bronze_events": {"config": {"batches": [b.rel for b in batch_list]}}}
-            ),
-            tags={INGEST_TAG: "landing", "aegis/batches": str(len(batch_list))},
-        )
-        for batch_list in runs
-    ]
-    if not requests:
+    batches, waiting, nxt = plan_run(landed, cursor, done, lake.max_batches_per_run)
+    if not batches:
         return dg.SensorResult(skip_reason="no new batches landed", cursor=nxt.dump())
-    return dg.SensorResult(run_requests=requests, cursor=nxt.dump())
+    if waiting:
+        context.log.info(f"{waiting} more landed batch(es) wait for the next run")
+    request = dg.RunRequest(
+        run_key=run_key(batches),
+        run_config=dg.RunConfig(ops={"bronze_events": {"config": {"batches": [b.rel for b in batches]}}}),
+        tags={INGEST_TAG: "landing", "aegis/batches": str(len(batches)), "aegis/backlog": str(waiting)},
+    )
+    return dg.SensorResult(run_requests=[request], cursor=nxt.dump())
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
-    "default_automation_condition_sensor",
+    AUTOMATION_SENSOR_NAME,
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=AUTOMATION_INTERVAL_S,
+    run_tags={AUTOMATION_TAG: "declarative"},
     description="Evaluates every asset's automation condition (marts follow bronze); on by default.",
 )
 

@@ -8,7 +8,7 @@ import data.aegis.lib
 
 cfg := data.aegis.config.availability
 
-findings(inp) := blast_radius(inp) | slo_burn(inp)
+findings(inp) := lib.flatten([blast_radius(inp), slo_burn(inp)])
 
 blast_radius(inp) := {f |
 	share := inp.context.canary_players_share

@@ -18,24 +18,28 @@ import data.aegis.security
 
 ranks := data.aegis.config.axioms
 
-all_findings(inp) := (((((integrity.findings(inp) | security.findings(inp)) | availability.findings(inp)) | economy.findings(inp)) | experience.findings(inp)) | cost.findings(inp)) | risk.findings(inp)
+all_findings(inp) := all_findings_of(inp, risk.assess(inp))
 
-has_verdict(fs, v) if {
-	some f in fs
-	f.verdict == v
-}
+# Every finding of every axiom, as an array (a: the risk assessment, risk.assess, computed once per
+# decision); concatenated like the rules of each package (lib.flatten).
+all_findings_of(inp, a) := lib.flatten([
+	integrity.findings(inp),
+	security.findings(inp),
+	availability.findings(inp),
+	economy.findings(inp),
+	experience.findings(inp),
+	cost.findings(inp),
+	risk.findings_of(inp, a),
+])
 
-verdict_of(fs) := "deny" if has_verdict(fs, "deny")
+verdict_of(fs) := verdict_among({f.verdict | some f in fs})
 
-verdict_of(fs) := "simulate" if {
-	not has_verdict(fs, "deny")
-	has_verdict(fs, "simulate")
-}
-
-verdict_of(fs) := "auto" if {
-	not has_verdict(fs, "deny")
-	not has_verdict(fs, "simulate")
-}
+# vs: the verdicts of the findings, as a set (collected once rather than scanned per verdict).
+verdict_among(vs) := "deny" if {
+	"deny" in vs
+} else := "simulate" if {
+	"simulate" in vs
+} else := "auto"
 
 # The axiom and rule that decide: the highest-ranked finding of the winning verdict
 # (rule names break ties alphabetically, so the answer never depends on evaluation order).
@@ -50,10 +54,9 @@ top_rule(fs, verdict, axiom) := name if {
 	name := rules[0]
 }
 
-headline(fs, verdict) := {"axiom": null, "rule": null} if verdict == "auto"
-
-headline(fs, verdict) := {"axiom": axiom, "rule": top_rule(fs, verdict, axiom)} if {
-	verdict != "auto"
+headline(fs, verdict) := {"axiom": null, "rule": null} if {
+	verdict == "auto"
+} else := {"axiom": axiom, "rule": top_rule(fs, verdict, axiom)} if {
 	axiom := top_axiom(fs, verdict)
 }
 
@@ -61,11 +64,12 @@ decide(inp) := {
 	"verdict": verdict,
 	"axiom": head.axiom,
 	"rule": head.rule,
-	"risk_score": risk.score(inp),
-	"risk": risk.summary(inp),
-	"findings": [f | some f in fs],
+	"risk_score": a.score,
+	"risk": risk.summary_of(inp, a),
+	"findings": fs,
 } if {
-	fs := all_findings(inp)
+	a := risk.assess(inp)
+	fs := all_findings_of(inp, a)
 	verdict := verdict_of(fs)
 	head := headline(fs, verdict)
 }

@@ -5,4 +5,8 @@ import rego.v1
 
 import data.aegis.lib
 
-findings(inp) := lib.band_findings(inp, "economy") | lib.missing_prediction_findings(inp, "economy")
+# The config is read through a rule: rego-cpp caches rules, while every `data.aegis.config...` path
+# in a function body walks the data tree again.
+cfg := data.aegis.config.economy
+
+findings(inp) := lib.flatten([lib.band_findings(inp, "economy", cfg), lib.missing_prediction_findings(inp, "economy", cfg)])

@@ -8,7 +8,7 @@ import data.aegis.lib
 
 cfg := data.aegis.config.integrity
 
-findings(inp) := ((deletes_inventory(inp) | invalidates_quests(inp)) | save_schema(inp)) | observed_loss(inp)
+findings(inp) := lib.flatten([deletes_inventory(inp), invalidates_quests(inp), save_schema(inp), observed_loss(inp)])
 
 deletes_inventory(inp) := {f |
 	some i
@@ -37,13 +37,19 @@ current_schema(inp) := v if {
 	before := object.get(inp.context, "integrity_before", null)
 	before != null
 	v := before.save_schema_version
-}
-
-current_schema(inp) := cfg.current_save_schema if {
+} else := cfg.current_save_schema if {
 	object.get(inp.context, "integrity_before", null) == null
 }
 
-save_schema(inp) := ((downgrades(inp) | jumps(inp)) | unmigrated(inp)) | untargeted_migrations(inp)
+# The schema checks take the operations that set a schema and the current schema, each computed
+# once per decision (most changesets set none, and then nothing else is evaluated).
+save_schema(inp) := lib.flatten([schema_checks(inp, schema_ops(inp)), untargeted_migrations(inp)])
+
+schema_checks(inp, sops) := [] if {
+	count(sops) == 0
+} else := lib.flatten([downgrades(sops, current), jumps(sops, current), unmigrated(sops, current)]) if {
+	current := current_schema(inp)
+} else := []
 
 schema_ops(inp) := [[i, op] |
 	some i
@@ -51,10 +57,9 @@ schema_ops(inp) := [[i, op] |
 	object.get(op, "save_schema_to", null) != null
 ]
 
-downgrades(inp) := {f |
-	some pair in schema_ops(inp)
+downgrades(sops, current) := {f |
+	some pair in sops
 	op := pair[1]
-	current := current_schema(inp)
 	op.save_schema_to < current
 	f := lib.finding(
 		"integrity", "integrity.save_schema_downgrade", "deny",
@@ -63,10 +68,9 @@ downgrades(inp) := {f |
 	)
 }
 
-jumps(inp) := {f |
-	some pair in schema_ops(inp)
+jumps(sops, current) := {f |
+	some pair in sops
 	op := pair[1]
-	current := current_schema(inp)
 	op.save_schema_to > current + cfg.max_schema_step
 	f := lib.finding(
 		"integrity", "integrity.save_schema_jump", "deny",
@@ -75,10 +79,9 @@ jumps(inp) := {f |
 	)
 }
 
-unmigrated(inp) := {f |
-	some pair in schema_ops(inp)
+unmigrated(sops, current) := {f |
+	some pair in sops
 	op := pair[1]
-	current := current_schema(inp)
 	op.save_schema_to != current
 	op.kind != cfg.migration_operation
 	f := lib.finding(
@@ -103,11 +106,13 @@ untargeted_migrations(inp) := {f |
 # Integrity of the same snapshot before and after the change (simulation gate): any drop is loss.
 observed_fields := ["players", "active_inventory_items", "active_quests", "save_schema_version"]
 
-observed_loss(inp) := {f |
-	before := object.get(inp.context, "integrity_before", null)
-	after := object.get(inp.context, "integrity_after", null)
-	before != null
-	after != null
+observed_loss(inp) := observed_loss_of(object.get(inp.context, "integrity_before", null), object.get(inp.context, "integrity_after", null))
+
+observed_loss_of(before, after) := set() if {
+	before == null
+} else := set() if {
+	after == null
+} else := {f |
 	some field in observed_fields
 	after[field] < before[field]
 	f := lib.finding(

@@ -1,6 +1,11 @@
 # Risk scoring and the approval mode. A change that violates no axiom runs fully autonomously
 # ("auto") only when it is a low-risk parameter change within bounded deltas; a structural or
 # high-risk change must pass the simulation gate first ("simulate").
+#
+# `assess(inp)` computes the deltas, components and score of a changeset once; the decision passes
+# that assessment to `summary_of` and `findings_of` (rego-cpp does not cache function calls, and
+# recomputing the score per use was most of the cost of a decision). `score`, `summary`,
+# `components` and `findings` are the same values for callers holding only the input.
 package aegis.risk
 
 import rego.v1
@@ -9,42 +14,69 @@ import data.aegis.lib
 
 cfg := data.aegis.config.risk
 
-op_risk(op) := object.get(cfg.operation_risk, op.kind, 1)
+# Read through rules (cached by rego-cpp) rather than `data.aegis.config...` paths in function bodies.
+max_canary_players_share := data.aegis.config.availability.max_canary_players_share
 
-structural_risk(inp) := lib.max_of([r | some op in inp.changeset.operations; r := op_risk(op)]) if count(inp.changeset.operations) > 0
+param_change_tool := data.aegis.config.security.param_change_tool
 
-structural_risk(inp) := 0 if count(inp.changeset.operations) == 0
+structural_risk(inp) := structural_risk_of(inp.changeset.operations)
 
-blast_share(inp) := lib.min_of([1, inp.context.canary_players_share / data.aegis.config.availability.max_canary_players_share])
+structural_risk_of(ops) := 0 if {
+	count(ops) == 0
+} else := lib.max_of([r | some op in ops; r := object.get(cfg.operation_risk, op.kind, 1)])
 
-# The parts of the score, each in 0..1, and their weighted sum (weights sum to 1).
-components(inp) := {
-	"delta": lib.min_of([1, lib.max_delta(inp) / cfg.delta_saturation]),
-	"breadth": lib.min_of([1, count(inp.changeset.diff) / cfg.breadth_saturation]),
-	"structural": structural_risk(inp),
+blast_share(inp) := lib.smaller(1, inp.context.canary_players_share / max_canary_players_share)
+
+# Everything the score and the risk findings need, computed once per changeset.
+assess(inp) := {
+	"deltas": ds,
+	"max_delta": md,
+	"structural_risk": sr,
+	"components": parts,
+	"score": score_of(parts),
+} if {
+	ds := lib.deltas(inp)
+	md := lib.max_delta_of(ds, inp.changeset.diff)
+	sr := structural_risk_of(inp.changeset.operations)
+	parts := components_of(inp, md, sr)
+}
+
+# The parts of the score, each in 0..1 (md: the largest relative delta; sr: the structural risk).
+components_of(inp, md, sr) := {
+	"delta": lib.smaller(1, md / cfg.delta_saturation),
+	"breadth": lib.smaller(1, count(inp.changeset.diff) / cfg.breadth_saturation),
+	"structural": sr,
 	"blast_radius": blast_share(inp),
 }
 
-score(inp) := lib.round4(lib.min_of([1, s])) if {
-	parts := components(inp)
+components(inp) := assess(inp).components
+
+# The weighted sum of the parts (weights sum to 1), capped at 1 and rounded.
+score_of(parts) := lib.round4(lib.smaller(1, s)) if {
+	weights := cfg.weights
 	weighted := [w |
-		some k
-		weight := cfg.weights[k]
-		w := weight * parts[k]
+		some k in object.keys(weights)
+		w := weights[k] * parts[k]
 	]
 	s := sum(weighted)
 }
 
-summary(inp) := {
-	"score": score(inp),
-	"max_relative_delta": lib.round4(lib.max_delta(inp)),
+score(inp) := assess(inp).score
+
+summary_of(inp, a) := {
+	"score": a.score,
+	"max_relative_delta": lib.round4(a.max_delta),
 	"params_changed": count(inp.changeset.diff),
-	"structural_risk": structural_risk(inp),
+	"structural_risk": a.structural_risk,
 	"canary_players_share": inp.context.canary_players_share,
 	"auto_max_risk": cfg.auto_max_risk,
 }
 
-findings(inp) := ((structural(inp) | large_deltas(inp)) | outside_bands(inp)) | high_score(inp)
+summary(inp) := summary_of(inp, assess(inp))
+
+findings_of(inp, a) := lib.flatten([structural(inp), large_deltas(a.deltas), outside_bands(inp.changeset.diff), high_score(a)])
+
+findings(inp) := findings_of(inp, assess(inp))
 
 healing_auto(inp, op) if {
 	inp.changeset.kind == "healing"
@@ -54,33 +86,36 @@ healing_auto(inp, op) if {
 structural(inp) := {f |
 	some i
 	op := inp.changeset.operations[i]
-	lib.is_structural(op)
+	op.kind != param_change_tool
 	not healing_auto(inp, op)
+	r := object.get(cfg.operation_risk, op.kind, 1)
 	f := lib.finding(
 		object.get(cfg.operation_axiom, op.kind, "integrity"), "risk.structural_operation", "simulate",
-		sprintf("operation %d (%s) is structural (risk %v): the simulation gate must pass first", [i, op.kind, op_risk(op)]),
-		{"operation": i, "kind": op.kind, "operation_risk": op_risk(op)},
+		sprintf("operation %d (%s) is structural (risk %v): the simulation gate must pass first", [i, op.kind, r]),
+		{"operation": i, "kind": op.kind, "operation_risk": r},
 	)
 }
 
-large_deltas(inp) := {f |
+# ds: the relative delta of every changed parameter, by name (lib.deltas).
+large_deltas(ds) := {f |
 	some name
-	d := lib.deltas(inp)[name]
+	d := ds[name]
 	bound := object.get(cfg.max_auto_delta, name, 0)
 	d > bound
+	rounded := lib.round4(d)
 	f := lib.finding(
 		lib.param_axiom(name), "risk.delta_above_auto_bound", "simulate",
-		sprintf("%s changes by %v (relative); at most %v may change without simulation", [name, lib.round4(d), bound]),
-		{"param": name, "relative_delta": lib.round4(d), "bound": bound},
+		sprintf("%s changes by %v (relative); at most %v may change without simulation", [name, rounded, bound]),
+		{"param": name, "relative_delta": rounded, "bound": bound},
 	)
 }
 
-outside_bands(inp) := {f |
-	some name
-	change := inp.changeset.diff[name]
+# diff: the changeset's parameter changes.
+outside_bands(diff) := {f |
+	some name in object.keys(diff)
 	band := cfg.autonomy_bands[name]
-	values := [v | some v in lib.as_list(change.after); not inside(v, band)]
-	count(values) > 0
+	change := diff[name]
+	not inside_all(lib.as_list(change.after), band[0], band[1])
 	f := lib.finding(
 		lib.param_axiom(name), "risk.outside_autonomy_band", "simulate",
 		sprintf("%s would become %v, outside the band [%v, %v] Aegis may set on its own", [name, change.after, band[0], band[1]]),
@@ -88,17 +123,20 @@ outside_bands(inp) := {f |
 	)
 }
 
-inside(v, band) if {
-	v >= band[0]
-	v <= band[1]
+inside_all(values, low, high) if {
+	every v in values {
+		v >= low
+		v <= high
+	}
 }
 
-high_score(inp) := {f |
-	s := score(inp)
+# a: the assessment of the changeset (assess).
+high_score(a) := {f |
+	s := a.score
 	s > cfg.auto_max_risk
 	f := lib.finding(
 		cfg.score_axiom, "risk.score_above_auto_threshold", "simulate",
 		sprintf("risk score %v is above %v, the most a change may carry without simulation", [s, cfg.auto_max_risk]),
-		{"risk_score": s, "auto_max_risk": cfg.auto_max_risk, "components": components(inp)},
+		{"risk_score": s, "auto_max_risk": cfg.auto_max_risk, "components": a.components},
 	)
 }

@@ -8,7 +8,7 @@ import data.aegis.lib
 
 cfg := data.aegis.config.security
 
-findings(inp) := (((actor_mismatch(inp) | tools(inp)) | scope(inp)) | context_mismatch(inp)) | limits(inp)
+findings(inp) := lib.flatten([actor_mismatch(inp), tools(inp), scope(inp), context_mismatch(inp), rate(inp), cost_cap(inp)])
 
 actor_mismatch(inp) := {f |
 	inp.changeset.actor != inp.context.actor.actor
@@ -58,8 +58,7 @@ context_mismatch(inp) := {f |
 	)
 }
 
-limits(inp) := rate(inp) | cost_cap(inp)
-
+# The actor's rate and cost limits.
 rate(inp) := {f |
 	limit := inp.context.actor.limits.max_changes_per_hour
 	inp.context.changes_in_last_hour >= limit

@@ -27,7 +27,11 @@ Three layers, each answering a different question:
    broke as a short code (for counting) and a sentence (for people).
 
 Everything is pyarrow.compute over whole columns; messages are built only for the
-rejected rows, so a clean batch pays for the masks and nothing else.
+rejected rows, so a clean batch pays for the masks and nothing else.  The
+low-cardinality string columns (:data:`DICTIONARY_COLUMNS`) are read as
+dictionary arrays: decoding, every per-value rule and the bronze write then work
+on a dozen distinct values instead of a million strings, which is the largest
+single saving of the ingest (see ``benchmarks/telemetry.py``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ FLOAT_PATTERN = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
 STRUCTURAL_COLUMNS: tuple[str, ...] = tuple(f.name for f in SCHEMA_V1 if not f.nullable)
 REQUIRED_ALWAYS: tuple[str, ...] = tuple(dict.fromkeys((*STRUCTURAL_COLUMNS, *COMMON_REQUIRED)))
 STRING_TYPES = (pa.string(), pa.large_string())
+# String columns with a handful of distinct values: read (and kept to bronze) dictionary-encoded.
+DICTIONARY_COLUMNS: tuple[str, ...] = ("region", "shard_id", "kind", "cause", "currency")
 
 
 class UnreadableBatch(Exception):
@@ -92,7 +98,7 @@ class Check:
 class Conformed:
     """A batch brought to SCHEMA_V1, plus what it cost."""
 
-    table: pa.Table  # exactly SCHEMA_V1 (names, order, types)
+    table: pa.Table  # SCHEMA_V1 names, order and types; strings may be dictionary-encoded strings
     original: pa.Table  # the schema columns as read, for quarantining rows as they were
     checks: list[Check] = field(default_factory=list)  # rows whose values could not be converted
     notes: list[str] = field(default_factory=list)  # schema drift a person should know about
@@ -125,8 +131,14 @@ def read_batch(path: Path) -> pa.Table:
         raise UnreadableBatch("the file is empty (0 bytes), so it holds no Parquet data at all")
     try:
         with pq.ParquetFile(path) as pf:
-            # One thread per file: the ingest already reads files in parallel.
-            table = pf.read(use_threads=False)
+            as_dict = _dictionary_columns(pf.schema_arrow)
+            if not as_dict:
+                # One thread per file: the ingest already reads files in parallel.
+                table = pf.read(use_threads=False)
+        if as_dict:
+            # Reuse the footer just parsed; only the decoding of those columns changes.
+            with pq.ParquetFile(path, metadata=pf.metadata, read_dictionary=as_dict) as pf:
+                table = pf.read(use_threads=False)
     except (pa.ArrowException, OSError, ValueError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnreadableBatch(
@@ -137,6 +149,37 @@ def read_batch(path: Path) -> pa.Table:
     if dupes:
         raise UnreadableBatch(f"the file has duplicated column name(s) {', '.join(dupes)}")
     return table
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The DICTIONARY_COLUMNS present once each as strings (a duplicated name is left for the caller to reject)."""
+    names = schema.names
+    return [
+        name
+        for name in DICTIONARY_COLUMNS
+        if names.count(name) == 1 and schema.field(name).type in STRING_TYPES
+    ]
+
+
+def _is_string_like(t: pa.DataType) -> bool:
+    return t in STRING_TYPES or (pa.types.is_dictionary(t) and t.value_type in STRING_TYPES)
+
+
+def _same_type(name: str, actual: pa.DataType, target: pa.DataType) -> bool:
+    """``actual`` holds ``target`` values as they are: equal, or (for DICTIONARY_COLUMNS) a dictionary of them."""
+    if actual == target:
+        return True
+    return name in DICTIONARY_COLUMNS and pa.types.is_dictionary(actual) and actual.value_type == target
+
+
+def _per_value(col: pa.ChunkedArray, fn: Callable[[pa.Array], pa.Array]) -> pa.ChunkedArray:
+    """An element-wise ``fn`` of a column; for a dictionary column it runs once per distinct value."""
+    if not pa.types.is_dictionary(col.type):
+        return fn(col)
+    if col.num_chunks == 0:
+        empty = fn(pa.array([], col.type.value_type))
+        return pa.chunked_array([], empty.type)
+    return pa.chunked_array([fn(c.dictionary).take(c.indices) for c in col.chunks])
 
 
 # ------------------------------------------------------------------- conforming
@@ -159,6 +202,10 @@ def _convert(name: str, col: pa.ChunkedArray, target: pa.DataType) -> tuple[pa.C
 
     Raises :class:`UnreadableBatch` when the type has no row-by-row conversion.
     """
+    if pa.types.is_dictionary(col.type):  # e.g. a categorical column: convert its values
+        col = col.cast(col.type.value_type)
+        if col.type == target:
+            return col, None
     try:
         return pc.cast(col, target, safe=True), None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -239,7 +286,7 @@ def conform(table: pa.Table) -> Conformed:
             continue
         col = table.column(f.name)
         originals.append(col)
-        if col.type == f.type:
+        if _same_type(f.name, col.type, f.type):
             columns.append(col)
             continue
         if pa.types.is_null(col.type):
@@ -250,15 +297,11 @@ def conform(table: pa.Table) -> Conformed:
         notes.append(f"column {f.name} converted from {col.type} to {f.type}")
         if lost is not None and pc.any(lost).as_py():
             checks.append(_conversion_check(f.name, f.type, lost, col))
-    conformed = pa.Table.from_arrays(columns, schema=SCHEMA_V1.remove_metadata().with_metadata(None))
-    conformed = conformed.cast(_nullable(SCHEMA_V1))
+    # Nullability is a rule checked row by row, not a property the file must declare.
+    schema = pa.schema([pa.field(f.name, c.type) for f, c in zip(SCHEMA_V1, columns, strict=True)])
+    conformed = pa.Table.from_arrays(columns, schema=schema)
     original = pa.Table.from_arrays(originals, names=list(SCHEMA_V1.names))
     return Conformed(table=conformed, original=original, checks=checks, notes=notes)
-
-
-def _nullable(schema: pa.Schema) -> pa.Schema:
-    """Nullability is a rule we check row by row, not a property the file must declare."""
-    return pa.schema([f.with_nullable(True) for f in schema])
 
 
 def _conversion_check(name: str, target: pa.DataType, lost: pa.Array, col: pa.ChunkedArray) -> Check:
@@ -302,9 +345,17 @@ def _min_max(col: pa.ChunkedArray) -> tuple[object, object]:
 
 
 def _byte_lengths(col: pa.ChunkedArray) -> np.ndarray:
-    """Byte length of every value (0 for most nulls) from the offsets, without touching the data."""
+    """Byte length of every value (0 for most nulls) from the offsets, without touching the data.
+
+    For a dictionary column these are the lengths of its distinct values: bounds
+    on the rows' lengths, which is all the callers ask (could any be empty/too long?).
+    """
     parts = []
     for chunk in col.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary
+        if len(chunk) == 0:
+            continue
         offsets = np.frombuffer(
             chunk.buffers()[1], dtype=np.int64 if chunk.type == pa.large_string() else np.int32
         )[chunk.offset : chunk.offset + len(chunk) + 1]
@@ -327,12 +378,14 @@ def _checks(table: pa.Table, now: datetime, future_skew: timedelta) -> list[Chec
     missing: dict[str, pa.Array] = {}
     for name in REQUIRED_ALWAYS:
         col = t.column(name)
-        empty_possible = col.type in STRING_TYPES and len(col) > 0 and _byte_lengths(col).min() == 0
+        empty_possible = (
+            _is_string_like(col.type) and len(col) > 0 and _byte_lengths(col).min(initial=1) == 0
+        )
         if col.null_count == 0 and not empty_possible:
             continue
         miss = pc.is_null(col)
         if empty_possible:
-            miss = pc.or_(miss, pc.fill_null(pc.equal(pc.utf8_length(col), 0), False))
+            miss = pc.or_(miss, pc.fill_null(pc.equal(_per_value(col, pc.utf8_length), 0), False))
         missing[name] = _flat(miss)
     if missing:
 
@@ -406,7 +459,7 @@ def _checks(table: pa.Table, now: datetime, future_skew: timedelta) -> list[Chec
         # characters, no value is too long, and the characters need not be counted.
         if col.null_count == n or _byte_lengths(col).max(initial=0) <= limit:
             continue
-        length = pc.utf8_length(col)
+        length = _per_value(col, pc.utf8_length)
 
         def long_message(idx: pa.Array, name: str = name, limit: int = limit, length=length) -> pa.Array:
             return pc.binary_join_element_wise(
@@ -578,7 +631,7 @@ def quarantine_rows(conformed: Conformed, verdicts: Verdicts) -> pa.Table:
     if verdicts.n_bad == 0:
         return quarantine_schema().empty_table()
     taken = conformed.original.take(verdicts.bad_rows)
-    arrays = [_as_text(_flat(taken.column(name))) for name in SCHEMA_V1.names]
+    arrays = [_flat(_as_text(taken.column(name))) for name in SCHEMA_V1.names]
     arrays += [verdicts.bad_rows, verdicts.rules, verdicts.reasons]
     return pa.Table.from_arrays(arrays, names=[*SCHEMA_V1.names, "row_number", "rule", "reason"])
 

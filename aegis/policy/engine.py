@@ -1,10 +1,16 @@
 """The policy gate: every changeset is judged by the Rego axioms in ``policies/``.
 
 The Rego modules are evaluated in-process with ``regopy`` (rego-cpp). They are
-compiled once into a bundle when the engine is made, so a decision costs one
-bundle query (well under a millisecond), not a recompilation. The same files
-load unchanged into an OPA server (``opa eval -d policies/ ...``): standard
-Rego v1 only.
+compiled once into a bundle (a plan) when the engine is made, so a decision is
+one bundle query for the whole decision object (about 1-3 ms of CPU on the
+examples; ``benchmarks/policy.py``), never a recompilation. The same files load
+unchanged into an OPA server (``opa eval -d policies/ ...``): standard Rego v1
+only.
+
+The input document goes to rego-cpp as one JSON text (``set_input_term``), not
+as a Python object: regopy's object path formats every float with six decimals
+(``1e-07`` arrives as ``0``, ``0.0500001`` as ``0.05``), which would let a value
+just outside a band pass it.
 
 The engine never decides anything itself: the verdict, the axiom and rule
 behind it, the numbers and the risk score all come from ``data.aegis.decision``.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -33,6 +40,48 @@ TEST_SUFFIX = "_test.rego"
 DECISION_QUERY = "result = data.aegis.decision.result"
 VERDICT_SEVERITY = {Verdict.DENY: 0, Verdict.SIMULATE: 1, Verdict.AUTO: 2}
 VERSION_LENGTH = 16
+JSON_SEPARATORS = (",", ":")
+TINY_FLUSH = 1e-300  # smaller magnitudes reach rego-cpp as 0.0 (its std::stod throws near 2.2e-308)
+TINY_EXPONENT = "e-3"  # every float below 1e-300 prints with it (as do 1e-30..1e-39: then nothing changes)
+
+
+def input_json(policy_input: dict[str, Any]) -> str:
+    """The input document as compact JSON, every number exact; a NaN or infinity is refused with its path.
+
+    rego-cpp computes with ``std::stod``, which throws on numbers at the edge of
+    the double range (2.2250738585072014e-308 already: it rounds up to DBL_MIN)
+    and fails the whole query; numbers smaller in magnitude than ``TINY_FLUSH``
+    (1e-300) are flushed to 0.0 (a relative change is measured against the 1e-9
+    floor anyway). The text is only rebuilt when it holds such an exponent.
+    """
+    try:
+        text = json.dumps(policy_input, allow_nan=False, separators=JSON_SEPARATORS)
+    except ValueError:
+        bad = ", ".join(_non_finite_paths(policy_input, "input")) or "a value"
+        raise ValueError(f"the policy input holds a non-finite number (NaN or infinity) at {bad}") from None
+    if TINY_EXPONENT in text:
+        text = json.dumps(_flush_subnormals(policy_input), separators=JSON_SEPARATORS)
+    return text
+
+
+def _flush_subnormals(value: Any) -> Any:
+    if isinstance(value, float):
+        return 0.0 if abs(value) < TINY_FLUSH else value
+    if isinstance(value, dict):
+        return {k: _flush_subnormals(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_flush_subnormals(v) for v in value]
+    return value
+
+
+def _non_finite_paths(value: Any, path: str) -> list[str]:
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite_paths(v, f"{path}.{k}")]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in _non_finite_paths(v, f"{path}[{i}]")]
+    return []
 
 
 class PolicyError(RuntimeError):
@@ -113,12 +162,17 @@ class PolicyEngine:
             raise PolicyError(f"the policies in {self.policies_dir} do not compile into a bundle")
 
     def evaluate(self, policy_input: dict[str, Any]) -> dict[str, Any]:
-        """The raw answer of ``data.aegis.decision.result`` for an input document."""
+        """The raw answer of ``data.aegis.decision.result`` for an input document (one bundle query).
+
+        Raises ValueError for an input holding NaN or infinity (no JSON, no verdict),
+        PolicyError when the policies fail to answer.
+        """
         from regopy import RegoError
 
+        text = input_json(policy_input)
         with self._lock:
             try:
-                self._rego.set_input(policy_input)
+                self._rego.set_input_term(text)
                 output = self._rego.query_bundle(self._bundle)
             except (RegoError, ValueError) as exc:  # ValueError: rego-cpp emitted malformed JSON
                 raise PolicyError(f"policy evaluation failed: {exc}") from exc
@@ -138,7 +192,11 @@ class PolicyEngine:
         return {"changeset": changeset.model_dump(mode="json"), "context": context.policy_input()}
 
     def decide(self, changeset: AutonomousChangeSet, context: PolicyContext) -> Decision:
-        """Judge one changeset: deny on any violated axiom, simulate when risky or structural, else auto."""
+        """Judge one changeset: deny on any violated axiom, simulate when risky or structural, else auto.
+
+        Raises ValueError when the changeset or context holds NaN or infinity, PolicyError
+        when the policies cannot answer.
+        """
         raw = self.evaluate(self.policy_input(changeset, context))
         try:
             findings = sorted(

@@ -36,6 +36,7 @@ from aegis.world import exploration
 from aegis.world.exploration import DEFAULT_EXPLORE_EVERY_HOURS, exploration_epoch
 from aegis.world.landing import DEFAULT_BATCH_MINUTES, DEFAULT_RETENTION_HOURS, LandingStats, LandingWriter
 from aegis.world.sim import DEFAULT_PLAYERS_PER_SHARD, ShardSim, World
+from aegis.world.sim_tick import ShardGroup
 
 # Below this many player-steps a run stays in-process when workers is left to choose:
 # starting a worker (a fresh interpreter importing numpy/pyarrow) costs ~1 s.
@@ -83,8 +84,13 @@ class _Plan:
     batch_minutes: float
 
 
-def _simulate(plan: _Plan, shards: list[ShardSim], progress: Any = None) -> LandingStats:
-    """Step ``shards`` for the plan's ticks, exploring and landing: the loop every worker runs."""
+def _simulate(
+    plan: _Plan, shards: list[ShardSim], progress: Any = None, group: ShardGroup | None = None
+) -> LandingStats:
+    """Step ``shards`` for the plan's ticks, exploring and landing: the loop every worker runs.
+
+    ``group``: the shards' fused group if the caller has one (a world's), else one is made.
+    """
     writer = LandingWriter(
         Path(plan.landing_root), retention_hours=plan.retention_hours, batch_minutes=plan.batch_minutes
     )
@@ -93,6 +99,8 @@ def _simulate(plan: _Plan, shards: list[ShardSim], progress: Any = None) -> Land
     start = datetime.fromisoformat(plan.start)
     epochs = {s.shard_id: exploration_epoch(start, s.shard_id, plan.explore_every_hours) for s in shards}
     frozen = set(plan.frozen)
+    # One fused tick for all of this process's shards (same events as stepping them one by one).
+    group = group if group is not None else ShardGroup(shards)
     for i in range(plan.ticks):
         now = start + timedelta(minutes=plan.tick_minutes * i)
         for shard in shards:
@@ -102,7 +110,7 @@ def _simulate(plan: _Plan, shards: list[ShardSim], progress: Any = None) -> Land
                     epochs[shard.shard_id] = epoch
                     new = exploration.explore(shard.params, plan.seed, shard.shard_id, epoch)
                     shard.set_params(new, shard.config_version + 1, "exploration")
-            writer.add_step(shard, plan.tick_minutes, now)
+        writer.add_group_step(group, plan.tick_minutes, now)
         if progress is not None:
             progress(i + 1)
     writer.flush()
@@ -260,7 +268,7 @@ def run_world(
     try:
         if workers == 1:
             tick_done = None if bar is None else (lambda k: bar.update(k - bar.n))
-            st = _simulate(plan, list(w.shards.values()), tick_done)
+            st = _simulate(plan, list(w.shards.values()), tick_done, w.group())
             worker_cpu = 0.0
         else:
             st, worker_cpu = _run_parallel(plan, w, workers, bar)

@@ -128,6 +128,24 @@ class EventBuffer:
         self._ticks: list[tuple[int, int, int]] = []  # (first row, tick start µs since epoch, config version)
         self.cols: dict[str, np.ndarray] = {}
 
+    @staticmethod
+    def column_dtype(name: str) -> np.dtype:
+        """The buffer dtype of an optional event column (coded string columns hold int8 codes)."""
+        if name in _NUMERIC_COLUMNS:
+            return _NUMERIC_COLUMNS[name][0]
+        if name in _CODED_COLUMNS:
+            return np.dtype(np.int8)
+        raise KeyError(f"unknown event column {name!r}")
+
+    @staticmethod
+    def column_null(name: str) -> int | float:
+        """The sentinel that marks null in an optional event column."""
+        if name in _NUMERIC_COLUMNS:
+            return _NUMERIC_COLUMNS[name][1]
+        if name in _CODED_COLUMNS:
+            return -1
+        raise KeyError(f"unknown event column {name!r}")
+
     # ------------------------------------------------------------------ filling
     def _grow(self, need: int) -> None:
         """Make room for ``need`` rows: new arrays pre-filled with the null sentinels, old rows copied."""

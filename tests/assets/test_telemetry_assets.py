@@ -87,8 +87,16 @@ def test_sensor_splits_a_backlog_into_bounded_runs_and_skips_processed(aegis_hom
         land_batch(aegis_home.landing_telemetry, make_batch(5, seed=10 + i), f"b{i}")
     with dg.DagsterInstance.ephemeral() as instance:
         lake = LakeResource(max_batches_per_run=3)
-        result = landing_sensor(dg.build_sensor_context(instance=instance, resources={"lake": lake}))
-        sizes = [len(r.run_config["ops"]["bronze_events"]["config"]["batches"]) for r in result.run_requests]
+        sizes: list[int] = []
+        cursor = None
+        for _ in range(4):  # one run per tick (the sensor's pacing): the backlog comes in slices
+            result = landing_sensor(
+                dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake})
+            )
+            sizes += [
+                len(r.run_config["ops"]["bronze_events"]["config"]["batches"]) for r in result.run_requests
+            ]
+            cursor = result.cursor
         assert sizes == [3, 3, 1]
         # A reset cursor does not re-request batches the manifest says are done.
         from aegis.lake.bronze import ingest_batches

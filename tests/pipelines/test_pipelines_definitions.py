@@ -48,6 +48,9 @@ def test_jobs_sensors_schedules(defs: dg.Definitions) -> None:
     landing = repo.get_sensor_def("landing_sensor")
     assert landing.minimum_interval_seconds == 15
     assert landing.job_name == "ingest_telemetry"
+    # local profile: every job, automation runs included, executes in the run worker's process
+    assert defs.resolve_job_def("ingest_telemetry").executor_def is dg.in_process_executor
+    assert defs.resolve_implicit_global_asset_job_def().executor_def is dg.in_process_executor
 
 
 def test_resources_per_profile(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,9 +84,14 @@ def test_local_dagster_yaml_is_a_valid_instance(tmp_path) -> None:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         queue = instance.get_concurrency_config().run_queue_config
         assert queue.max_concurrent_runs == 2
-        assert queue.tag_concurrency_limits == [{"key": "aegis/ingest", "limit": 1}]
+        assert queue.tag_concurrency_limits == [
+            {"key": "aegis/ingest", "limit": 1},
+            {"key": "aegis/automation", "limit": 1},
+        ]
         assert instance.auto_materialize_use_sensors
         assert not instance.telemetry_enabled
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_start_timeout_seconds == 180
 
 
 def test_materialize_list_and_unknown_group(aegis_home: AegisPaths) -> None:

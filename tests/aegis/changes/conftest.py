@@ -11,7 +11,9 @@ from tests.support import CANARY_WORLD_ARGS, WorldServer
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorldServer]:
-    server = WorldServer(tmp_path_factory.mktemp("world") / "home", speed="300", args=CANARY_WORLD_ARGS).start()
+    server = WorldServer(
+        tmp_path_factory.mktemp("world") / "home", speed="300", args=CANARY_WORLD_ARGS
+    ).start()
     try:
         yield server
     finally:

@@ -320,3 +320,78 @@ def test_thresholds_are_exact_and_thinning_keeps_the_model():
     assert 0.8 * 0.08 < drops < 1.2 * 0.08 * 1.5  # DROP_RATE_PER_MIN x spawn 1 (x1.5 in event zones)
     loot = count(t, "currency_source", cause="loot") / online
     assert abs(loot - 0.12) < 0.015  # LOOT_GOLD_RATE_PER_MIN
+
+
+def test_fused_world_equals_each_shard_run_alone():
+    """Grouping never changes a shard: the fused world tick is bit-identical to each shard alone
+    (common random numbers hold between the world and the simulation gate's lone clone)."""
+    w = World(seed=31, players_per_shard=600)
+    for i, shard in enumerate(w.shards.values()):  # different params per shard
+        shard.set_params(
+            WorldParams(
+                npc_aggression=0.8 + 0.1 * i, quest_pacing=0.8 + 0.05 * i, map_event_frequency=2.0 * i
+            ),
+            2,
+        )
+    w.step()
+    alone = {sid: s.clone() for sid, s in w.shards.items()}
+    faults = {
+        3: Fault(kind=FaultKind.DUPLICATION_EXPLOIT, shard_id="us-east-1", duration_minutes=20, magnitude=4),
+        4: Fault(kind=FaultKind.LATENCY_SPIKE, shard_id="eu-west-2", duration_minutes=10, magnitude=9),
+        6: Fault(kind=FaultKind.SHARD_CRASH, shard_id="ap-southeast-1", duration_minutes=3),
+    }
+    for t in range(25):
+        now = w.game_time
+        if t in faults:
+            f = faults[t]
+            w.shards[f.shard_id].inject(f, now)
+            alone[f.shard_id].inject(f, now)
+        tables = w.step()
+        for sid, shard in alone.items():
+            assert tables[sid].equals(shard.step(TICK, now)), (t, sid)
+    for sid, shard in alone.items():
+        assert w.shards[sid].integrity() == shard.integrity()
+        assert w.shards[sid].price_level == shard.price_level
+        assert w.shards[sid].rng.bit_generator.state == shard.rng.bit_generator.state
+        assert w.shards[sid].kind_counts == shard.kind_counts
+    assert tables["ap-southeast-1"].num_rows > 0  # back up after the crash
+
+
+def test_world_group_repacks_a_restored_shard():
+    """A shard restored in place (load_state_dict) rejoins the fused group with its new state."""
+    w = World(seed=3, players_per_shard=300, shards_per_region=1)
+    twin = World(seed=3, players_per_shard=300, shards_per_region=1)
+    for _ in range(3):
+        w.step()
+        twin.step()
+    snap = w.shards["us-east-1"].state_dict()
+    for _ in range(4):
+        w.step()
+    w.shards["us-east-1"].load_state_dict(snap)  # the world keeps going with the old state
+    assert w.group().shards[1] is w.shards["us-east-1"]
+    lone = ShardSim.from_state_dict(snap)
+    for _ in range(5):
+        now = w.game_time
+        tables = w.step()
+        assert tables["us-east-1"].equals(lone.step(TICK, now))
+    # The group's packed arrays are the shards' arrays again (views, not copies).
+    assert np.shares_memory(w.group().arrays["gold"], w.shards["us-east-1"].gold)
+
+
+def test_shard_group_refuses_bad_input():
+    from aegis.world.sim_tick import ShardGroup
+
+    a = ShardSim("eu-west-1", "eu-west", players=20)
+    with pytest.raises(ValueError, match="at least one shard"):
+        ShardGroup([])
+    with pytest.raises(ValueError, match="distinct"):
+        ShardGroup([a, a])
+    group = ShardGroup([a, ShardSim("eu-west-2", "eu-west", players=20, shard_index=1)])
+    with pytest.raises(ValueError, match="one buffer per shard"):
+        group.step_into(TICK, a.clock, [EventBuffer("eu-west-1", "eu-west")])
+    bufs = [EventBuffer("eu-west-1", "eu-west"), EventBuffer("eu-west-2", "eu-west")]
+    with pytest.raises(ValueError, match="before the shard clock"):
+        group.step_into(TICK, a.clock - timedelta(minutes=1), bufs)
+    with pytest.raises(ValueError, match="positive"):
+        group.step_into(float("nan"), a.clock, bufs)
+    assert all(b.n == 0 for b in bufs)  # nothing half-done
