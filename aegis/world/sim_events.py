@@ -177,13 +177,13 @@ class EventBuffer:
 
     def append(
         self,
-        kind: int,
+        kind: int | np.ndarray,
         ts: np.ndarray | int,
         player: np.ndarray | int,
         k: int,
         cols: dict[str, np.ndarray | int | float],
     ) -> None:
-        """Append ``k`` events of kind code ``kind``; ``cols`` are arrays of length k or scalars."""
+        """Append ``k`` events of kind code ``kind`` (or one code per event); ``cols`` are arrays of length k or scalars."""
         if not self._ticks:
             raise RuntimeError("EventBuffer.append before begin_tick")
         a = self.n
