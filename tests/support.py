@@ -19,8 +19,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 AEGIS = str(Path(sys.executable).with_name("aegis"))
 STARTUP_S = 90.0
-# For changeset tests: a single-shard canary is at most 10% of players (4 shards a
-# region) and nothing explores parameters under the lifecycle's feet.
+# For changeset tests: a single-shard canary is well inside the blast-radius limit
+# (4 shards a region: ~8% of players) and nothing explores parameters under the
+# lifecycle's feet.
 CANARY_WORLD_ARGS = ("--shards-per-region", "4", "--no-explore")
 
 

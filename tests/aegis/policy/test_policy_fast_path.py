@@ -65,10 +65,13 @@ def test_numbers_reach_the_policies_exactly(engine: PolicyEngine) -> None:
     """Values a hair outside a band are denied (regopy's object input would round them to 6 decimals)."""
     doc = _example("auto-small-aggression-tweak")
     changeset = AutonomousChangeSet.model_validate(doc["changeset"])
-    doc["context"]["canary_players_share"] = 0.1000001  # limit 0.1
+    limit = json.loads((default_policies_dir() / "data.json").read_text())["aegis"]["config"]["availability"][
+        "max_canary_players_share"
+    ]
+    doc["context"]["canary_players_share"] = limit + 1e-7
     decision = engine.decide(changeset, PolicyContext.model_validate(doc["context"]))
     assert (decision.verdict, decision.rule) == (Verdict.DENY, "availability.blast_radius")
-    assert decision.findings[0].numbers["canary_players_share"] == pytest.approx(0.1000001, abs=1e-12)
+    assert decision.findings[0].numbers["canary_players_share"] == pytest.approx(limit + 1e-7, abs=1e-12)
 
     doc = _example("auto-small-aggression-tweak")
     doc["context"]["predicted"]["inflation"] = 0.0500001  # band high 0.05
