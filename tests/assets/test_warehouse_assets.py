@@ -48,7 +48,7 @@ def test_every_model_is_an_eager_telemetry_asset_fed_by_bronze() -> None:
     assert {n.group_name for n in models.values()} == {"telemetry"}
     for node in models.values():
         assert node.automation_condition is not None
-        assert node.automation_condition.get_label() == "eager"
+        assert node.automation_condition.get_label() == "warehouse_eager"  # assets.warehouse.WAREHOUSE_AUTOMATION
     assert models["stg_lake__events"].parent_keys == {dg.AssetKey("bronze_events")}
     assert models["stg_lake__world_configs"].parent_keys == {dg.AssetKey("world_configs")}
     # every mart is downstream of bronze, so materializing group telemetry fills them all

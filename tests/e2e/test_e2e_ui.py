@@ -25,7 +25,11 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--virtual-time-budget=20000",
+    # the graph renders only the nodes in view: a large window puts the whole telemetry group in it
+    "--window-size=1600,1000",
 ]
+LOCATION = "pipelines.definitions"  # dagster dev -m <module> names the location after the module
+REPOSITORY = "__repository__"  # the repository a Definitions object becomes
 ARTIFACTS = Path(os.environ.get("AEGIS_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
 
 
@@ -50,7 +54,7 @@ def test_asset_graph_page_lists_telemetry_assets(tmp_path: Path) -> None:
             str(Path(sys.executable).with_name("dagster")),
             "dev",
             "-m",
-            "pipelines.definitions",
+            LOCATION,
             "-h",
             "127.0.0.1",
             "-p",
@@ -72,7 +76,9 @@ def test_asset_graph_page_lists_telemetry_assets(tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, "dagster dev not ready"
             time.sleep(2)
-        url = f"http://127.0.0.1:{port}/asset-groups/telemetry"
+        # The group's own page: with several groups in the location, /asset-groups/<group> now opens the
+        # global lineage with every group collapsed, where no asset name is rendered.
+        url = f"http://127.0.0.1:{port}/locations/{REPOSITORY}@{LOCATION}/asset-groups/telemetry"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         profile = tmp_path / "chromium-profile"
         dom = ""
@@ -94,7 +100,6 @@ def test_asset_graph_page_lists_telemetry_assets(tmp_path: Path) -> None:
                 *CHROMIUM_FLAGS,
                 f"--user-data-dir={profile}",
                 f"--screenshot={shot}",
-                "--window-size=1600,1000",
                 url,
             ],
             capture_output=True,
