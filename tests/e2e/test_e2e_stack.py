@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+
+from tests.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(9 * 60)]
 READY_TIMEOUT_S = 240

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 CHROMIUM_FLAGS = [
