@@ -51,6 +51,7 @@ from dagster_dbt import (
 from aegis.config import AegisPaths, paths
 from aegis.quality import suites
 from aegis.quality.gx_validation import ValidationReport
+from aegis.stack import AUTOMATION_TAG
 
 GROUP = "telemetry"
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
@@ -377,6 +378,8 @@ warehouse_full_refresh_job = dg.define_asset_job(
     "warehouse_full_refresh",
     selection=dg.AssetSelection.assets(warehouse_dbt),
     config=dg.RunConfig(ops={"warehouse_dbt": WarehouseBuildConfig(full_refresh=True)}),
+    # Same concurrency key as automation builds: DuckDB takes one writer at a time.
+    tags={AUTOMATION_TAG: "nightly"},
     description="Rebuild the warehouse from the lake as it is (drops batches the lake no longer holds).",
 )
 

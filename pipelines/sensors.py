@@ -16,6 +16,12 @@ minutes, and the marts' automation condition rightly waits while an input is in
 progress, so queued ingests starved the marts.  After an ingest run ends, the
 sensor also leaves ``WAREHOUSE_WINDOW_S`` of quiet (two automation ticks) so the
 automation sensor sees bronze settled and can request the warehouse build.
+
+Nothing is lost when an ingest run itself fails (a crash, not a quarantined
+row): its batches are already behind the cursor, so before taking new ones the
+sensor re-requests the failed run's batches that the manifest does not hold, up
+to ``MAX_INGEST_ATTEMPTS`` attempts.  Past that they stay in landing, listed as
+pending by ``aegis materialize telemetry`` (which ingests every pending batch).
 """
 
 import hashlib
@@ -47,6 +53,8 @@ ACTIVE_STATUSES = [
     dg.DagsterRunStatus.CANCELING,
 ]
 FINISHED_STATUSES = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+MAX_INGEST_ATTEMPTS = 3
+ATTEMPT_TAG = "aegis/attempt"
 
 
 @dataclass
@@ -96,6 +104,33 @@ def run_key(batches: list[LandedBatch]) -> str:
     return f"ingest-{digest}"
 
 
+def retry_of_failed_ingest(instance: dg.DagsterInstance, done: set[str]) -> dg.RunRequest | None:
+    """A run request for the last ingest run's batches when that run failed and left some unprocessed."""
+    last = instance.get_run_records(
+        dg.RunsFilter(job_name=ingest_job.name, statuses=FINISHED_STATUSES), limit=1
+    )
+    if not last or last[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS:
+        return None
+    run = last[0].dagster_run
+    attempt = int(run.tags.get(ATTEMPT_TAG, "1"))
+    if attempt >= MAX_INGEST_ATTEMPTS:
+        return None
+    requested = run.run_config.get("ops", {}).get("bronze_events", {}).get("config", {}).get("batches", [])
+    left = [rel for rel in requested if rel not in done]
+    if not left:
+        return None
+    return dg.RunRequest(
+        run_key=f"{run.tags.get('dagster/run_key', run.run_id)}-attempt-{attempt + 1}",
+        run_config=dg.RunConfig(ops={"bronze_events": {"config": {"batches": left}}}),
+        tags={
+            INGEST_TAG: "retry",
+            ATTEMPT_TAG: str(attempt + 1),
+            "aegis/retry-of": run.run_id,
+            "aegis/batches": str(len(left)),
+        },
+    )
+
+
 def ingest_wait_reason(instance: dg.DagsterInstance, now: float) -> str | None:
     """Why the sensor must not request an ingest now (``None``: it may)."""
     active = instance.get_run_records(
@@ -125,6 +160,13 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> d
     if wait is not None:
         return dg.SensorResult(skip_reason=wait, cursor=context.cursor)
     paths = lake.paths()
+    retry = retry_of_failed_ingest(context.instance, Manifest(paths).done_sources())
+    if retry is not None:
+        context.log.warning(
+            f"ingest run {retry.tags['aegis/retry-of'][:8]} failed; retrying its "
+            f"{retry.tags['aegis/batches']} unprocessed batch(es), attempt {retry.tags[ATTEMPT_TAG]}"
+        )
+        return dg.SensorResult(run_requests=[retry], cursor=context.cursor)
     cursor = LandingCursor.parse(context.cursor)
     since = cursor.watermark_ns - LAG_NS if cursor.watermark_ns else None
     landed = list_landed(paths.landing_telemetry, newer_than_ns=since)
@@ -137,7 +179,12 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> d
     request = dg.RunRequest(
         run_key=run_key(batches),
         run_config=dg.RunConfig(ops={"bronze_events": {"config": {"batches": [b.rel for b in batches]}}}),
-        tags={INGEST_TAG: "landing", "aegis/batches": str(len(batches)), "aegis/backlog": str(waiting)},
+        tags={
+            INGEST_TAG: "landing",
+            ATTEMPT_TAG: "1",
+            "aegis/batches": str(len(batches)),
+            "aegis/backlog": str(waiting),
+        },
     )
     return dg.SensorResult(run_requests=[request], cursor=nxt.dump())
 

@@ -18,6 +18,7 @@ from aegis.lake.synth import land_batch, make_batch
 from pipelines.resources.lake import LakeResource
 from pipelines.sensors import (
     AUTOMATION_TAG,
+    MAX_INGEST_ATTEMPTS,
     SENSORS,
     WAREHOUSE_WINDOW_S,
     LandingCursor,
@@ -109,6 +110,54 @@ def test_sensor_waits_while_an_ingest_is_in_flight_and_leaves_the_warehouse_a_wi
         reason = ingest_wait_reason(instance, now)
         assert reason is not None and "leaving the warehouse" in reason
         assert ingest_wait_reason(instance, now + WAREHOUSE_WINDOW_S + 1) is None
+
+
+def test_a_failed_ingest_run_is_retried_for_its_unprocessed_batches_then_given_up(
+    aegis_home: AegisPaths,
+) -> None:
+    for i in range(3):
+        land_batch(aegis_home.landing_telemetry, make_batch(5, seed=80 + i), f"f{i}")
+    lake = LakeResource()
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = landing_sensor(
+            dg.build_sensor_context(instance=instance, cursor="", resources={"lake": lake})
+        )
+        (request,) = first.run_requests
+        requested = _batches(first)
+        attempts = []
+        for _ in range(MAX_INGEST_ATTEMPTS + 1):
+            # the run crashes before writing anything: no batch reaches the manifest
+            run = create_run_for_test(
+                instance,
+                job_name=INGEST_JOB,
+                run_config=request.run_config,
+                tags={**request.tags, "dagster/run_key": request.run_key or ""},
+                status=dg.DagsterRunStatus.STARTED,
+            )
+            instance.report_run_failed(run)
+            result = landing_sensor(
+                dg.build_sensor_context(
+                    instance=instance,
+                    cursor=first.cursor,
+                    resources={"lake": lake},
+                    sensor_name="landing_sensor",
+                ),
+            )
+            # after the warehouse window the next tick decides; skip the wait in the test
+            if result.skip_reason and "leaving the warehouse" in (result.skip_reason.skip_message or ""):
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr("pipelines.sensors.WAREHOUSE_WINDOW_S", -1)
+                    result = landing_sensor(
+                        dg.build_sensor_context(
+                            instance=instance, cursor=first.cursor, resources={"lake": lake}
+                        )
+                    )
+            if not result.run_requests:
+                break
+            (request,) = result.run_requests
+            assert sorted(_batches(result)) == sorted(requested)  # nothing dropped
+            attempts.append(request.tags["aegis/attempt"])
+        assert attempts == [str(n) for n in range(2, MAX_INGEST_ATTEMPTS + 1)]
 
 
 def test_automation_runs_carry_the_tag_the_instance_limits(tmp_path) -> None:
