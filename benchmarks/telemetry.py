@@ -145,7 +145,9 @@ def main() -> None:
         t0 = time.perf_counter()
         events = generate(paths, args.events, args.batch_rows)
         batches = max(args.events // args.batch_rows, 1)
-        print(f"generated {events:,} events in {batches:,} batches ({time.perf_counter() - t0:.1f} s, untimed)")
+        print(
+            f"generated {events:,} events in {batches:,} batches ({time.perf_counter() - t0:.1f} s, untimed)"
+        )
         scan = duckdb_scan(paths)
         print(
             f"DuckDB raw scan of the landing files (ceiling, {SCAN_THREADS} threads): {scan.wall:.2f} s wall, "

@@ -11,9 +11,13 @@ For every landed batch the ingest writes, atomically and keyed by batch id:
 
 Re-processing a batch replaces its own files and index entries, so it never
 duplicates rows.  Each batch stands alone: a bad one is quarantined and the
-others go on.  Batches are validated one by one but de-duplicated in groups (one
-DuckDB probe per group of about a million rows), which is what makes many small
-batches cheap.  One ingest runs at a time (a file lock); runs queue behind it.
+others go on.  Each file is opened, read and conformed on its own; consecutive
+small batches are then validated as one table (verdicts split back per batch)
+and de-duplicated in groups (one DuckDB probe per group of about a million
+rows), which is what makes many small batches cheap.  Two worker threads load
+and write while this thread de-duplicates and records, with about
+PREFETCH_BYTES of landed files loaded ahead.  One ingest runs at a time (a file
+lock); runs queue behind it.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from aegis.lake.validate import (
     conform,
     quarantine_rows,
     read_batch,
-    validate,
+    validate_many,
 )
 from aegis.telemetry import SCHEMA_V1
 
@@ -62,6 +66,9 @@ WORKERS = 2
 # thread de-duplicates a group: ~1 M events of the benchmark's batches, ~100 MB of Arrow.
 PREFETCH_BYTES = 16 << 20
 PREFETCH_MIN = 2
+# Consecutive small batches are loaded by one task and validated as one table (per-batch
+# verdicts are split back out) up to this many landed bytes: ~50 k events.
+CHUNK_BYTES = 1 << 20
 # How long a run waits for another ingest to finish before giving up.
 LOCK_TIMEOUT_S = 600.0
 LOCK_POLL_S = 0.2
@@ -297,16 +304,38 @@ class _Loaded:
     error: str | None = None
 
 
-def _load(batch: LandedBatch, now: datetime, future_skew: timedelta) -> _Loaded:
-    table: pa.Table | None = None
-    try:
-        table = read_batch(batch.path)
-        conformed = conform(table)
-    except UnreadableBatch as exc:
-        return _Loaded(rows=table.num_rows if table is not None else 0, error=exc.reason)
-    verdicts = validate(conformed, now=now, future_skew=future_skew)
-    valid = conformed.table.filter(verdicts.valid) if verdicts.n_bad else conformed.table
-    return _Loaded(conformed, verdicts, valid, conformed.table.num_rows)
+def _load(batches: list[LandedBatch], now: datetime, future_skew: timedelta) -> list[_Loaded]:
+    """Read and conform each batch on its own (one bad file never touches another), validate together."""
+    loaded: list[_Loaded] = []
+    for batch in batches:
+        table: pa.Table | None = None
+        try:
+            table = read_batch(batch.path)
+            loaded.append(_Loaded(conform(table), rows=table.num_rows))
+        except UnreadableBatch as exc:
+            loaded.append(_Loaded(rows=table.num_rows if table is not None else 0, error=exc.reason))
+    readable = [x for x in loaded if x.conformed is not None]
+    conformed = [x.conformed for x in readable if x.conformed is not None]
+    for x, verdicts in zip(readable, validate_many(conformed, now, future_skew), strict=True):
+        assert x.conformed is not None
+        x.verdicts = verdicts
+        x.valid = x.conformed.table.filter(verdicts.valid) if verdicts.n_bad else x.conformed.table
+    return loaded
+
+
+def _chunks(registered: list[tuple[LandedBatch, str, int, str | None]]) -> list[list[int]]:
+    """Positions of the batches to load, in order, grouped into load tasks of about CHUNK_BYTES."""
+    chunks: list[list[int]] = []
+    size = 0
+    for i, (batch, _id, _no, clash) in enumerate(registered):
+        if clash is not None:
+            continue
+        if not chunks or size + batch.size > CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(i)
+        size += batch.size
+    return chunks
 
 
 def _register(manifest: Manifest, batch: LandedBatch, run_id: str | None) -> tuple[str, int, str | None]:
@@ -553,27 +582,31 @@ def ingest_batches(
             registered = [(b, *_register(manifest, b, run_id)) for b in todo]
             group: list[_Prepared] = []
             rows = 0
+            chunks = _chunks(registered)
+            chunk_of = {i: (c, k) for c, members in enumerate(chunks) for k, i in enumerate(members)}
             with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ingest") as pool:
-                futures: dict[int, Future[_Loaded]] = {}
-                submitted = 0
+                futures: dict[int, Future[list[_Loaded]]] = {}
+                submitted = 0  # chunks submitted
                 in_flight = 0  # landed bytes submitted and not yet taken
                 for i, (batch, batch_id, batch_no, clash) in enumerate(registered):
-                    while submitted < len(registered) and (  # keep the workers busy, memory bounded
-                        submitted <= i + PREFETCH_MIN or in_flight < PREFETCH_BYTES
+                    current = chunk_of[i][0] if i in chunk_of else submitted
+                    while submitted < len(chunks) and (  # keep the workers busy, memory bounded
+                        submitted <= current + PREFETCH_MIN or in_flight < PREFETCH_BYTES
                     ):
-                        ahead = registered[submitted][0]
-                        if registered[submitted][3] is None:
-                            futures[submitted] = pool.submit(_load, ahead, clock, future_skew)
-                            in_flight += ahead.size
+                        ahead = [registered[j][0] for j in chunks[submitted]]
+                        futures[submitted] = pool.submit(_load, ahead, clock, future_skew)
+                        in_flight += sum(b.size for b in ahead)
                         submitted += 1
-                    if i in futures:
-                        in_flight -= batch.size
                     if clash is not None:
                         results.append(
                             _reject(paths, manifest, batch, batch_id, batch_no, clash, 0, run_id, clock)
                         )
                         continue
-                    loaded = futures.pop(i).result()
+                    c, k = chunk_of[i]
+                    loaded = futures[c].result()[k]
+                    in_flight -= batch.size
+                    if k == len(chunks[c]) - 1:
+                        del futures[c]
                     if loaded.error is not None:
                         results.append(
                             _reject(

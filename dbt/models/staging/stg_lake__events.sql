@@ -7,9 +7,9 @@
   Parquet scan of the few columns a mart needs is ~0.05-0.2 CPU-s per million).
   The marts are tables rebuilt from all of bronze on every build anyway, so an
   incremental copy saved nothing on the marts and cost most of a full build.
-  Each reader scans only the columns it names (projection pushdown), and the
-  profile's parquet_metadata_cache keeps the file footers between the scans of
-  one build.
+  Each reader scans only the columns it names (projection pushdown); on the
+  prod target (S3) DuckDB's external file cache (on by default) serves the
+  repeated reads of one build from memory instead of new GETs.
 
   Semantics that follow: the warehouse always equals bronze as it is now. A
   re-processed batch (its file rewritten by the ingest) is seen as rewritten; a
