@@ -192,7 +192,7 @@ TRANSLATOR = AegisDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_ass
 class WarehouseBuildConfig(dg.Config):
     """Run config of the dbt build."""
 
-    full_refresh: bool = False  # rebuild stg_lake__events from the lake instead of appending new batches
+    full_refresh: bool = False  # dbt --full-refresh: rebuild every model from scratch (incremental ones too)
 
 
 def _dbt_args(config: WarehouseBuildConfig, home: AegisPaths) -> list[str]:
@@ -380,7 +380,7 @@ warehouse_full_refresh_job = dg.define_asset_job(
     config=dg.RunConfig(ops={"warehouse_dbt": WarehouseBuildConfig(full_refresh=True)}),
     # Same concurrency key as automation builds: DuckDB takes one writer at a time.
     tags={AUTOMATION_TAG: "nightly"},
-    description="Rebuild the warehouse from the lake as it is (drops batches the lake no longer holds).",
+    description="Rebuild every warehouse model from bronze as it is, with all dbt tests and checks.",
 )
 
 warehouse_nightly = dg.ScheduleDefinition(
@@ -388,7 +388,10 @@ warehouse_nightly = dg.ScheduleDefinition(
     job=warehouse_full_refresh_job,
     cron_schedule=NIGHTLY_CRON,
     execution_timezone="UTC",
-    description="Nightly full refresh: reconciles the incremental staging table with the lake.",
+    description=(
+        "Nightly full rebuild: the marts and their checks (freshness, volume) run at least once a day, "
+        "also when no telemetry arrived and automation had nothing to react to."
+    ),
 )
 
 defs = dg.Definitions(
