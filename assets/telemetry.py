@@ -20,12 +20,12 @@ from aegis.lake.bronze import IngestReport, ingest_batches
 from aegis.lake.landing import resolve
 from aegis.lake.manifest import Manifest
 from aegis.lake.report import lake_report
+from aegis.stack import INGEST_TAG  # the run-queue tags are named once, where dagster.yaml is written
 from pipelines.resources.lake import LakeResource
 
 GROUP = "telemetry"
 BRONZE_KEY = dg.AssetKey("bronze_events")
 REPORT_KEY = dg.AssetKey("telemetry_quality_report")
-INGEST_TAG = "aegis/ingest"
 MAX_REASON_CHARS = 160  # example reasons in the UI table are cut here
 
 
