@@ -89,6 +89,8 @@ GOOD_LT = {
         ),
         (P.validate_imdsv2, P.LAUNCH_TEMPLATE, {"metadataOptions": {"httpTokens": "optional"}}, GOOD_LT),
         (P.validate_imdsv2, P.EC2_INSTANCE, {}, {"metadataOptions": {"httpTokens": "required"}}),
+        (P.validate_imdsv2, P.EKS_NODE_GROUP, {}, {"launchTemplate": {"id": "lt-1", "version": "1"}}),
+        (P.validate_ebs_encrypted, P.EKS_NODE_GROUP, {}, {"launchTemplate": {"id": "lt-1", "version": "1"}}),
         (
             P.validate_gpu_tainted,
             P.EKS_NODE_GROUP,

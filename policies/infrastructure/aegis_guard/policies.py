@@ -84,8 +84,15 @@ def _region(provider: Any) -> str | None:
 
 
 # ------------------------------------------------------------------ resource policies
+def _node_group_without_launch_template(args: ResourceValidationArgs) -> bool:
+    """An EKS node group with no launch template gets AWS's defaults: IMDSv1 allowed, default root volume."""
+    return args.resource_type == EKS_NODE_GROUP and not args.props.get("launchTemplate")
+
+
 def validate_ebs_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
     p = args.props
+    if _node_group_without_launch_template(args):
+        report("EKS node group has no launch template: its root volumes cannot be required to be encrypted")
     if args.resource_type == LAUNCH_TEMPLATE:
         mappings = p.get("blockDeviceMappings") or []
         if not mappings:
@@ -131,6 +138,9 @@ def validate_no_public_database(args: ResourceValidationArgs, report: ReportViol
 
 
 def validate_imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if _node_group_without_launch_template(args):
+        report("EKS node group has no launch template: IMDSv2 cannot be required on its nodes")
+        return
     if args.resource_type not in (LAUNCH_TEMPLATE, EC2_INSTANCE):
         return
     opts = args.props.get("metadataOptions") or {}
