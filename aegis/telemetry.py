@@ -9,10 +9,15 @@ ranges. Nothing else in the project restates these facts.
 
 from __future__ import annotations
 
+import fcntl
+import json
+import math
 import os
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,7 +69,15 @@ SCHEMA_V1 = pa.schema(
 COLUMNS: tuple[str, ...] = tuple(SCHEMA_V1.names)
 
 # Fields present on every event (besides the schema's non-nullable ones).
-COMMON_REQUIRED: tuple[str, ...] = ("event_id", "ts", "schema_version", "region", "shard_id", "kind", "config_version")
+COMMON_REQUIRED: tuple[str, ...] = (
+    "event_id",
+    "ts",
+    "schema_version",
+    "region",
+    "shard_id",
+    "kind",
+    "config_version",
+)
 
 # Fields each kind must carry (non-null) in addition to COMMON_REQUIRED.
 REQUIRED_BY_KIND: dict[str, tuple[str, ...]] = {
@@ -118,11 +131,7 @@ WORLD_EPOCH = datetime.fromisoformat("2026-01-01T00:00:00+00:00")
 def landing_path(landing_root: Path, ts: datetime, shard_id: str, batch_id: str) -> Path:
     """``landing/telemetry/date=YYYY-MM-DD/hour=HH/shard=<id>/<batch-id>.parquet``."""
     return (
-        landing_root
-        / f"date={ts:%Y-%m-%d}"
-        / f"hour={ts:%H}"
-        / f"shard={shard_id}"
-        / f"{batch_id}.parquet"
+        landing_root / f"date={ts:%Y-%m-%d}" / f"hour={ts:%H}" / f"shard={shard_id}" / f"{batch_id}.parquet"
     )
 
 
@@ -130,17 +139,116 @@ def new_batch_id() -> str:
     return uuid.uuid4().hex
 
 
-def write_atomic(table: pa.Table, path: Path, compression: str = "zstd") -> Path:
+def write_atomic(table: pa.Table, path: Path, compression: str = "zstd", **write_options: Any) -> Path:
     """Write a Parquet file under a temporary name and rename it into place.
 
-    Readers list ``*.parquet``; the temporary name ends in ``.tmp`` so no reader
-    ever sees a partial file, and ``os.replace`` is atomic on POSIX.
+    The one atomic Parquet writer of the project (landing batches, bronze,
+    quarantine, manifests): readers list ``*.parquet``; the temporary name starts
+    with a dot and ends in ``.tmp`` so no reader ever sees a partial file, and
+    ``os.replace`` is atomic on POSIX. ``write_options`` go to
+    :func:`pyarrow.parquet.write_table` as they are (each caller keeps its own
+    tuning); on any failure the temporary file is removed and the error re-raised,
+    so a failed write leaves neither a partial file nor litter behind.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression=compression)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, compression=compression, **write_options)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+# ------------------------------------------------------------------ world clock
+# The game clock runs faster than the wall clock (60x under ``aegis up``) and may be
+# ahead of or behind it, so "an event from the future" cannot be judged by the wall
+# clock. A world that lands telemetry also lands its clock beside the batches: the
+# newest game time it has landed (or is landing) plus its tick length. The bronze
+# validator bounds ``ts`` by it when the file exists, by the wall clock otherwise
+# (a studio backend in production stamps real time).
+WORLD_CLOCK_FILE = "_world_clock.json"
+
+
+@dataclass(frozen=True)
+class WorldClock:
+    """The newest game time a world has landed, and the tick length of its writer."""
+
+    game_time: datetime
+    tick_seconds: float
+
+    @property
+    def bound(self) -> datetime:
+        """No event landed so far can be later than this (before any skew allowance)."""
+        return self.game_time + timedelta(seconds=self.tick_seconds)
+
+    def to_json(self) -> str:
+        return json.dumps({"game_time": self.game_time.isoformat(), "tick_seconds": self.tick_seconds})
+
+
+def world_clock_path(landing_root: Path) -> Path:
+    """``landing/telemetry/_world_clock.json`` (not a batch: readers list ``*.parquet`` only)."""
+    return landing_root / WORLD_CLOCK_FILE
+
+
+def read_world_clock(landing_root: Path) -> WorldClock | None:
+    """The landed world clock, ``None`` when no world lands here; a damaged file is a clear error."""
+    path = world_clock_path(landing_root)
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+        game_time = datetime.fromisoformat(data["game_time"])
+        tick_seconds = float(data["tick_seconds"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"the world clock file {path} is damaged ({type(exc).__name__}: {exc}); "
+            "the world rewrites it on its next landing, or delete it to judge timestamps by the wall clock"
+        ) from exc
+    if game_time.tzinfo is None:
+        raise ValueError(f"the world clock file {path} holds a game time without a time zone: {raw!r}")
+    if not (tick_seconds >= 0 and math.isfinite(tick_seconds)):
+        raise ValueError(f"the world clock file {path} holds an invalid tick length {tick_seconds!r}")
+    return WorldClock(game_time.astimezone(UTC), tick_seconds)
+
+
+def advance_world_clock(landing_root: Path, game_time: datetime, tick_seconds: float) -> WorldClock:
+    """Move the landed world clock forward to ``game_time`` (never back), atomically; return it.
+
+    Several writers share one landing (the runner's worker processes, the live
+    server): under a file lock, the clock becomes the latest of theirs, with the
+    longest tick, so one writer's older clock never shrinks another's bound.
+    A damaged clock file is replaced.
+    """
+    landing_root.mkdir(parents=True, exist_ok=True)
+    # The lock is on the landing directory itself: no lock file for readers to trip over.
+    fd = os.open(landing_root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = read_world_clock(landing_root)
+        except ValueError:
+            current = None
+        clock = WorldClock(game_time.astimezone(UTC), float(tick_seconds))
+        if current is not None:
+            clock = WorldClock(
+                max(current.game_time, clock.game_time), max(current.tick_seconds, clock.tick_seconds)
+            )
+        if clock != current:
+            path = world_clock_path(landing_root)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                tmp.write_text(clock.to_json())
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        return clock
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def empty_table() -> pa.Table:

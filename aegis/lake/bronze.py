@@ -11,7 +11,12 @@ For every landed batch the ingest writes, atomically and keyed by batch id:
 
 Re-processing a batch replaces its own files and index entries, so it never
 duplicates rows.  Each batch stands alone: a bad one is quarantined and the
-others go on.  Each file is opened, read and conformed on its own; consecutive
+others go on; that holds for the unexpected too: an error of any kind while
+reading, conforming or validating one batch quarantines that file whole
+("validator error: <type>: <message>"), and a grouped validation that raises is
+redone batch by batch so only the culprit is set aside.  Timestamps are judged
+"in the future" against :func:`aegis.lake.validate.ingest_clock` (the world's
+landed game clock when there is one, else the wall clock).  Each file is opened, read and conformed on its own; consecutive
 small batches are then validated as one table (verdicts split back per batch)
 and de-duplicated in groups (one DuckDB probe per group of about a million
 rows), which is what makes many small batches cheap.  Two worker threads load
@@ -47,15 +52,17 @@ from aegis.lake.landing import LandedBatch, list_landed
 from aegis.lake.manifest import Manifest, ManifestEntry, manifest_dir
 from aegis.lake.validate import (
     DEFAULT_FUTURE_SKEW,
+    WALL_CLOCK,
     Conformed,
     UnreadableBatch,
     Verdicts,
     conform,
+    ingest_clock,
     quarantine_rows,
     read_batch,
     validate_many,
 )
-from aegis.telemetry import SCHEMA_V1
+from aegis.telemetry import SCHEMA_V1, write_atomic
 
 # Valid rows de-duplicated together in one DuckDB probe.
 GROUP_ROWS = 1_000_000
@@ -218,23 +225,16 @@ def ingest_lock(paths: AegisPaths, timeout_s: float = LOCK_TIMEOUT_S) -> Iterato
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    """Atomic write (temp name + rename); readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(
-            table,
-            tmp,
-            compression=BRONZE_COMPRESSION,
-            compression_level=BRONZE_COMPRESSION_LEVEL,
-            store_schema=False,  # plain Parquet types: constant columns stay strings for every reader
-            use_dictionary=DICTIONARY_COLUMNS,  # high-cardinality columns gain nothing from trying
-            write_statistics=[c for c in table.column_names if c not in NO_STATISTICS],
-        )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Atomic write (:func:`aegis.telemetry.write_atomic`) with bronze's options."""
+    write_atomic(
+        table,
+        path,
+        compression=BRONZE_COMPRESSION,
+        compression_level=BRONZE_COMPRESSION_LEVEL,
+        store_schema=False,  # plain Parquet types: constant columns stay strings for every reader
+        use_dictionary=DICTIONARY_COLUMNS,  # high-cardinality columns gain nothing from trying
+        write_statistics=[c for c in table.column_names if c not in NO_STATISTICS],
+    )
 
 
 def _remove(path: Path) -> None:
@@ -304,8 +304,40 @@ class _Loaded:
     error: str | None = None
 
 
-def _load(batches: list[LandedBatch], now: datetime, future_skew: timedelta) -> list[_Loaded]:
-    """Read and conform each batch on its own (one bad file never touches another), validate together."""
+def footer_rows(path: Path) -> int:
+    """Rows a Parquet file declares in its footer; 0 when even the footer cannot be read."""
+    try:
+        return int(pq.read_metadata(path).num_rows)
+    except Exception:  # any unreadable file: it holds no rows anyone can count
+        return 0
+
+
+def validator_error(exc: BaseException) -> str:
+    """The reason a batch is quarantined whole when reading/conforming/validating it failed unexpectedly."""
+    detail = " ".join(str(exc).split()) or "(no message)"
+    return f"validator error: {type(exc).__name__}: {detail}"
+
+
+def _judge(x: _Loaded, verdicts: Verdicts) -> None:
+    assert x.conformed is not None
+    x.verdicts = verdicts
+    x.valid = x.conformed.table.filter(verdicts.valid) if verdicts.n_bad else x.conformed.table
+
+
+def _fail(x: _Loaded, exc: BaseException) -> None:
+    x.conformed = x.verdicts = x.valid = None
+    x.error = validator_error(exc)
+
+
+def _load(
+    batches: list[LandedBatch], now: datetime, future_skew: timedelta, clock_name: str = WALL_CLOCK
+) -> list[_Loaded]:
+    """Read and conform each batch on its own (one bad file never touches another), validate together.
+
+    Every failure stays with its batch: an unexpected exception while reading or
+    conforming a file makes that file rejected (``error``); one while validating
+    the group makes each batch be validated alone, so only the culprit is.
+    """
     loaded: list[_Loaded] = []
     for batch in batches:
         table: pa.Table | None = None
@@ -313,13 +345,24 @@ def _load(batches: list[LandedBatch], now: datetime, future_skew: timedelta) -> 
             table = read_batch(batch.path)
             loaded.append(_Loaded(conform(table), rows=table.num_rows))
         except UnreadableBatch as exc:
-            loaded.append(_Loaded(rows=table.num_rows if table is not None else 0, error=exc.reason))
+            rows = table.num_rows if table is not None else footer_rows(batch.path)
+            loaded.append(_Loaded(rows=rows, error=exc.reason))
+        except Exception as exc:
+            rows = table.num_rows if table is not None else footer_rows(batch.path)
+            loaded.append(_Loaded(rows=rows, error=validator_error(exc)))
     readable = [x for x in loaded if x.conformed is not None]
     conformed = [x.conformed for x in readable if x.conformed is not None]
-    for x, verdicts in zip(readable, validate_many(conformed, now, future_skew), strict=True):
-        assert x.conformed is not None
-        x.verdicts = verdicts
-        x.valid = x.conformed.table.filter(verdicts.valid) if verdicts.n_bad else x.conformed.table
+    try:
+        for x, verdicts in zip(readable, validate_many(conformed, now, future_skew, clock_name), strict=True):
+            _judge(x, verdicts)
+    except Exception:
+        for x in readable:  # one batch broke the group: judge each alone
+            try:
+                assert x.conformed is not None
+                (verdicts,) = validate_many([x.conformed], now, future_skew, clock_name)
+                _judge(x, verdicts)
+            except Exception as exc:
+                _fail(x, exc)
     return loaded
 
 
@@ -572,7 +615,8 @@ def ingest_batches(
             todo = [b for b in sorted(batches) if b.rel not in done]
             skipped = [b.batch_id for b in batches if b.rel in done]
         ingested_at = (now or datetime.now(UTC)).astimezone(UTC)
-        clock = now or datetime.now(UTC)
+        clock = now or datetime.now(UTC)  # when things happened (records), not what ts may be
+        judge_at, clock_name = ingest_clock(paths.landing_telemetry, now)
         results: list[BatchResult] = []
         with EventIndex(manifest.dir / INDEX_FILE) as index:
             if index.stale:
@@ -594,12 +638,13 @@ def ingest_batches(
                         submitted <= current + PREFETCH_MIN or in_flight < PREFETCH_BYTES
                     ):
                         ahead = [registered[j][0] for j in chunks[submitted]]
-                        futures[submitted] = pool.submit(_load, ahead, clock, future_skew)
+                        futures[submitted] = pool.submit(_load, ahead, judge_at, future_skew, clock_name)
                         in_flight += sum(b.size for b in ahead)
                         submitted += 1
                     if clash is not None:
+                        rows_in = footer_rows(batch.path)  # the file is kept whole: count what it holds
                         results.append(
-                            _reject(paths, manifest, batch, batch_id, batch_no, clash, 0, run_id, clock)
+                            _reject(paths, manifest, batch, batch_id, batch_no, clash, rows_in, run_id, clock)
                         )
                         continue
                     c, k = chunk_of[i]

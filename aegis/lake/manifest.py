@@ -9,11 +9,14 @@ ingest run writes it; a Parquet copy is exported for DuckDB/dbt readers.
 
 from __future__ import annotations
 
+import math
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -241,3 +244,33 @@ class Manifest:
     def export(self) -> Path:
         """Write ``manifest.parquet`` beside the database for DuckDB/dbt readers."""
         return write_atomic(self.to_arrow(), self.dir / MANIFEST_PARQUET)
+
+
+# How long a pending_keeper trusts the finished set it read (a retention pass asks per file).
+KEEPER_REFRESH_S = 2.0
+
+
+def pending_keeper(paths: AegisPaths, refresh_s: float = KEEPER_REFRESH_S) -> Callable[[Path], bool]:
+    """A landing retention ``keep`` predicate: true for a landed batch the ingest has not finished.
+
+    Built on :meth:`Manifest.done_sources`, re-read at most every ``refresh_s``
+    seconds: a stale set only lacks batches finished since, which are then kept
+    one pass longer, never deleted early. A path outside the landing area is
+    kept (retention must not delete what it cannot account for).
+    """
+    landing = paths.landing_telemetry
+    manifest = Manifest(paths)
+    cache: dict[str, Any] = {"at": -math.inf, "done": frozenset()}
+
+    def keep(path: Path) -> bool:
+        try:
+            rel = Path(path).relative_to(landing).as_posix()
+        except ValueError:
+            return True
+        now = time.monotonic()
+        if now - cache["at"] > refresh_s:
+            cache["done"] = frozenset(manifest.done_sources())
+            cache["at"] = now
+        return rel not in cache["done"]
+
+    return keep

@@ -26,6 +26,15 @@ Three layers, each answering a different question:
    timestamp sanity.  The result names, for every rejected row, the first rule it
    broke as a short code (for counting) and a sentence (for people).
 
+   "In the future" means later than the ingest clock plus ``future_skew``, and
+   which clock depends on who stamps ``ts`` (:func:`ingest_clock`): the bundled
+   world stamps accelerated GAME time (60x under ``aegis up``, from 2026-01-02), so
+   when it lands its clock beside the batches (``landing/telemetry/_world_clock.json``:
+   its newest landed game time plus one tick) that clock is the bound; otherwise
+   (a studio backend in production stamps real time) the wall clock is.  Judging
+   game time by the wall clock would quarantine every event once game time
+   passed the machine's clock.
+
 Everything is pyarrow.compute over whole columns; messages are built only for the
 rejected rows, so a clean batch pays for the masks and nothing else.  The
 low-cardinality string columns (:data:`DICTIONARY_COLUMNS`) are read as
@@ -58,10 +67,13 @@ from aegis.telemetry import (
     SESSION_END_CAUSES,
     VALUE_RANGES,
     WORLD_EPOCH,
+    read_world_clock,
 )
 
 # How far ahead of the ingest clock an event may claim to be (shard clock skew).
 DEFAULT_FUTURE_SKEW = timedelta(minutes=5)
+WALL_CLOCK = "the wall clock"
+WORLD_CLOCK = "the world's landed game clock"
 # Strings accepted as numbers when a producer wrote a numeric column as text.
 INT_PATTERN = r"^\s*[+-]?\d{1,18}\s*$"
 FLOAT_PATTERN = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
@@ -71,6 +83,21 @@ REQUIRED_ALWAYS: tuple[str, ...] = tuple(dict.fromkeys((*STRUCTURAL_COLUMNS, *CO
 STRING_TYPES = (pa.string(), pa.large_string())
 # String columns with a handful of distinct values: read (and kept to bronze) dictionary-encoded.
 DICTIONARY_COLUMNS: tuple[str, ...] = ("region", "shard_id", "kind", "cause", "currency")
+
+
+def ingest_clock(landing_root: Path, now: datetime | None = None) -> tuple[datetime, str]:
+    """The instant no event may be later than (before the skew allowance), and which clock it is.
+
+    An explicit ``now`` wins (tests, re-judging at a chosen time); else the
+    world clock landed beside the batches (game time plus one tick); else the
+    wall clock.  A damaged world clock file raises ``ValueError`` saying so.
+    """
+    if now is not None:
+        return now.astimezone(UTC), "the given clock"
+    clock = read_world_clock(landing_root)
+    if clock is not None:
+        return clock.bound, WORLD_CLOCK
+    return datetime.now(UTC), WALL_CLOCK
 
 
 class UnreadableBatch(Exception):
@@ -375,7 +402,9 @@ def _byte_lengths(col: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
-def _checks(table: pa.Table, now: datetime, future_skew: timedelta) -> list[Check]:
+def _checks(
+    table: pa.Table, now: datetime, future_skew: timedelta, clock_name: str = WALL_CLOCK
+) -> list[Check]:
     """Every rule of schema v1 that some row breaks, in the order a person wants them.
 
     Each rule first asks a whole-column question that is cheap (null counts,
@@ -573,8 +602,9 @@ def _checks(table: pa.Table, now: datetime, future_skew: timedelta) -> list[Chec
                 lambda idx: pc.binary_join_element_wise(
                     "ts ",
                     _as_text(ts.take(idx)),
-                    f" is in the future (later than the ingest clock {latest.isoformat(timespec='seconds')}, "
-                    f"skew allowance {int(future_skew.total_seconds())} s included)",
+                    f" is in the future (later than {latest.isoformat(timespec='seconds')}: {clock_name} "
+                    f"{now.astimezone(UTC).isoformat(timespec='seconds')} plus the skew allowance of "
+                    f"{int(future_skew.total_seconds())} s)",
                     "",
                 ),
             )
@@ -601,14 +631,19 @@ def validate(
     conformed: Conformed,
     now: datetime | None = None,
     future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+    clock_name: str = WALL_CLOCK,
 ) -> Verdicts:
-    """Judge every row of a conformed batch; the first rule a row breaks is its reason."""
+    """Judge every row of a conformed batch; the first rule a row breaks is its reason.
+
+    ``now`` bounds ``ts`` (plus ``future_skew``); ``clock_name`` says which clock it
+    is in the reasons (see :func:`ingest_clock`).
+    """
     table = conformed.table
     n = table.num_rows
     if n == 0:
         empty_s = pa.array([], pa.string())
         return Verdicts(pa.array([], pa.bool_()), pa.array([], pa.int64()), empty_s, empty_s)
-    checks = [*conformed.checks, *_checks(table, now or datetime.now(UTC), future_skew)]
+    checks = [*conformed.checks, *_checks(table, now or datetime.now(UTC), future_skew, clock_name)]
     if not checks:
         empty_s = pa.array([], pa.string())
         return Verdicts(pa.array(np.ones(n, dtype=bool)), pa.array([], pa.int64()), empty_s, empty_s)
@@ -640,6 +675,7 @@ def validate_many(
     batches: Sequence[Conformed],
     now: datetime | None = None,
     future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+    clock_name: str = WALL_CLOCK,
 ) -> list[Verdicts]:
     """:func:`validate` for many batches at once, with exactly the verdicts each would get alone.
 
@@ -654,11 +690,11 @@ def validate_many(
 
     def flush() -> None:
         if len(run) == 1:
-            out.append(validate(run[0], clock, future_skew))
+            out.append(validate(run[0], clock, future_skew, clock_name))
         elif run:
             table = pa.concat_tables([c.table for c in run])
             joined = Conformed(table=table, original=table)  # validate reads only the table
-            verdicts = validate(joined, clock, future_skew)
+            verdicts = validate(joined, clock, future_skew, clock_name)
             offset = 0
             for c in run:
                 out.append(verdicts.slice(offset, c.table.num_rows))
@@ -668,7 +704,7 @@ def validate_many(
     for conformed in batches:
         if conformed.checks:  # conversion masks belong to one batch: judge it alone
             flush()
-            out.append(validate(conformed, clock, future_skew))
+            out.append(validate(conformed, clock, future_skew, clock_name))
             continue
         if run and conformed.table.schema != run[0].table.schema:
             flush()

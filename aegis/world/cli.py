@@ -18,6 +18,9 @@ from aegis.config import WORLD_PORT, paths
 HOST = "127.0.0.1"
 DEFAULT_OPENAPI_PATH = Path("docs/openapi.json")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The live server's landing retention in game hours (aegis.world.service.DEFAULT_RETENTION_HOURS,
+# repeated here so --help needs no heavy import; a test keeps the two equal).
+SERVE_RETENTION_HOURS = 24 * 7
 
 
 @click.group()
@@ -51,6 +54,18 @@ def world() -> None:
 )
 @click.option("--no-explore", is_flag=True, help="Do not vary control shards' parameters over time.")
 @click.option(
+    "--retention-hours",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=SERVE_RETENTION_HOURS,
+    show_default=True,
+    help="Delete landed telemetry batches this many GAME hours older than a shard's newest "
+    "(at --speed 60, 168 game h is under 3 wall h); batches the lake has not ingested yet are kept "
+    "regardless.",
+)
+@click.option(
+    "--keep-all", is_flag=True, help="No retention: keep every landed batch (disk grows without bound)."
+)
+@click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
 def serve(
@@ -60,12 +75,16 @@ def serve(
     players_per_shard: int,
     shards_per_region: int,
     no_explore: bool,
+    retention_hours: float,
+    keep_all: bool,
     log_level: str,
 ) -> None:
     """Run the world server in the foreground until Ctrl-C or SIGTERM.
 
     The world lives in AEGIS_HOME/world/world.db: a restart continues where the
     last run stopped (seed and sizes then come from the stored world).
+    Landed telemetry older than --retention-hours of game time is deleted once
+    the lake has ingested it (never before); --keep-all keeps everything.
     """
     import uvicorn
 
@@ -81,6 +100,7 @@ def serve(
         players_per_shard=players_per_shard,
         shards_per_region=shards_per_region,
         explore=not no_explore,
+        retention_hours=None if keep_all else retention_hours,
     )
     try:
         service = WorldService(p, options)
@@ -141,12 +161,29 @@ def serve(
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--players-per-shard", type=click.IntRange(min=1), default=5000, show_default=True)
 @click.option("--no-explore", is_flag=True, help="Keep every shard's parameters fixed.")
+@click.option(
+    "--retention-hours",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Delete landed batches this many game hours older than a shard's newest, except those "
+    "the lake has not ingested yet. Default: keep everything the run lands.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def run(
-    hours: float, seed: int, players_per_shard: int, no_explore: bool, no_progress: bool, as_json: bool
+    hours: float,
+    seed: int,
+    players_per_shard: int,
+    no_explore: bool,
+    retention_hours: float | None,
+    no_progress: bool,
+    as_json: bool,
 ) -> None:
-    """Simulate HOURS of game time as fast as possible and land the telemetry in the lake."""
+    """Simulate HOURS of game time as fast as possible and land the telemetry in the lake.
+
+    Everything the run lands is kept unless --retention-hours is given, so a long
+    run followed by an ingest loses nothing.
+    """
     from aegis.world.runner import run_world
 
     p = paths().ensure()
@@ -157,6 +194,7 @@ def run(
         players_per_shard=players_per_shard,
         explore=not no_explore,
         progress=not no_progress,
+        retention_hours=retention_hours,
     )
     data = summary.model_dump(mode="json") if hasattr(summary, "model_dump") else _dataclass_dict(summary)
     if as_json:

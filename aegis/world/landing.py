@@ -7,15 +7,22 @@ a partial file. The batch id starts with the window's start time, so files sort
 by game time, and ends in random hex, so a restarted writer never overwrites a
 batch that was landed before.
 
-Retention: after each landing, a shard's ``date=/hour=/shard=<id>`` partitions
-whose hour is more than ``retention_hours`` older than that shard's newest
-landed hour are deleted (``None`` keeps everything), and hour/date directories
-left empty go too. A writer only deletes partitions of the shards it lands
-itself, so several writers (the runner's worker processes, the live server) can
-share one lake without deleting each other's batches. Disk use is therefore
-bounded by ``retention_hours`` of telemetry whatever the run length; the
-downstream ingest must read a batch within that time (the default, one week of
-game time, is far beyond the bronze schedule).
+Retention: after each landing, a shard's batches in ``date=/hour=/shard=<id>``
+partitions whose hour is more than ``retention_hours`` older than that shard's
+newest landed hour are deleted (``None``, the default, keeps everything), and
+directories left empty go too. A writer only deletes partitions of the shards it
+lands itself, so several writers (the runner's worker processes, the live
+server) can share one lake without deleting each other's batches. Retention is
+counted in game hours, which pass 60x faster than wall hours under ``aegis up``,
+so it must never outrun the ingest: given a ``keep`` predicate (the live server
+passes :func:`aegis.lake.manifest.pending_keeper`, true for batches the lake's
+manifest has not finished), a batch still pending ingestion is kept past the
+retention and deleted by a later pass once ingested; how many were kept is logged.
+
+World clock: before each batch window lands, the writer moves
+``landing/telemetry/_world_clock.json`` (:func:`aegis.telemetry.advance_world_clock`)
+to the window's end plus its tick length, so the bronze validator judges "in the
+future" against game time, not the wall clock (the game clock runs 60x faster).
 
 Speed: :meth:`LandingWriter.add_step` steps a shard straight into the window's
 :class:`~aegis.world.sim_events.EventBuffer` (one table per window instead of
@@ -39,11 +46,12 @@ amounts), null required fields, or future timestamps (the last three corrupt
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -57,6 +65,7 @@ from aegis.telemetry import (
     KINDS,
     SCHEMA_V1,
     WORLD_EPOCH,
+    advance_world_clock,
     config_columns,
     config_landing_path,
     config_schema,
@@ -67,6 +76,7 @@ from aegis.world.sim import ShardSim, from_us
 from aegis.world.sim_events import EventBuffer
 from aegis.world.sim_tick import ShardGroup
 
+# The live server's default retention (game hours); a bounded run keeps everything by default.
 DEFAULT_RETENTION_HOURS = 24 * 7
 DEFAULT_BATCH_MINUTES = 5.0
 CORRUPT_MODES: tuple[str, ...] = ("truncated", "bad_values", "null_required", "future_ts")
@@ -95,6 +105,8 @@ DICTIONARY_COLUMNS: tuple[str, ...] = (
 # Column statistics (min/max) where readers prune row groups: time, player, kind, version.
 STATISTICS_COLUMNS: tuple[str, ...] = ("ts", "player_id", "kind", "config_version")
 
+log = logging.getLogger(__name__)
+
 
 def parquet_options(compression: str) -> dict[str, object]:
     """``pyarrow.parquet.write_table`` options of a landed batch."""
@@ -109,16 +121,10 @@ def parquet_options(compression: str) -> dict[str, object]:
 
 
 def write_batch_atomic(table: pa.Table, path: Path, compression: str = "zstd") -> Path:
-    """Write a landed batch like :func:`aegis.telemetry.write_atomic` (temp name + rename), tuned options."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp, **parquet_options(compression))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write a landed batch with :func:`aegis.telemetry.write_atomic` and :func:`parquet_options`."""
+    options = parquet_options(compression)
+    del options["compression"]
+    return write_atomic(table, path, compression, **options)
 
 
 def corrupt_mode(magnitude: float) -> str:
@@ -134,6 +140,9 @@ class LandingStats:
     config_files: int = 0
     corrupt_batches: int = 0
     deleted_files: int = 0
+    kept_files: int = (
+        0  # batches now kept past the retention (pending ingestion), as of each shard's last pass
+    )
     kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -156,10 +165,18 @@ class LandingWriter:
     def __init__(
         self,
         landing_root: Path,
-        retention_hours: float | None = DEFAULT_RETENTION_HOURS,
+        retention_hours: float | None = None,
         batch_minutes: float = DEFAULT_BATCH_MINUTES,
         compression: str = "zstd",
+        *,
+        keep: Callable[[Path], bool] | None = None,
+        tick_minutes: float | None = None,
     ) -> None:
+        """``keep(path)`` true spares a landed batch from retention (one pending ingestion).
+
+        ``tick_minutes``: the world's tick length, for the landed world clock; the
+        stepping methods learn it, and until then one batch window stands in.
+        """
         if not batch_minutes > 0:
             raise ValueError(f"batch_minutes must be > 0, got {batch_minutes}")
         if retention_hours is not None and not retention_hours > 0:
@@ -168,6 +185,12 @@ class LandingWriter:
         self.retention_hours = retention_hours
         self.batch_minutes = float(batch_minutes)
         self.compression = compression
+        self.keep = keep
+        if tick_minutes is not None and not tick_minutes > 0:
+            raise ValueError(f"tick_minutes must be > 0 or None, got {tick_minutes}")
+        self.tick_minutes = tick_minutes
+        self._clock_window = -1  # the newest window whose end the landed world clock covers
+        self._kept: dict[str, int] = {}  # per shard: batches its last retention pass kept
         self.stats = LandingStats()
         self._pending: dict[str, _Pending] = {}
         self._config_versions: dict[str, int] = {}
@@ -208,6 +231,7 @@ class LandingWriter:
         Equivalent to ``add(shard, shard.step(minutes, now), now)`` (same events,
         same files) without building a table per tick. Returns the tick's event count.
         """
+        self._learn_tick(minutes)
         pend = self._open_window(shard, now)
         if pend.events is None:
             buf = self._buffers.pop(shard.shard_id, None)
@@ -221,6 +245,7 @@ class LandingWriter:
         events, same files: a shard's tick is the same in a group as alone),
         with one fused tick instead of one per shard. Returns the events per shard.
         """
+        self._learn_tick(minutes)
         buffers = []
         for shard in group.shards:
             pend = self._open_window(shard, now)
@@ -229,6 +254,24 @@ class LandingWriter:
                 pend.events = buf if buf is not None else EventBuffer(shard.shard_id, shard.region)
             buffers.append(pend.events)
         return group.step_into(minutes, now, buffers)
+
+    def _learn_tick(self, minutes: float) -> None:
+        if self.tick_minutes is None or minutes > self.tick_minutes:
+            self.tick_minutes = float(minutes)
+
+    def _advance_clock(self, window: int) -> None:
+        """Land the world clock up to the end of ``window`` before that window's batch lands.
+
+        Before, not after: an ingest that sees the batch then always sees a clock
+        covering it. The window's end (not the batch's newest ``ts``) so a
+        corrupt batch's future timestamps never move the clock.
+        """
+        if window <= self._clock_window:
+            return
+        end = WORLD_EPOCH + timedelta(minutes=(window + 1) * self.batch_minutes)
+        tick = self.tick_minutes if self.tick_minutes is not None else self.batch_minutes
+        advance_world_clock(self.landing_root, end, tick * 60.0)
+        self._clock_window = window
 
     def _open_window(self, shard: ShardSim, tick_start: datetime) -> _Pending:
         """The shard's pending window for a tick at ``tick_start`` (landing the previous one first)."""
@@ -288,6 +331,7 @@ class LandingWriter:
         table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
         batch_id = f"{start:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         path = landing_path(self.landing_root, start, shard_id, batch_id)
+        self._advance_clock(pend.window)
         if pend.corrupt is not None:
             self._land_corrupt(table, path, pend.corrupt)
         else:
@@ -344,16 +388,21 @@ class LandingWriter:
     @staticmethod
     def _write_bytes_atomic(data: bytes, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     # --------------------------------------------------------------- retention
     def _enforce_retention(self, shard_id: str) -> None:
-        """Delete ``shard_id``'s partitions older than the retention, then directories left empty."""
+        """Delete ``shard_id``'s batches older than the retention (except those ``keep`` spares), then empty directories."""
         newest = self._newest_hour.get(shard_id)
         if self.retention_hours is None or newest is None or not self.landing_root.is_dir():
             return
         cutoff = newest - self.retention_hours
+        kept = 0
         for date_dir in sorted(self.landing_root.glob("date=*")):
             try:
                 day = datetime.fromisoformat(date_dir.name.removeprefix("date=") + "T00:00:00+00:00")
@@ -371,10 +420,35 @@ class LandingWriter:
                     continue
                 shard_dir = hour_dir / f"shard={shard_id}"
                 if shard_dir.is_dir():
-                    self.stats.deleted_files += sum(1 for _ in shard_dir.glob("*.parquet"))
-                    shutil.rmtree(shard_dir, ignore_errors=True)
+                    kept += self._expire(shard_dir)
                 _remove_if_empty(hour_dir)
             _remove_if_empty(date_dir)
+        self._kept[shard_id] = kept
+        self.stats.kept_files = sum(self._kept.values())
+        if kept:
+            log.warning(
+                "retention (%g game h): kept %d batch(es) of shard %s past the retention: not yet ingested",
+                self.retention_hours,
+                kept,
+                shard_id,
+            )
+
+    def _expire(self, shard_dir: Path) -> int:
+        """Delete an expired partition's batches, sparing those ``keep`` says to; return how many were kept."""
+        if self.keep is None:
+            self.stats.deleted_files += sum(1 for _ in shard_dir.glob("*.parquet"))
+            shutil.rmtree(shard_dir, ignore_errors=True)
+            return 0
+        kept = 0
+        for batch in sorted(shard_dir.glob("*.parquet")):
+            if self.keep(batch):
+                kept += 1
+                continue
+            batch.unlink(missing_ok=True)
+            self.stats.deleted_files += 1
+        if not kept:
+            shutil.rmtree(shard_dir, ignore_errors=True)  # with any temporary litter
+        return kept
 
     # ----------------------------------------------------------------- configs
     def record_config(

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from aegis.config import AegisPaths
 from aegis.world import exploration
 from aegis.world.exploration import DEFAULT_EXPLORE_EVERY_HOURS, exploration_epoch
-from aegis.world.landing import DEFAULT_BATCH_MINUTES, DEFAULT_RETENTION_HOURS, LandingStats, LandingWriter
+from aegis.world.landing import DEFAULT_BATCH_MINUTES, LandingStats, LandingWriter
 from aegis.world.sim import DEFAULT_PLAYERS_PER_SHARD, ShardSim, World
 from aegis.world.sim_tick import ShardGroup
 
@@ -57,6 +57,7 @@ class RunSummary(BaseModel):
     config_files: int
     corrupt_batches: int
     deleted_files: int
+    kept_files: int = Field(default=0, description="Batches kept past the retention: not yet ingested")
     seconds: float
     events_per_second: float
     player_steps_per_second: float
@@ -82,6 +83,7 @@ class _Plan:
     frozen: tuple[str, ...]
     retention_hours: float | None
     batch_minutes: float
+    home: str | None = None  # AEGIS_HOME: its lake's manifest says which batches retention must keep
 
 
 def _simulate(
@@ -91,8 +93,17 @@ def _simulate(
 
     ``group``: the shards' fused group if the caller has one (a world's), else one is made.
     """
+    keep = None
+    if plan.retention_hours is not None and plan.home is not None:
+        from aegis.lake.manifest import pending_keeper
+
+        keep = pending_keeper(AegisPaths(Path(plan.home)))
     writer = LandingWriter(
-        Path(plan.landing_root), retention_hours=plan.retention_hours, batch_minutes=plan.batch_minutes
+        Path(plan.landing_root),
+        retention_hours=plan.retention_hours,
+        batch_minutes=plan.batch_minutes,
+        keep=keep,
+        tick_minutes=plan.tick_minutes,
     )
     for shard in shards:
         writer.record_config(shard)
@@ -143,7 +154,15 @@ def _split(shards: list[ShardSim], workers: int) -> list[list[ShardSim]]:
 
 
 def _merge(total: LandingStats, part: dict[str, Any]) -> None:
-    for name in ("events", "files", "bytes", "config_files", "corrupt_batches", "deleted_files"):
+    for name in (
+        "events",
+        "files",
+        "bytes",
+        "config_files",
+        "corrupt_batches",
+        "deleted_files",
+        "kept_files",
+    ):
         setattr(total, name, getattr(total, name) + int(part[name]))
     for kind, n in part["kinds"].items():
         total.kinds[kind] = total.kinds.get(kind, 0) + int(n)
@@ -216,7 +235,7 @@ def run_world(
     *,
     explore_every_hours: float = DEFAULT_EXPLORE_EVERY_HOURS,
     no_explore_shards: Iterable[str] = (),
-    retention_hours: float | None = DEFAULT_RETENTION_HOURS,
+    retention_hours: float | None = None,
     batch_minutes: float = DEFAULT_BATCH_MINUTES,
     workers: int | None = None,
 ) -> RunSummary:
@@ -227,9 +246,15 @@ def run_world(
     ``workers``: processes stepping shards (at most one per shard); ``None``
     picks ``os.cpu_count()`` for runs of at least AUTO_PARALLEL_MIN_PLAYER_STEPS
     player-steps and 1 below. The result does not depend on it.
+    ``retention_hours``: ``None`` (the default) keeps every batch the run lands (a
+    bounded run keeps what it simulated); a number deletes batches that many game
+    hours older than a shard's newest, except those the lake's manifest says are
+    still pending ingestion (:func:`aegis.lake.manifest.pending_keeper`).
     """
     if not (hours > 0 and math.isfinite(hours)):
         raise ValueError(f"hours must be a positive number, got {hours}")
+    if retention_hours is not None and not (retention_hours > 0 and math.isfinite(retention_hours)):
+        raise ValueError(f"retention_hours must be a positive number or None, got {retention_hours}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     w = world if world is not None else World(seed=seed, players_per_shard=players_per_shard)
@@ -247,6 +272,7 @@ def run_world(
     workers = min(workers, len(w.shards))
     plan = _Plan(
         landing_root=str(paths.landing_telemetry),
+        home=str(paths.home),
         ticks=ticks,
         tick_minutes=w.tick_minutes,
         start=w.game_time.isoformat(),
@@ -289,6 +315,7 @@ def run_world(
         config_files=st.config_files,
         corrupt_batches=st.corrupt_batches,
         deleted_files=st.deleted_files,
+        kept_files=st.kept_files,
         seconds=seconds,
         events_per_second=st.events / seconds if seconds > 0 else 0.0,
         player_steps_per_second=slots * ticks / seconds if seconds > 0 else 0.0,

@@ -54,6 +54,9 @@ DEFAULT_SPEED = 60.0
 DEFAULT_SEED = 7
 DEFAULT_PLAYERS_PER_SHARD = 5000
 EXPLORE_EVERY_HOURS = 6.0
+# Landing retention of the live server, in game hours (aegis.world.landing.DEFAULT_RETENTION_HOURS:
+# a week of game time, under 3 wall hours at speed 60); batches not yet ingested are kept past it.
+DEFAULT_RETENTION_HOURS = 24 * 7
 # When the simulation falls behind its target speed by more than this many ticks it
 # stops trying to catch up (the backlog is dropped, game time simply runs slower).
 MAX_CATCHUP_TICKS = 10
@@ -135,6 +138,7 @@ class ServiceOptions:
     explore: bool = True
     explore_every_hours: float = EXPLORE_EVERY_HOURS
     land_telemetry: bool = True
+    retention_hours: float | None = DEFAULT_RETENTION_HOURS  # None keeps every landed batch
 
     def __post_init__(self) -> None:
         if not (self.speed >= 0 and math.isfinite(self.speed)):
@@ -147,6 +151,10 @@ class ServiceOptions:
             raise ValueError(f"shards_per_region must be >= 1, got {self.shards_per_region}")
         if self.explore_every_hours <= 0:
             raise ValueError(f"explore_every_hours must be > 0, got {self.explore_every_hours}")
+        if self.retention_hours is not None and not (
+            self.retention_hours > 0 and math.isfinite(self.retention_hours)
+        ):
+            raise ValueError(f"retention_hours must be a positive number or None, got {self.retention_hours}")
 
 
 def _ipc_bytes(table: pa.Table) -> bytes:
@@ -200,11 +208,18 @@ class WorldService:
     # ------------------------------------------------------------ lifecycle
 
     def _open_world(self) -> None:
+        from aegis.lake.manifest import pending_keeper
         from aegis.world.exploration import exploration_epoch
         from aegis.world.landing import LandingWriter
         from aegis.world.sim import World
 
-        self.landing = LandingWriter(self.paths.landing_telemetry) if self.options.land_telemetry else None
+        self.landing = None
+        if self.options.land_telemetry:
+            # Retention spares batches the lake's manifest has not finished ingesting.
+            keep = pending_keeper(self.paths) if self.options.retention_hours is not None else None
+            self.landing = LandingWriter(
+                self.paths.landing_telemetry, retention_hours=self.options.retention_hours, keep=keep
+            )
         stored = self.store.load_world()
         if stored is None:
             self.world = World(
@@ -213,6 +228,8 @@ class WorldService:
                 shards_per_region=self.options.shards_per_region,
             )
             self.tick = 0
+            if self.landing is not None:
+                self.landing.tick_minutes = self.world.tick_minutes  # the landed world clock's margin
             self._roles = {sid: ShardRole.CONTROL for sid in self.world.shards}
             self._epochs = {
                 sid: exploration_epoch(self.world.game_time, sid, self.options.explore_every_hours)
@@ -248,6 +265,8 @@ class WorldService:
             extra = state.pop(SERVICE_STATE_KEY, {})
             state["shards"] = {sid: s.state for sid, s in stored.shards.items()}
             self.world = World.from_state_dict(state)
+            if self.landing is not None:
+                self.landing.tick_minutes = self.world.tick_minutes  # before the replay lands anything
             self.tick = stored.tick
             self._epochs = {str(k): int(v) for k, v in extra.get("explore_epochs", {}).items()}
             self._roles = {sid: ShardRole(s.role) for sid, s in stored.shards.items()}

@@ -72,3 +72,28 @@ def test_openapi_check_flags_a_stale_file(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "out of date" in result.output
     assert runner.invoke(world, ["openapi", "--out", str(stale)]).exit_code == 0
     assert runner.invoke(world, ["openapi", "--out", str(stale), "--check"]).exit_code == 0
+
+
+def test_retention_options_reach_the_runner_and_the_server(monkeypatch, aegis_home: AegisPaths) -> None:
+    import aegis.world.runner as runner
+    from aegis.world import cli as world_cli
+    from aegis.world.landing import DEFAULT_RETENTION_HOURS
+    from aegis.world.service import DEFAULT_RETENTION_HOURS as SERVICE_DEFAULT
+
+    assert world_cli.SERVE_RETENTION_HOURS == SERVICE_DEFAULT == DEFAULT_RETENTION_HOURS
+    seen: list[object] = []
+
+    def fake_run_world(paths, hours, **kwargs):
+        seen.append(kwargs["retention_hours"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "run_world", fake_run_world)
+    cli = CliRunner()
+    assert cli.invoke(world, ["run", "--hours", "200", "--no-progress"]).exit_code == 0
+    assert cli.invoke(world, ["run", "--hours", "2", "--retention-hours", "24"]).exit_code == 0
+    assert seen == [None, 24.0]  # a bounded run keeps what it simulated unless told otherwise
+    bad = cli.invoke(world, ["run", "--hours", "2", "--retention-hours", "0"])
+    assert bad.exit_code == 2 and "--retention-hours" in bad.output
+    serve_help = cli.invoke(world, ["serve", "--help"]).output
+    assert "--retention-hours" in serve_help and "default: 168" in serve_help
+    assert "--keep-all" in serve_help

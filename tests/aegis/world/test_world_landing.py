@@ -222,3 +222,95 @@ def test_add_group_step_lands_what_add_step_lands(tmp_path):
         )
 
     assert rows(tmp_path / "b" / "telemetry").equals(rows(tmp_path / "a" / "telemetry"))
+
+
+# ------------------------------------------------------- review fixes (lake-fixes)
+
+
+def test_writer_lands_its_game_clock_ahead_of_each_window(tmp_path):
+    from aegis.telemetry import read_world_clock
+
+    root = tmp_path / "telemetry"
+    world = World(players_per_shard=60, shards_per_region=1, tick_minutes=5)
+    world.shards["eu-west-1"].inject(
+        Fault(kind=FaultKind.CORRUPT_TELEMETRY, shard_id="eu-west-1", magnitude=4), world.game_time
+    )
+    writer = LandingWriter(root, batch_minutes=15, tick_minutes=5)
+    land(writer, world, 12)  # one game hour
+    writer.flush()
+    clock = read_world_clock(root)
+    assert clock is not None and clock.tick_seconds == 300.0
+    # The end of the newest window: the future-ts corrupt batch did not move it.
+    assert clock.game_time == world.game_time
+    newest = max(pc.max(pq.read_table(f)["ts"]).as_py() for f in root.rglob("shard=us-*/*.parquet"))
+    assert newest < clock.bound
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_retention_keeps_batches_the_keep_predicate_spares(tmp_path, caplog):
+    root = tmp_path / "telemetry"
+    world = World(players_per_shard=40, shards_per_region=1, tick_minutes=5)
+    spared = []
+
+    def keep(path):
+        keep_it = path.parent.name == "shard=eu-west-1"
+        if keep_it:
+            spared.append(path)
+        return keep_it
+
+    writer = LandingWriter(root, retention_hours=1, batch_minutes=30, keep=keep)
+    with caplog.at_level("WARNING", logger="aegis.world.landing"):
+        land(writer, world, 5 * 12)
+        writer.flush()
+    eu = list(root.rglob("shard=eu-west-1/*.parquet"))
+    assert len(eu) == 10  # every eu batch of the five hours is still there
+    assert spared and writer.stats.deleted_files > 0
+    assert writer.stats.kept_files == 6  # three expired hours x two windows, as of the last pass
+    assert len(list(root.rglob("shard=us-east-1/*.parquet"))) <= 4
+    assert any("kept 6 batch(es) of shard eu-west-1" in r.getMessage() for r in caplog.records)
+
+
+def test_batch_writer_uses_the_shared_atomic_writer(tmp_path, monkeypatch):
+    import aegis.world.landing as landing_mod
+    from aegis.world.landing import DICTIONARY_COLUMNS, write_batch_atomic
+
+    calls = []
+    real = landing_mod.write_atomic
+
+    def recording(table, path, compression="zstd", **options):
+        calls.append({"compression": compression, **options})
+        return real(table, path, compression, **options)
+
+    monkeypatch.setattr(landing_mod, "write_atomic", recording)
+    world = World(players_per_shard=40, shards_per_region=1)
+    table = world.step()["eu-west-1"]
+    path = write_batch_atomic(table, tmp_path / "b" / "x.parquet")
+    assert calls == [landing_mod.parquet_options("zstd")]
+    assert calls[0]["use_dictionary"] == list(DICTIONARY_COLUMNS) and calls[0]["compression_level"] == 1
+    assert pq.read_table(path).equals(table)
+    with pytest.raises((ValueError, pa.ArrowException)):
+        write_batch_atomic(table, tmp_path / "b" / "y.parquet", compression="no-such-codec")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["x.parquet"]
+
+
+def test_world_service_retention_spares_batches_pending_ingestion(aegis_home):
+    from aegis.world.landing import DEFAULT_RETENTION_HOURS
+    from aegis.world.service import ServiceOptions, WorldService
+
+    service = WorldService(aegis_home, ServiceOptions(speed=0, players_per_shard=20, shards_per_region=1))
+    try:
+        assert service.landing is not None
+        assert service.landing.retention_hours == DEFAULT_RETENTION_HOURS
+        assert service.landing.tick_minutes == service.world.tick_minutes
+        batch = aegis_home.landing_telemetry / "date=2026-01-02" / "hour=00" / "shard=x" / "b.parquet"
+        assert service.landing.keep is not None and service.landing.keep(batch)  # never ingested
+    finally:
+        service.stop()
+    kept_all = WorldService(aegis_home, ServiceOptions(speed=0, retention_hours=None))
+    try:
+        assert kept_all.landing is not None
+        assert kept_all.landing.retention_hours is None and kept_all.landing.keep is None
+    finally:
+        kept_all.stop()
+    with pytest.raises(ValueError, match="retention_hours"):
+        ServiceOptions(retention_hours=0)

@@ -165,3 +165,25 @@ def test_shard_groups_simulate_independently(tmp_path):
     for sid, shard in whole.shards.items():
         assert shard.integrity() == parts.shards[sid].integrity()
         assert shard.config_version == parts.shards[sid].config_version
+
+
+def test_run_world_keeps_everything_by_default_and_never_deletes_pending_batches(aegis_home):
+    from datetime import UTC, datetime
+
+    from aegis.lake.bronze import ingest_batches
+
+    root = aegis_home.landing_telemetry
+    w = World(seed=2, players_per_shard=30, shards_per_region=1, tick_minutes=5)
+    kept = run_world(aegis_home, hours=3, world=w, explore=False, batch_minutes=30)
+    assert kept.deleted_files == 0 and len(list(root.rglob("*.parquet"))) == kept.files == 3 * 6
+    # With a retention but nothing ingested yet: every batch is still pending, so kept.
+    pending = run_world(aegis_home, hours=1, world=w, explore=False, batch_minutes=30, retention_hours=1)
+    assert pending.deleted_files == 0 and pending.kept_files > 0
+    assert len(list(root.rglob("*.parquet"))) == 4 * 6
+    ingest_batches(aegis_home, now=datetime(2030, 1, 1, tzinfo=UTC))
+    after = run_world(aegis_home, hours=1, world=w, explore=False, batch_minutes=30, retention_hours=1)
+    assert after.deleted_files > 0 and after.kept_files == 0
+    hours = {p.parent.parent.name for p in root.rglob("*.parquet")}
+    assert len(hours) <= 2
+    with pytest.raises(ValueError, match="retention_hours"):
+        run_world(aegis_home, hours=1, world=w, retention_hours=-1)
