@@ -10,6 +10,15 @@ that downstream stages (proposals, canary) will load must exist, load from
 ``models:/aegis-world-model@champion``, and still beat persistence with honest
 intervals on today's held-out data. When it fails, downstream assets in the
 same run do not materialize.
+
+Import cost: the code location imports this module in every run subprocess and
+code server, and only evaluation runs need torch and mlflow (about 2 s), so
+``aegis.worldmodel.metrics`` / ``pipeline`` are imported inside the asset and
+check bodies. Thresholds come from :mod:`aegis.worldmodel.settings` (standard
+library); :class:`WorldModelDataset`, the input type Dagster resolves at
+definition time, from :mod:`aegis.worldmodel.dataset` (numpy, pandas). No
+``from __future__ import annotations``: Dagster reads the config class and
+input types from the evaluated annotations.
 """
 
 from typing import Any
@@ -17,9 +26,7 @@ from typing import Any
 import dagster as dg
 
 from aegis.worldmodel.dataset import WorldModelDataset
-from aegis.worldmodel.metrics import COVERAGE_BAND, DEFAULT_BASELINE_MARGIN, DEFAULT_MARGIN, report
-from aegis.worldmodel.pipeline import EvaluationError, baseline_reports, evaluate_challenger
-from aegis.worldmodel.registry import CHAMPION
+from aegis.worldmodel.settings import CHAMPION, COVERAGE_BAND, DEFAULT_BASELINE_MARGIN, DEFAULT_MARGIN
 from pipelines.resources.mlflow import MlflowResource
 
 GROUP = "evaluation"
@@ -42,6 +49,9 @@ def model_evaluation(
     training_dataset: WorldModelDataset,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
+    # torch and mlflow: imported here, not at module top (see the module docstring)
+    from aegis.worldmodel.pipeline import EvaluationError, evaluate_challenger
+
     registry = mlflow.registry()
     try:
         outcome = evaluate_challenger(registry, training_dataset, config.margin, config.baseline_margin)
@@ -79,6 +89,10 @@ def model_evaluation(
     description="The champion exists, loads from the registry, beats persistence and has honest intervals.",
 )
 def champion_is_sound(training_dataset: WorldModelDataset, mlflow: MlflowResource) -> dg.AssetCheckResult:
+    # torch and mlflow: imported here, not at module top (see the module docstring)
+    from aegis.worldmodel.metrics import report
+    from aegis.worldmodel.pipeline import baseline_reports
+
     registry = mlflow.registry()
     try:
         loaded = registry.load(CHAMPION)

@@ -15,6 +15,15 @@ judged in the run that made it):
   so a model keeps up with slow drift even when telemetry trickles.
 
 Both are RUNNING by default.
+
+Import cost: every Dagster run subprocess and code server imports this module
+to build the definitions, and most of them never train. So torch and mlflow
+(``aegis.worldmodel.pipeline`` / ``train``: about 2 s) are imported inside the
+``world_model`` body. What Dagster resolves at definition time stays cheap:
+names and defaults from :mod:`aegis.worldmodel.settings` (standard library) and
+:class:`WorldModelDataset`, the I/O type, from :mod:`aegis.worldmodel.dataset`
+(numpy, pandas). No ``from __future__ import annotations`` here: Dagster reads
+the config classes and I/O types from the evaluated annotations.
 """
 
 import os
@@ -24,42 +33,57 @@ import dagster as dg
 
 from aegis.config import paths
 from aegis.worldmodel.dataset import (
-    KPI_TABLE,
     DatasetError,
     SplitConfig,
     WorldModelDataset,
     build_dataset,
     read_warehouse,
 )
-from aegis.worldmodel.pipeline import log_to_registry, train_with_baselines
-from aegis.worldmodel.train import EpochLog, TrainConfig
+from aegis.worldmodel.settings import (
+    DEFAULT_DEVICE,
+    DEFAULT_EPOCHS,
+    DEFAULT_HIDDEN,
+    DEFAULT_LR,
+    DEFAULT_MEMBERS,
+    DEFAULT_PATIENCE,
+    DEFAULT_RETRAIN_NEW_ROWS,
+    DEFAULT_SEED,
+    DEFAULT_TEST_SHARD_FRACTION,
+    DEFAULT_TEST_TIME_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    DEFAULT_WINDOW,
+    KPI_TABLE,
+    RETRAIN_NEW_ROWS_ENV,
+)
 from pipelines.resources.mlflow import MlflowResource
 
 GROUP = "training"
 KPI_KEY = dg.AssetKey(KPI_TABLE)
 JOB_NAME = "world_model_training_job"
 DAILY_CRON = "0 4 * * *"
-RETRAIN_NEW_ROWS = int(os.environ.get("AEGIS_RETRAIN_NEW_ROWS", "2000"))
+RETRAIN_NEW_ROWS = int(os.environ.get(RETRAIN_NEW_ROWS_ENV, str(DEFAULT_RETRAIN_NEW_ROWS)))
 SENSOR_INTERVAL_S = 300
+# The asset trains with larger batches than the library default (DEFAULT_BATCH).
+ASSET_BATCH_SIZE = 128
 
 
 class TrainingDatasetConfig(dg.Config):
-    window: int = 12
-    seed: int = 0
-    test_shard_fraction: float = 0.25
-    test_time_fraction: float = 0.2
-    val_fraction: float = 0.15
+    window: int = DEFAULT_WINDOW
+    seed: int = DEFAULT_SEED
+    test_shard_fraction: float = DEFAULT_TEST_SHARD_FRACTION
+    test_time_fraction: float = DEFAULT_TEST_TIME_FRACTION
+    val_fraction: float = DEFAULT_VAL_FRACTION
 
 
 class WorldModelConfig(dg.Config):
-    epochs: int = 60
-    patience: int = 10
-    members: int = 5
-    hidden: int = 64
-    batch_size: int = 128
-    lr: float = 2e-3
-    seed: int = 0
-    device: str = "auto"
+    epochs: int = DEFAULT_EPOCHS
+    patience: int = DEFAULT_PATIENCE
+    members: int = DEFAULT_MEMBERS
+    hidden: int = DEFAULT_HIDDEN
+    batch_size: int = ASSET_BATCH_SIZE
+    lr: float = DEFAULT_LR
+    seed: int = DEFAULT_SEED
+    device: str = DEFAULT_DEVICE
 
 
 @dg.asset(
@@ -113,6 +137,10 @@ def world_model(
     training_dataset: WorldModelDataset,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
+    # torch and mlflow: imported here, not at module top (see the module docstring)
+    from aegis.worldmodel.pipeline import log_to_registry, train_with_baselines
+    from aegis.worldmodel.train import EpochLog, TrainConfig
+
     ds = training_dataset
     cfg = TrainConfig(
         epochs=config.epochs,

@@ -27,8 +27,14 @@ import pandas as pd
 
 from aegis.domain import PARAM_BOUNDS, WorldParams
 from aegis.telemetry import KPI_BUCKET_MINUTES, KPI_COLUMNS, KPI_KEY_COLUMNS, config_columns
+from aegis.worldmodel.settings import (
+    DEFAULT_TEST_SHARD_FRACTION,
+    DEFAULT_TEST_TIME_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    DEFAULT_WINDOW,
+    KPI_TABLE,
+)
 
-KPI_TABLE = "fct_shard_kpis"
 PARAM_COLUMNS: tuple[str, ...] = tuple(config_columns())
 INPUT_KPIS: tuple[str, ...] = KPI_COLUMNS
 # What the model predicts: the KPIs a tuning change is judged by (the list).
@@ -75,10 +81,6 @@ ADDITIVE_KPIS: tuple[str, ...] = (
     "churned",
 )
 N_TIME_FEATURES = 2  # hour of day as sin/cos: the world has a daily rhythm
-DEFAULT_WINDOW = 12  # one hour of 5-minute buckets
-DEFAULT_TEST_SHARD_FRACTION = 0.25
-DEFAULT_TEST_TIME_FRACTION = 0.2
-DEFAULT_VAL_FRACTION = 0.15
 MIN_TRAIN_WINDOWS = 64
 MIN_EVAL_WINDOWS = 8
 # Splits in canonical order (the content hash depends on it).

@@ -21,11 +21,7 @@ import numpy as np
 
 from aegis.worldmodel.dataset import TARGET_KPIS, Windows
 from aegis.worldmodel.model import Prediction
-
-EVAL_SPLITS: tuple[str, ...] = ("test_time", "test_shard")
-DEFAULT_MARGIN = 0.02  # a challenger must cut relative MAE by 2% to replace a champion
-DEFAULT_BASELINE_MARGIN = 0.05  # a first model must beat the baselines by 5%
-COVERAGE_BAND = (0.75, 0.98)  # outside it the intervals lie, whatever the MAE
+from aegis.worldmodel.settings import COVERAGE_BAND, DEFAULT_BASELINE_MARGIN, DEFAULT_MARGIN, EVAL_SPLITS
 
 
 class Predictor(Protocol):

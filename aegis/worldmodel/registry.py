@@ -29,11 +29,8 @@ from mlflow.tracking import _tracking_service as _tracking_pkg
 from aegis.worldmodel.dataset import WorldModelDataset
 from aegis.worldmodel.model import WorldModel
 from aegis.worldmodel.pyfunc import ARTIFACT_KEY, WorldModelPyfunc, predict_frame
+from aegis.worldmodel.settings import CHALLENGER, CHAMPION, EXPERIMENT, MODEL_NAME
 
-MODEL_NAME = "aegis-world-model"
-EXPERIMENT = "aegis-world-model"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 # Explicit requirements: inference would import and run the model in a subprocess on every log.
 _tracking_utils = _tracking_pkg.utils
 _registry_utils = _registry_pkg.utils

@@ -24,11 +24,17 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from aegis.worldmodel.dataset import TARGET_KPIS, Windows
 from aegis.worldmodel.model import MemberNet, ModelConfig, Normaliser, WorldModel
+from aegis.worldmodel.settings import (
+    DEFAULT_BATCH,
+    DEFAULT_DEVICE,
+    DEFAULT_EPOCHS,
+    DEFAULT_HIDDEN,
+    DEFAULT_LR,
+    DEFAULT_MEMBERS,
+    DEFAULT_PATIENCE,
+    DEFAULT_SEED,
+)
 
-DEFAULT_EPOCHS = 60
-DEFAULT_PATIENCE = 10
-DEFAULT_BATCH = 64
-DEFAULT_LR = 2e-3
 WEIGHT_DECAY = 1e-4
 BETA_NLL = 0.5  # beta-NLL (Seitzer et al. 2022): keeps the mean fit sharp under learned variances
 GRAD_CLIP = 5.0
@@ -40,11 +46,11 @@ class TrainConfig:
     patience: int = DEFAULT_PATIENCE
     batch_size: int = DEFAULT_BATCH
     lr: float = DEFAULT_LR
-    hidden: int = 64
+    hidden: int = DEFAULT_HIDDEN
     layers: int = 1
-    members: int = 5
-    seed: int = 0
-    device: str = "auto"
+    members: int = DEFAULT_MEMBERS
+    seed: int = DEFAULT_SEED
+    device: str = DEFAULT_DEVICE
     # Small GRUs train fastest single-threaded on CPU; more threads mostly contend (10x slower
     # on a loaded 2-core box). Results do not depend on it. None leaves torch's setting alone.
     cpu_threads: int | None = 1

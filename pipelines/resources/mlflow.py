@@ -6,15 +6,26 @@ MLflow server on EKS (stack output ``mlflowTrackingUri``), whose own artifact
 store (S3) applies. Assets never call ``mlflow`` directly: they ask this
 resource for a :class:`aegis.worldmodel.registry.ModelRegistry`, so the server,
 experiment and model name are configured in one place (``pipelines.profiles``).
+
+Import cost: the code location imports this module to build its definitions,
+in every run subprocess and code server, while only a run that trains or judges
+a model talks to MLflow. So the resource's fields come from the light
+:mod:`aegis.worldmodel.settings`, and :mod:`aegis.worldmodel.registry` (mlflow,
+torch: about 2 s) is imported in :meth:`MlflowResource.registry`, on first use.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from aegis.config import AegisPaths
-from aegis.worldmodel.registry import EXPERIMENT, MODEL_NAME, ModelRegistry
+from aegis.worldmodel.settings import EXPERIMENT, MODEL_NAME
+
+if TYPE_CHECKING:
+    from aegis.worldmodel.registry import ModelRegistry
 
 
 class MlflowResource(ConfigurableResource):
@@ -36,6 +47,8 @@ class MlflowResource(ConfigurableResource):
         return AegisPaths.from_env(self.home).mlflow_tracking_uri
 
     def registry(self) -> ModelRegistry:
+        from aegis.worldmodel.registry import ModelRegistry  # heavy: see the module docstring
+
         artifact_location = self.artifact_location
         if not self.tracking_uri:  # local: make the layout and keep artifacts inside AEGIS_HOME
             local = AegisPaths.from_env(self.home).ensure()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 import duckdb
 import pandas as pd
@@ -123,3 +125,31 @@ def test_training_definitions_resolve() -> None:
     sched = defs.get_schedule_def("world_model_daily")
     assert sched.default_status == dg.DefaultScheduleStatus.RUNNING
     assert defs.get_sensor_def("world_model_new_telemetry").default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_config_and_resource_defaults_are_pinned() -> None:
+    """Snapshot of what a user sees in the launchpad; the values now come from aegis.worldmodel.settings."""
+    from assets.evaluation import EvaluationConfig
+    from assets.training import TrainingDatasetConfig, WorldModelConfig
+
+    assert TrainingDatasetConfig().model_dump() == {
+        "window": 12,
+        "seed": 0,
+        "test_shard_fraction": 0.25,
+        "test_time_fraction": 0.2,
+        "val_fraction": 0.15,
+    }
+    assert WorldModelConfig().model_dump() == {
+        "epochs": 60,
+        "patience": 10,
+        "members": 5,
+        "hidden": 64,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "seed": 0,
+        "device": "auto",
+    }
+    assert EvaluationConfig().model_dump() == {"margin": 0.02, "baseline_margin": 0.05}
+    resource = MlflowResource()
+    assert (resource.experiment, resource.model_name) == ("aegis-world-model", "aegis-world-model")
+    assert int(os.environ.get("AEGIS_RETRAIN_NEW_ROWS", "2000")) == RETRAIN_NEW_ROWS
