@@ -52,18 +52,21 @@ test_invalidating_quests_is_denied_even_for_healing if {
 	d.axiom == "integrity"
 }
 
+# Schema versions relative to the configured current one (data.json, tied to aegis.domain.SAVE_SCHEMA_VERSION).
+current_schema := data.aegis.config.integrity.current_save_schema
+
 test_save_schema_downgrade_is_denied if {
-	d := judge({"operations": [{"kind": "migrate_save_schema", "save_schema_to": 2}]}, {})
+	d := judge({"operations": [{"kind": "migrate_save_schema", "save_schema_to": current_schema - 1}]}, {})
 	d.rule == "integrity.save_schema_downgrade"
 }
 
 test_migration_one_step_ahead_is_simulated if {
-	d := judge({"diff": {}, "operations": [{"kind": "migrate_save_schema", "save_schema_to": 4}]}, {})
+	d := judge({"diff": {}, "operations": [{"kind": "migrate_save_schema", "save_schema_to": current_schema + 1}]}, {})
 	d.verdict == "simulate"
 }
 
 test_schema_jump_is_denied if {
-	d := judge({"operations": [{"kind": "migrate_save_schema", "save_schema_to": 5}]}, {})
+	d := judge({"operations": [{"kind": "migrate_save_schema", "save_schema_to": current_schema + 2}]}, {})
 	d.rule == "integrity.save_schema_jump"
 }
 

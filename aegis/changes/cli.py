@@ -50,11 +50,11 @@ def _bad(message: str) -> None:
 
 def _build(url: str, simulator: str, hours: float | None, seed: int | None, actor_policy: Path | None) -> Any:
     from aegis.changes.gate import HttpRunner, InProcessRunner, store_snapshot_loader
-    from aegis.changes.lifecycle import Lifecycle, LifecycleConfig
+    from aegis.changes.lifecycle import Lifecycle, LifecycleConfig, warehouse_slo_alerts
     from aegis.world.client import GameBackendClient
 
     p = paths().ensure()
-    config = LifecycleConfig()
+    config = LifecycleConfig(firing_alerts=warehouse_slo_alerts(p))
     if hours is not None:
         config.simulation_hours = hours
     config.simulation_seed = seed

@@ -44,6 +44,7 @@ from aegis.changes.integrity import (
     check_live,
 )
 from aegis.changes.playbook import DEFAULT_PAGER
+from aegis.changes.slo import SloStateUnknown, WarehouseSloAlerts
 from aegis.changes.states import IllegalTransition, check_transition
 from aegis.changes.store import ChangeSetRecord, ChangeSetStore
 from aegis.config import AegisPaths, paths
@@ -134,6 +135,9 @@ class LifecycleConfig:
     drift_per_minute: float = DEFAULT_DRIFT_PER_MINUTE
     pager: str = DEFAULT_PAGER
     actor_policies: dict[str, ExecutionPolicy] = field(default_factory=dict)
+    # Alerts firing on a target (``target -> list[Alert]``; raise SloStateUnknown when unknown).
+    # None means nobody is asked and the trace says so; the CLI and the Dagster resource pass
+    # ``warehouse_slo_alerts()``, which reads fct_slo_burn from the warehouse.
     firing_alerts: Callable[[str], list[Any]] | None = None
     # KPI predictions for the policy (e.g. the world model's); none means the policy
     # sends every change touching economy/experience params to the simulation gate.
@@ -144,6 +148,11 @@ class LifecycleConfig:
         if actor in self.actor_policies:
             return self.actor_policies[actor]
         return ExecutionPolicy(actor=actor, allowed_tools=list(DEFAULT_ALLOWED_TOOLS), data_scope=["*"])
+
+
+def warehouse_slo_alerts(aegis_paths: AegisPaths | None = None) -> WarehouseSloAlerts:
+    """The default firing-alerts provider: SLO burn pages from ``fct_slo_burn`` in the local warehouse."""
+    return WarehouseSloAlerts((aegis_paths or paths()).warehouse)
 
 
 def _minutes(t: datetime) -> float:
@@ -214,6 +223,7 @@ class Lifecycle:
     def check(self, changeset_id: str) -> Decision:
         """The policy decision (recorded once; later calls return it)."""
         rec = self.store.get(changeset_id)
+        slo_note = ""
         if rec.decision is not None:
             decision = rec.decision
         else:
@@ -221,14 +231,18 @@ class Lifecycle:
                 raise IllegalTransition(
                     changeset_id, rec.state, S.POLICY_CHECKED, "it was never policy-checked"
                 )
-            decision = self.policy.decide(rec.changeset, self._context(rec.changeset))
-            self.store.update_fields(changeset_id, decision=decision)
-            self.store.add_decision(decision)
+            context, slo_note = self._context(rec.changeset)
+            decision = self.policy.decide(rec.changeset, context)
+            self.store.save_decision(changeset_id, decision)  # one transaction: no crash window
+        # Idempotent: repairs a store written by a version that saved the decision and queued
+        # it for the ledger in two transactions (a kill between them lost it for the ledger).
+        self.store.add_decision(decision)
         self._flush_ledger()
         if self.store.get(changeset_id).state == S.PROPOSED:
-            self._transition(
-                changeset_id, S.PROPOSED, S.POLICY_CHECKED, f"policy verdict {decision.verdict.value}"
-            )
+            reason = f"policy verdict {decision.verdict.value}"
+            if slo_note:
+                reason += f"; {slo_note}"
+            self._transition(changeset_id, S.PROPOSED, S.POLICY_CHECKED, reason)
         if decision.verdict == Verdict.DENY and self.store.get(changeset_id).state == S.POLICY_CHECKED:
             self._transition(
                 changeset_id,
@@ -659,7 +673,8 @@ class Lifecycle:
                 f"target shard {shard_id!r} not found at the backend; known shards: {known}"
             ) from exc
 
-    def _context(self, cs: AutonomousChangeSet) -> Any:
+    def _context(self, cs: AutonomousChangeSet) -> tuple[Any, str]:
+        """The PolicyContext for ``cs``, and a note for the trace when the SLO state is not known."""
         from aegis.policy.context import PolicyContext, ShardContext
 
         info = self._shard(cs.target)
@@ -673,8 +688,8 @@ class Lifecycle:
                 if t.dst == S.CANARY and t.at >= since and self._actor_of(t.changeset_id) == cs.actor
             ]
         )
-        alerts = self.config.firing_alerts(cs.target) if self.config.firing_alerts else []
-        return PolicyContext(
+        alerts, slo_note = self._firing_alerts(cs.target)
+        context = PolicyContext(
             actor=self.config.actor_policy(cs.actor),
             shard=ShardContext.from_shard_info(info),
             canary_players_share=min(1.0, info.players_total / total) if total else 1.0,
@@ -682,6 +697,24 @@ class Lifecycle:
             predicted=self.config.predict(cs) if self.config.predict else {},
             changes_in_last_hour=recent,
         )
+        return context, slo_note
+
+    def _firing_alerts(self, target: str) -> tuple[list[Any], str]:
+        """Alerts firing on ``target``; when they cannot be known: none, a warning and a note for the trace.
+
+        An unknown SLO state does not block the change (a warehouse that was never
+        built would otherwise stop everything); it is logged and written into the
+        policy-checked transition's reason, so the ledger shows the policy decided
+        without it.
+        """
+        provider = self.config.firing_alerts
+        if provider is None:
+            return [], "SLO state unknown: no firing-alerts provider configured"
+        try:
+            return list(provider(target)), ""
+        except SloStateUnknown as exc:
+            log.warning("deciding on %s without SLO alerts: SLO state unknown: %s", target, exc)
+            return [], f"SLO state unknown: {exc}"
 
     def _actor_of(self, changeset_id: str) -> str:
         return self.store.get(changeset_id).changeset.actor

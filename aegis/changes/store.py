@@ -453,19 +453,42 @@ class ChangeSetStore:
             )
 
     def add_decision(self, decision: Decision) -> None:
+        """Queue ``decision`` for the ledger (the outbox); idempotent by decision id."""
         with self._tx() as conn:
-            exists = conn.execute(
-                sa.select(decisions_t.c.decision_id).where(decisions_t.c.decision_id == decision.id)
-            ).first()
-            if exists is None:
-                conn.execute(
-                    decisions_t.insert().values(
-                        decision_id=decision.id,
-                        changeset_id=decision.changeset_id,
-                        decision_json=decision.model_dump_json(),
-                        at=utcnow(),
-                    )
+            self._queue_decision(conn, decision)
+
+    def save_decision(self, changeset_id: str, decision: Decision) -> None:
+        """Store the decision on the changeset AND queue it for the ledger, in one transaction.
+
+        Two transactions would leave a window (a ``kill -9`` between them) where the
+        changeset has its decision but the ledger outbox never gets it.
+        """
+        if decision.changeset_id != changeset_id:
+            raise ValueError(f"decision {decision.id} is about {decision.changeset_id}, not {changeset_id}")
+        values = _columns({"decision": decision})
+        values["updated_at"] = utcnow()
+        with self._tx() as conn:
+            n = conn.execute(
+                changesets_t.update().where(changesets_t.c.id == changeset_id).values(**values)
+            ).rowcount
+            if n != 1:
+                raise ChangeSetNotFound(changeset_id)
+            self._queue_decision(conn, decision)
+
+    @staticmethod
+    def _queue_decision(conn: Connection, decision: Decision) -> None:
+        exists = conn.execute(
+            sa.select(decisions_t.c.decision_id).where(decisions_t.c.decision_id == decision.id)
+        ).first()
+        if exists is None:
+            conn.execute(
+                decisions_t.insert().values(
+                    decision_id=decision.id,
+                    changeset_id=decision.changeset_id,
+                    decision_json=decision.model_dump_json(),
+                    at=utcnow(),
                 )
+            )
 
     def unrecorded_decisions(self) -> list[Decision]:
         with self.engine.connect() as conn:

@@ -25,10 +25,11 @@ def audit(ctx: click.Context, url: str | None, keys: Path | None) -> None:
 
 
 def _ledger(ctx: click.Context):  # type: ignore[no-untyped-def]
+    """The ledger opened read-only: no command here may create, replace or archive key material."""
     from aegis.ledger import Ledger, LedgerError, LedgerKeyError
 
     try:
-        return Ledger(ctx.obj["url"], ctx.obj["keys"])
+        return Ledger(ctx.obj["url"], ctx.obj["keys"], read_only=True)
     except (LedgerError, LedgerKeyError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -37,8 +38,18 @@ def _ledger(ctx: click.Context):  # type: ignore[no-untyped-def]
 @audit.command()
 @click.pass_context
 def verify(ctx: click.Context) -> None:
-    """Check the whole chain and every signature; exit 1 and name the first bad record on tampering."""
-    report = _ledger(ctx).verify()
+    """Check the whole chain and every signature; exit 1 and name the first bad record on tampering.
+
+    Read-only: it trusts the public keys in the key directory (current and
+    archived ``<key_id>.pub.pem``) and exits 1 when there are none.
+    """
+    from aegis.ledger import LedgerKeyError
+
+    try:
+        report = _ledger(ctx).verify()
+    except LedgerKeyError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     click.echo(report.summary())
     if not report.ok:
         sys.exit(1)
@@ -65,6 +76,11 @@ def show(ctx: click.Context, changeset_id: str | None) -> None:
 def export_key(ctx: click.Context, out: Path | None) -> None:
     """Print the ledger's public key (PEM), to verify records elsewhere."""
     ledger = _ledger(ctx)
+    if ledger.public_key_pem is None:
+        click.echo(
+            f"error: no ledger public key in {ledger.key_dir} (nothing has been signed here yet)", err=True
+        )
+        sys.exit(1)
     if out is None:
         click.echo(ledger.public_key_pem, nl=False)
     else:

@@ -126,15 +126,35 @@ def _normalize_payload(payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
 class Ledger:
     """The audit ledger at ``url`` (default ``paths().ledger_url``), signed with the key in ``key_dir``."""
 
-    def __init__(self, url: str | None = None, key_dir: Path | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, key_dir: Path | None = None, *, read_only: bool = False
+    ) -> None:
+        """Open the ledger; ``read_only`` for verifying and reading (``aegis audit``).
+
+        A writer loads (or makes, on first use) the signing key and creates the
+        schema. A reader touches nothing: it needs no private key, never creates,
+        replaces or archives key material, and refuses a SQLite ledger file that
+        does not exist rather than creating an empty one.
+        """
         home = paths()
         self.url = url or home.ledger_url
         self.key_dir = key_dir or home.keys
-        self._key = signing.load_or_create(self.key_dir)
-        self.public_key_pem: str = self._key.public_key_pem
-        self.key_id: str = self._key.key_id
-        self._engine = self._make_engine(self.url)
-        self._init_schema()
+        self.read_only = read_only
+        self._key: signing.SigningKey | None = None
+        self.public_key_pem: str | None = None
+        self.key_id: str | None = None
+        if read_only:
+            current = signing.current_public_key(self.key_dir)
+            if current is not None:
+                self.key_id, self.public_key_pem = current
+            self._engine = self._make_engine(self.url, create_dirs=False)
+            self._require_existing_store()
+        else:
+            self._key = signing.load_or_create(self.key_dir)
+            self.public_key_pem = self._key.public_key_pem
+            self.key_id = self._key.key_id
+            self._engine = self._make_engine(self.url)
+            self._init_schema()
 
     # ------------------------------------------------------------------ set-up
 
@@ -142,10 +162,25 @@ class Ledger:
     def dialect(self) -> str:
         return self._engine.dialect.name
 
-    def _make_engine(self, url: str) -> Engine:
+    @staticmethod
+    def _sqlite_path(url: str) -> str:
+        return url.split("///", 1)[1] if "///" in url else ""
+
+    def _require_existing_store(self) -> None:
+        """A reader never creates the store: a missing SQLite file is an error that says where it looked."""
+        if self.dialect != "sqlite":
+            return
+        db_path = self._sqlite_path(self.url)
+        if db_path and db_path != ":memory:" and not Path(db_path).is_file():
+            raise LedgerError(
+                f"no audit ledger at {db_path}: nothing has been recorded under this AEGIS_HOME "
+                "(check AEGIS_HOME, or pass --url)"
+            )
+
+    def _make_engine(self, url: str, create_dirs: bool = True) -> Engine:
         if url.startswith("sqlite"):
-            db_path = url.split("///", 1)[1] if "///" in url else ""
-            if db_path and db_path != ":memory:":
+            db_path = self._sqlite_path(url)
+            if create_dirs and db_path and db_path != ":memory:":
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
@@ -197,6 +232,10 @@ class Ledger:
 
     def append(self, kind: str, subject: str, payload: dict[str, Any], actor: str) -> AuditRecord:
         """Add one signed record at the head of the chain and return it."""
+        if self._key is None:
+            raise LedgerError(
+                "this ledger was opened read-only (for verifying); open it without read_only to append"
+            )
         for name, value in (("kind", kind), ("subject", subject), ("actor", actor)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must be a non-empty string")
@@ -219,6 +258,8 @@ class Ledger:
     def _append_once(
         self, kind: str, subject: str, payload: dict[str, Any], payload_text: str, actor: str
     ) -> AuditRecord:
+        key = self._key
+        assert key is not None  # append() refuses a read-only ledger before this
         with self._write_conn() as conn, conn.begin():
             head = conn.execute(
                 select(ledger_head.c.seq, ledger_head.c.hash)
@@ -245,10 +286,10 @@ class Ledger:
                 "subject": subject,
                 "payload": payload,
                 "prev_hash": last_hash,
-                "key_id": self._key.key_id,
+                "key_id": key.key_id,
             }
             digest = record_hash(fields)
-            signature = self._key.sign(digest)
+            signature = key.sign(digest)
             conn.execute(
                 insert(audit_records).values(
                     **{**fields, "payload": payload_text}, hash=digest, signature=signature
@@ -342,6 +383,12 @@ class Ledger:
         key_id it claims.
         """
         keys = trusted_keys if trusted_keys is not None else signing.trusted_public_keys(self.key_dir)
+        if not keys:
+            raise signing.LedgerKeyError(
+                f"no ledger public key in {self.key_dir}: cannot verify signatures without the key(s) that signed "
+                f"the ledger ({signing.PUBLIC_KEY_FILE}, or archived <key_id>{signing.ARCHIVE_SUFFIX}); "
+                "restore them from a backup or from 'aegis audit export-key' output"
+            )
         checked, used_keys = 0, set[str]()
         prev_hash, expected_seq = GENESIS_HASH, 1
 

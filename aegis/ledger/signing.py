@@ -4,8 +4,16 @@ The private key lives in ``keys/ledger_ed25519.pem`` with mode 0600 and is
 refused when anyone but the owner can read it (a key others can read signs for
 them too). The public key is written beside it (``ledger_ed25519.pub.pem``);
 ``key_id`` is its fingerprint, so a record names the key that signed it.
-Older public keys kept in the same directory (``*.pub.pem``) stay trusted for
-verification after a rotation.
+
+Rotation: whenever a new signing key replaces an old one (the private key was
+removed on purpose, or lost), the old public key is first archived as
+``<key_id>.pub.pem`` in the same directory, and verification trusts every
+``*.pub.pem`` there by its fingerprint. Records signed before the rotation
+therefore keep verifying; a public key is never overwritten without a copy.
+
+Verification is read-only (:func:`trusted_public_keys`, :func:`current_public_key`):
+it never creates, replaces or archives key material, so running ``aegis audit
+verify`` on a directory whose private key is gone cannot change what it checks.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 PRIVATE_KEY_FILE = "ledger_ed25519.pem"
 PUBLIC_KEY_FILE = "ledger_ed25519.pub.pem"
 PUBLIC_KEY_GLOB = "*.pub.pem"
+ARCHIVE_SUFFIX = ".pub.pem"
+UNREADABLE_SUFFIX = ".unreadable"
 PRIVATE_MODE = 0o600
 KEY_DIR_MODE = 0o700
 FINGERPRINT_HEX = 32
@@ -83,10 +93,18 @@ def check_private_permissions(path: Path) -> None:
 
 
 def load_or_create(key_dir: Path) -> SigningKey:
-    """The signing key of ``key_dir``, made on first use (race-free between processes)."""
+    """The signing key of ``key_dir``, made on first use (race-free between processes).
+
+    Only writers (appending to the ledger) call this. Before a new key is made
+    where a public key already exists, that public key is archived under its
+    key_id, so the records it signed stay verifiable.
+    """
     key_dir.mkdir(parents=True, exist_ok=True, mode=KEY_DIR_MODE)
     path = key_dir / PRIVATE_KEY_FILE
+    pub_path = key_dir / PUBLIC_KEY_FILE
     if not path.exists():
+        if pub_path.exists():  # a key signed before and its private half is gone: keep its public half
+            archive_public_file(pub_path)
         _create(key_dir, path)
     check_private_permissions(path)
     try:
@@ -97,10 +115,36 @@ def load_or_create(key_dir: Path) -> SigningKey:
         raise LedgerKeyError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
     pub = key.public_key()
     pem = public_pem(pub)
-    pub_path = key_dir / PUBLIC_KEY_FILE
     if not pub_path.exists() or pub_path.read_text() != pem:
+        if pub_path.exists():  # replaced by hand (or by a rotation elsewhere): archive before overwriting
+            archive_public_file(pub_path)
         _write_public(pub_path, pem)
     return SigningKey(private_key=key, key_id=fingerprint(pub), public_key_pem=pem)
+
+
+def archive_name(key_id: str) -> str:
+    """``<key_id>.pub.pem``: the file an archived public key lives in (matches ``PUBLIC_KEY_GLOB``)."""
+    return f"{key_id}{ARCHIVE_SUFFIX}"
+
+
+def archive_public_file(pub_path: Path) -> Path:
+    """Copy the public key at ``pub_path`` to ``<key_id>.pub.pem`` beside it (idempotent); return the copy.
+
+    A file that is not a readable Ed25519 public key cannot be trusted anyway;
+    it is moved aside (``.unreadable``, outside the trusted glob) rather than
+    silently overwritten, so a person can still look at it.
+    """
+    raw = pub_path.read_bytes()
+    try:
+        pub = load_public_pem(raw)
+    except (ValueError, LedgerKeyError):
+        aside = pub_path.with_name(pub_path.name + UNREADABLE_SUFFIX)
+        os.replace(pub_path, aside)
+        return aside
+    dest = pub_path.with_name(archive_name(fingerprint(pub)))
+    if dest != pub_path and not dest.exists():
+        _write_public(dest, public_pem(pub))
+    return dest
 
 
 def _create(key_dir: Path, path: Path) -> None:
@@ -132,12 +176,27 @@ def _write_public(pub_path: Path, pem: str) -> None:
 
 
 def trusted_public_keys(key_dir: Path) -> dict[str, Ed25519PublicKey]:
-    """key_id -> public key of every ``*.pub.pem`` in ``key_dir`` (current and rotated keys)."""
+    """key_id -> public key of every ``*.pub.pem`` in ``key_dir`` (current and archived keys); read-only.
+
+    A key is trusted by its fingerprint, never by its file name.
+    """
     keys: dict[str, Ed25519PublicKey] = {}
     if not key_dir.is_dir():
         return keys
     for pem_path in sorted(key_dir.glob(PUBLIC_KEY_GLOB)):
-        with contextlib.suppress(ValueError, LedgerKeyError):
+        with contextlib.suppress(ValueError, LedgerKeyError, OSError):
             pub = load_public_pem(pem_path.read_bytes())
             keys[fingerprint(pub)] = pub
     return keys
+
+
+def current_public_key(key_dir: Path) -> tuple[str, str] | None:
+    """(key_id, PEM) of the current public key (``ledger_ed25519.pub.pem``), or None; read-only."""
+    pub_path = key_dir / PUBLIC_KEY_FILE
+    try:
+        pub = load_public_pem(pub_path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError) as exc:
+        raise LedgerKeyError(f"{pub_path} is not a readable PEM public key: {exc}") from exc
+    return fingerprint(pub), public_pem(pub)

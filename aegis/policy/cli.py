@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
+from aegis.domain import AutonomousChangeSet, Decision
+
 EXIT_MALFORMED = 2
 
 
@@ -40,13 +42,22 @@ def _malformed(message: str) -> None:
 
 @policy.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--record/--no-record",
+    default=True,
+    show_default=True,
+    help="Record the Decision (with the changeset it judged) in the audit ledger, as the changeset's actor.",
+)
 @click.pass_context
-def check(ctx: click.Context, file: Path) -> None:
+def check(ctx: click.Context, file: Path, record: bool) -> None:
     """Judge FILE ({"changeset": ..., "context": ...}) and print the Decision as JSON.
 
-    Exit 0 on any verdict (auto, simulate, deny); exit 2 when FILE is malformed.
+    The Decision is recorded in the audit ledger under AEGIS_HOME first (unless
+    --no-record); where it went (seq) is printed on stderr, so stdout is only
+    the Decision JSON. Exit 0 on any verdict (auto, simulate, deny); exit 2 when
+    FILE is malformed; exit 1 when the ledger cannot record it (nothing printed).
     """
-    from aegis.domain import AutonomousChangeSet, explain
+    from aegis.domain import explain
     from aegis.policy.context import PolicyContext
 
     try:
@@ -71,7 +82,30 @@ def check(ctx: click.Context, file: Path) -> None:
     except ValidationError as exc:
         _malformed(explain(exc, "context"))
     decision = _engine(ctx).decide(changeset, context)
+    where = _record(decision, changeset) if record else None
     click.echo(decision.model_dump_json(indent=2))
+    if where:
+        click.echo(where, err=True)
+
+
+def _record(decision: Decision, changeset: AutonomousChangeSet) -> str:
+    """Append the Decision to the ledger as the changeset's actor; a sentence saying where it went."""
+    from aegis.ledger import Ledger, LedgerError, LedgerKeyError
+
+    try:
+        ledger = Ledger()
+        try:
+            rec = ledger.record_decision(decision, changeset, actor=changeset.actor)
+        finally:
+            ledger.dispose()
+    except (LedgerError, LedgerKeyError) as exc:
+        raise click.ClickException(
+            f"the decision was not recorded in the audit ledger: {exc} (use --no-record to only print it)"
+        ) from exc
+    return (
+        f"recorded decision {decision.id} about {changeset.id} by {changeset.actor} "
+        f"in the audit ledger at {ledger.url} as seq={rec.seq}"
+    )
 
 
 @policy.command("test")

@@ -15,7 +15,7 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from aegis.changes.gate import HttpRunner, InProcessRunner, store_snapshot_loader
-from aegis.changes.lifecycle import Lifecycle, LifecycleConfig
+from aegis.changes.lifecycle import Lifecycle, LifecycleConfig, warehouse_slo_alerts
 from aegis.changes.store import ChangeSetStore
 from aegis.config import WORLD_PORT, paths
 from aegis.domain import AutonomousChangeSet, CanaryResult
@@ -54,7 +54,10 @@ class ChangeSetResource(ConfigurableResource):
                 else HttpRunner(self.backend_url)
             )
             config = LifecycleConfig(
-                simulation_hours=self.simulation_hours, simulation_seed=self.simulation_seed
+                simulation_hours=self.simulation_hours,
+                simulation_seed=self.simulation_seed,
+                # SLO burn pages from the warehouse mart, so availability.slo_burn_firing can fire
+                firing_alerts=warehouse_slo_alerts(p),
             )
             self._lifecycle = Lifecycle(
                 GameBackendClient(self.backend_url),

@@ -8,19 +8,73 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from aegis.cli import cli
+from aegis.config import AegisPaths
+from aegis.ledger import Ledger
 from aegis.policy.engine import default_policies_dir
 
 EXAMPLE = default_policies_dir() / "examples" / "deny-save-schema-downgrade.json"
 
 
-def test_check_prints_the_decision() -> None:
-    result = CliRunner().invoke(cli, ["policy", "check", str(EXAMPLE)])
+EXAMPLES = sorted((default_policies_dir() / "examples").glob("*.json"))
+VERDICT_PREFIXES = ("auto", "simulate", "deny")
+
+
+def test_check_prints_the_decision(aegis_home: AegisPaths) -> None:
+    result = CliRunner().invoke(cli, ["policy", "check", "--no-record", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
-    decision = json.loads(result.output)
+    decision = json.loads(result.stdout)
     assert decision["verdict"] == "deny" and decision["rule"] == "integrity.save_schema_downgrade"
+    assert result.stderr == ""  # --no-record: nothing recorded, nothing said about it
+    assert not aegis_home.ledger.exists()
 
 
-def test_check_malformed_inputs_exit_2(tmp_path: Path) -> None:
+def test_check_records_every_example_in_the_ledger(aegis_home: AegisPaths) -> None:
+    """The issue's "done when": every example gets its verdict, and each decision is in the ledger."""
+    runner = CliRunner()
+    expected: list[tuple[str, dict]] = []
+    for path in EXAMPLES:
+        verdict = path.stem.split("-", 1)[0]
+        assert verdict in VERDICT_PREFIXES, f"{path.name} does not name its expected verdict"
+        result = runner.invoke(cli, ["policy", "check", str(path)])
+        assert result.exit_code == 0, result.output
+        decision = json.loads(result.stdout)  # stdout is the Decision JSON only
+        assert decision["verdict"] == verdict, path.name
+        seq = len(expected) + 1
+        assert f"as seq={seq}" in result.stderr and decision["id"] in result.stderr, result.stderr
+        expected.append((json.loads(path.read_text())["changeset"]["actor"], decision))
+
+    verified = runner.invoke(cli, ["audit", "verify"])
+    assert verified.exit_code == 0 and f"ledger OK: {len(EXAMPLES)} record(s)" in verified.output
+
+    records = Ledger(read_only=True).records()
+    assert [r.payload["decision"]["id"] for r in records] == [d["id"] for _, d in expected]
+    assert [r.actor for r in records] == [actor for actor, _ in expected]
+    subject = records[0].subject
+    shown = runner.invoke(cli, ["audit", "show", "--changeset", subject])
+    assert shown.exit_code == 0, shown.output
+    blocks = ["#" + b for b in shown.output.split("\n#") if b.strip()]
+    blocks[0] = blocks[0].lstrip("#")
+    assert len(blocks) == len(EXAMPLES)
+    for block, (actor, decision) in zip(blocks, expected, strict=True):
+        assert f"decision on {subject} by {actor}" in block
+        assert f"verdict {decision['verdict'].upper()}" in block
+        if decision["rule"]:
+            assert f"rule {decision['rule']}" in block
+        for finding in decision["findings"]:
+            assert finding["rule"] in block and finding["message"] in block
+
+
+def test_check_fails_clearly_when_the_ledger_cannot_record(aegis_home: AegisPaths) -> None:
+    aegis_home.ledger.parent.mkdir(parents=True, exist_ok=True)
+    aegis_home.ledger.write_bytes(b"this is not a database" * 200)
+    result = CliRunner().invoke(cli, ["policy", "check", str(EXAMPLE)])
+    assert result.exit_code == 1 and "not recorded in the audit ledger" in result.stderr
+    assert result.stdout == ""  # no Decision printed as if it had been recorded
+    ok = CliRunner().invoke(cli, ["policy", "check", "--no-record", str(EXAMPLE)])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["verdict"] == "deny"
+
+
+def test_check_malformed_inputs_exit_2(tmp_path: Path, aegis_home: AegisPaths) -> None:
     runner = CliRunner()
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{not json")
