@@ -25,6 +25,12 @@
   never stale once built.
 - GX checks (``aegis.quality``) guard bronze (integrity blocking) and the key
   marts (integrity blocking; volume and freshness warn).
+- Paths come from the ``lake`` resource (``LakeResource``), never from the
+  process's global ``paths()``: the profile chooses the lake in one place
+  (pipelines/profiles.py), and a configured ``LakeResource(home=...)`` is what
+  the build and the checks read. On an S3 lake the dbt build reads the lake
+  through the prod target (``AEGIS_LAKE_ROOT``); the GX checks read local
+  files only and say so (``LakeNotConfigured``) rather than read a local home.
 
 The manifest is prepared at import when missing or older than the project's
 files (``dbt parse``, guarded against concurrent parses), so importing the code
@@ -48,10 +54,11 @@ from dagster_dbt import (
     dbt_assets,
 )
 
-from aegis.config import AegisPaths, paths
+from aegis.config import AegisPaths
 from aegis.quality import suites
 from aegis.quality.gx_validation import ValidationReport
 from aegis.stack import AUTOMATION_TAG
+from pipelines.resources.lake import LakeResource
 
 GROUP = "telemetry"
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
@@ -195,11 +202,36 @@ class WarehouseBuildConfig(dg.Config):
     full_refresh: bool = False  # dbt --full-refresh: rebuild every model from scratch (incremental ones too)
 
 
-def _dbt_args(config: WarehouseBuildConfig, home: AegisPaths) -> list[str]:
-    args = ["build", "--vars", json.dumps({"aegis_home": str(home.home)})]
+def _dbt_args(config: WarehouseBuildConfig, home: AegisPaths | None) -> list[str]:
+    """``dbt build`` arguments; ``home`` None: an S3 lake, whose root the prod target takes from the env."""
+    args = ["build"]
+    if home is not None:
+        args += ["--vars", json.dumps({"aegis_home": str(home.home)})]
     if config.full_refresh:
         args.append("--full-refresh")
     return args
+
+
+def missing_lake_inputs(home: AegisPaths) -> list[str]:
+    """What a local dbt build needs and the lake lacks, each with how to produce it.
+
+    dbt-duckdb would otherwise fail deep inside the first model with DuckDB's
+    "No files found that match the pattern", which names neither the cause nor the fix.
+    """
+    missing: list[str] = []
+    if not any(home.bronze.glob("*/*.parquet")):
+        missing.append(
+            f"no bronze events under {home.bronze}: land telemetry (`aegis world run`, or a running "
+            "world server) and ingest it (job ingest_telemetry / `aegis materialize telemetry` runs "
+            "bronze_events first)"
+        )
+    configs = home.landing / "configs"
+    if not any(configs.glob("*/*.parquet")):
+        missing.append(
+            f"no world config feed under {configs}: the world server (or `aegis world run`) lands one "
+            "file per shard and config version there"
+        )
+    return missing
 
 
 def _model_name(event: Any) -> str | None:
@@ -216,15 +248,24 @@ def _model_name(event: Any) -> str | None:
     name="warehouse_dbt",
 )
 def warehouse_dbt(
-    context: dg.AssetExecutionContext, dbt: DbtCliResource, config: WarehouseBuildConfig
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, lake: LakeResource, config: WarehouseBuildConfig
 ) -> Iterator[Any]:
     """``dbt build`` of the selected models; marts get row counts, previews and charts.
 
     DuckDB allows one writer per file and dbt holds it until it exits, so the
     events of the enriched marts are held back and yielded, with their metadata,
-    once the build is over.
+    once the build is over. The lake (and the local warehouse file beside it)
+    is the ``lake`` resource's; a local lake missing its inputs fails before
+    dbt starts, with what is missing and how to produce it.
     """
-    home = paths()
+    home = None if lake.is_s3 else lake.paths()
+    if home is not None:
+        missing = missing_lake_inputs(home)
+        if missing:
+            raise dg.Failure(
+                description="the warehouse cannot be built yet: " + "; ".join(missing),
+                metadata={"lake": dg.MetadataValue.path(str(home.lake))},
+            )
     held: list[Any] = []
     for event in dbt.cli(_dbt_args(config, home), context=context).stream():
         name = _model_name(event)
@@ -234,7 +275,7 @@ def warehouse_dbt(
             yield event
     for event in held:
         name = _model_name(event)
-        if isinstance(event, (dg.Output, dg.AssetMaterialization)) and name is not None:
+        if isinstance(event, (dg.Output, dg.AssetMaterialization)) and name is not None and home is not None:
             try:
                 extra = mart_metadata(home, name)
             except Exception as exc:  # metadata is a view of the data: never fail a good build over it
@@ -303,8 +344,8 @@ def check_result(report: ValidationReport, severity: dg.AssetCheckSeverity) -> d
     blocking=True,
     description="GX: keys not null, kind in the enum, schema_version 1, event_id unique (newest rows).",
 )
-def bronze_gx_integrity() -> dg.AssetCheckResult:
-    return check_result(suites.bronze_integrity(paths()), dg.AssetCheckSeverity.ERROR)
+def bronze_gx_integrity(lake: LakeResource) -> dg.AssetCheckResult:
+    return check_result(suites.bronze_integrity(lake.paths()), dg.AssetCheckSeverity.ERROR)
 
 
 @dg.asset_check(
@@ -312,8 +353,8 @@ def bronze_gx_integrity() -> dg.AssetCheckResult:
     name="gx_volume",
     description="GX: events in the newest complete game hour within 50% of the trailing hours' mean.",
 )
-def bronze_gx_volume() -> dg.AssetCheckResult:
-    return check_result(suites.bronze_volume(paths()), dg.AssetCheckSeverity.WARN)
+def bronze_gx_volume(lake: LakeResource) -> dg.AssetCheckResult:
+    return check_result(suites.bronze_volume(lake.paths()), dg.AssetCheckSeverity.WARN)
 
 
 @dg.asset_check(
@@ -321,8 +362,8 @@ def bronze_gx_volume() -> dg.AssetCheckResult:
     name="gx_freshness",
     description="GX: lake ingested recently (wall clock); no shard trails the fleet's newest event by 30 min.",
 )
-def bronze_gx_freshness() -> dg.AssetCheckResult:
-    return check_result(suites.bronze_freshness(paths()), dg.AssetCheckSeverity.WARN)
+def bronze_gx_freshness(lake: LakeResource) -> dg.AssetCheckResult:
+    return check_result(suites.bronze_freshness(lake.paths()), dg.AssetCheckSeverity.WARN)
 
 
 def _previous_row_counts(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = 25) -> list[int]:
@@ -346,21 +387,21 @@ def _mart_checks(mart: str) -> list[dg.AssetChecksDefinition]:
         blocking=True,
         description=f"GX: keys not null and rates within [0, 1] on {mart}; bad rows must not flow on.",
     )
-    def integrity() -> dg.AssetCheckResult:
-        return check_result(suites.mart_integrity(paths(), mart), dg.AssetCheckSeverity.ERROR)
+    def integrity(lake: LakeResource) -> dg.AssetCheckResult:
+        return check_result(suites.mart_integrity(lake.paths(), mart), dg.AssetCheckSeverity.ERROR)
 
     @dg.asset_check(
         asset=key, name="gx_volume", description=f"GX: {mart} row volume against its trailing baseline."
     )
-    def volume(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    def volume(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
         previous = _previous_row_counts(context.instance, key)
-        return check_result(suites.mart_volume(paths(), mart, previous), dg.AssetCheckSeverity.WARN)
+        return check_result(suites.mart_volume(lake.paths(), mart, previous), dg.AssetCheckSeverity.WARN)
 
     @dg.asset_check(
         asset=key, name="gx_freshness", description=f"GX: {mart} covers the lake's newest events."
     )
-    def freshness() -> dg.AssetCheckResult:
-        return check_result(suites.mart_freshness(paths(), mart), dg.AssetCheckSeverity.WARN)
+    def freshness(lake: LakeResource) -> dg.AssetCheckResult:
+        return check_result(suites.mart_freshness(lake.paths(), mart), dg.AssetCheckSeverity.WARN)
 
     return [integrity, volume, freshness]
 
@@ -388,6 +429,8 @@ warehouse_nightly = dg.ScheduleDefinition(
     job=warehouse_full_refresh_job,
     cron_schedule=NIGHTLY_CRON,
     execution_timezone="UTC",
+    # On by default, like every Aegis schedule: the daily reconciliation must not wait for a click.
+    default_status=dg.DefaultScheduleStatus.RUNNING,
     description=(
         "Nightly full rebuild: the marts and their checks (freshness, volume) run at least once a day, "
         "also when no telemetry arrived and automation had nothing to react to."
@@ -409,5 +452,6 @@ __all__ = [
     "dbt_resource",
     "defs",
     "mart_metadata",
+    "missing_lake_inputs",
     "warehouse_dbt",
 ]

@@ -64,6 +64,9 @@ class ValidationReport(BaseModel):
     def summary(self) -> str:
         if self.skipped and not self.outcomes:
             return f"{self.suite}: skipped ({'; '.join(self.skipped)})"
+        errors = [o.error for o in self.failed if o.expectation == "data_is_present" and o.error]
+        if errors:
+            return f"{self.suite}: FAILED: {'; '.join(errors)}"
         verdict = (
             "passed" if self.success else f"FAILED {len(self.failed)} of {len(self.outcomes)} expectations"
         )
@@ -188,6 +191,22 @@ def skipped_report(suite_name: str, reason: str, details: dict[str, Any] | None 
     """A rule that could not be evaluated yet (e.g. no baseline): passes, and says why."""
     return ValidationReport(
         suite=suite_name, success=True, row_count=0, skipped=[reason], details=details or {}
+    )
+
+
+def failed_report(suite_name: str, reason: str, details: dict[str, Any] | None = None) -> ValidationReport:
+    """A suite that cannot run because its data is missing: fails, and says what to do.
+
+    Used where a blocking check must not pass on nothing (an empty lake) but a
+    stack trace would tell the operator less than one sentence.
+    """
+    outcome = ExpectationOutcome(expectation="data_is_present", success=False, error=reason)
+    return ValidationReport(
+        suite=suite_name,
+        success=False,
+        row_count=0,
+        outcomes=[outcome],
+        details={"reason": reason, **(details or {})},
     )
 
 

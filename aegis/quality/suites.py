@@ -27,7 +27,7 @@ import duckdb
 import pandas as pd
 
 from aegis.config import AegisPaths
-from aegis.quality.gx_validation import ValidationReport, skipped_report, validate_frame
+from aegis.quality.gx_validation import ValidationReport, failed_report, skipped_report, validate_frame
 from aegis.telemetry import KINDS, SCHEMA_VERSION
 
 # Bronze integrity reads at most this many of the newest rows (by ingest time):
@@ -42,6 +42,11 @@ VOLUME_HISTORY = 24  # trailing periods in the baseline
 BRONZE_MAX_INGEST_AGE = timedelta(hours=6)
 # ... and no shard's newest event may trail the fleet's newest by more than this (game time).
 BRONZE_MAX_SHARD_LAG = timedelta(minutes=30)
+# What an operator reads when a check finds no bronze at all (fresh AEGIS_HOME).
+NO_BRONZE = "no bronze data yet: land telemetry and run the ingest"
+NO_BRONZE_HINT = (
+    "(aegis world run lands telemetry; the ingest_telemetry job or `aegis materialize telemetry` ingests it)"
+)
 DUCKDB_LOCK_RETRIES = 20
 DUCKDB_LOCK_WAIT_S = 0.25
 
@@ -214,7 +219,8 @@ def bronze_integrity(paths: AegisPaths, *, sample_rows: int = BRONZE_SAMPLE_ROWS
 
     suite = "bronze_integrity"
     if not _has_bronze(paths):
-        raise FileNotFoundError(f"no bronze Parquet under {paths.bronze}: nothing to check")
+        # Blocking: nothing must flow on from an empty lake, but say why instead of a stack trace.
+        return failed_report(suite, f"{NO_BRONZE} {NO_BRONZE_HINT}", {"bronze": str(paths.bronze)})
     with _memory() as con:
         df = con.execute(
             f"""
@@ -237,6 +243,8 @@ def bronze_integrity(paths: AegisPaths, *, sample_rows: int = BRONZE_SAMPLE_ROWS
 
 def bronze_volume(paths: AegisPaths) -> ValidationReport:
     """Events per game hour: the newest complete hour against the trailing hours."""
+    if not _has_bronze(paths):
+        return skipped_report("bronze_volume", NO_BRONZE, {"bronze": str(paths.bronze)})
     with _memory() as con:
         periods = con.execute(
             f"select date_trunc('hour', ts) as period, count(*) as rows from {_bronze_sql(paths)} group by 1 order by 1"
@@ -250,6 +258,8 @@ def bronze_freshness(paths: AegisPaths, now: datetime | None = None) -> Validati
     fleet's newest, in game time: the world's clock is simulated, so only event-time lag
     between shards is meaningful there)."""
     now = now or datetime.now(UTC)
+    if not _has_bronze(paths):
+        return skipped_report("bronze_freshness", NO_BRONZE, {"bronze": str(paths.bronze)})
     with _memory() as con:
         lags = con.execute(
             f"""
@@ -354,6 +364,8 @@ def mart_freshness(paths: AegisPaths, mart: str) -> ValidationReport:
     with connect_warehouse(paths.warehouse) as con:
         row = con.execute(f"select max({spec.time_column})::timestamptz from main.{mart}").fetchone()
     newest_mart = row[0] if row else None
+    if not _has_bronze(paths):
+        return skipped_report(suite, NO_BRONZE, {"bronze": str(paths.bronze)})
     with _memory() as con:
         lake_row = con.execute(f"select max(ts) from {_bronze_sql(paths)}").fetchone()
     newest_lake = lake_row[0] if lake_row else None

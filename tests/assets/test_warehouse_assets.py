@@ -9,9 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from aegis.config import AegisPaths
 from aegis.quality.synthetic_lake import write_synthetic_lake
 from aegis.telemetry import KPI_BUCKET_MINUTES
 from assets import warehouse
+from pipelines.resources.lake import LakeResource
 
 MODELS = {
     "stg_lake__events",
@@ -30,7 +32,8 @@ MODELS = {
 
 def _defs() -> dg.Definitions:
     return dg.Definitions.merge(
-        warehouse.defs, dg.Definitions(resources={"dbt": warehouse.dbt_resource("local")})
+        warehouse.defs,
+        dg.Definitions(resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource()}),
     )
 
 
@@ -48,7 +51,9 @@ def test_every_model_is_an_eager_telemetry_asset_fed_by_bronze() -> None:
     assert {n.group_name for n in models.values()} == {"telemetry"}
     for node in models.values():
         assert node.automation_condition is not None
-        assert node.automation_condition.get_label() == "warehouse_eager"  # assets.warehouse.WAREHOUSE_AUTOMATION
+        assert (
+            node.automation_condition.get_label() == "warehouse_eager"
+        )  # assets.warehouse.WAREHOUSE_AUTOMATION
     assert models["stg_lake__events"].parent_keys == {dg.AssetKey("bronze_events")}
     assert models["stg_lake__world_configs"].parent_keys == {dg.AssetKey("world_configs")}
     # every mart is downstream of bronze, so materializing group telemetry fills them all
@@ -76,13 +81,15 @@ def test_checks_cover_bronze_and_key_marts_with_blocking_where_it_matters() -> N
     assert any(n.startswith("unique_combination_fct_shard_kpis") for n in dbt_checks)
 
 
-def test_nightly_full_refresh_schedule() -> None:
+def test_nightly_full_refresh_schedule(aegis_home) -> None:
     schedule = _defs().resolve_schedule_def("warehouse_nightly_full_refresh")
     assert schedule.cron_schedule == warehouse.NIGHTLY_CRON
-    assert (
-        warehouse._dbt_args(warehouse.WarehouseBuildConfig(full_refresh=True), warehouse.paths())[-1]
-        == "--full-refresh"
-    )
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    args = warehouse._dbt_args(warehouse.WarehouseBuildConfig(full_refresh=True), aegis_home)
+    assert args[-1] == "--full-refresh"
+    assert str(aegis_home.home) in args[2]
+    # an S3 lake: no local aegis_home var, the prod target reads AEGIS_LAKE_ROOT
+    assert warehouse._dbt_args(warehouse.WarehouseBuildConfig(), None) == ["build"]
 
 
 def test_dbt_resource_profiles() -> None:
@@ -93,13 +100,14 @@ def test_dbt_resource_profiles() -> None:
 
 def test_bronze_check_result_fails_on_bad_rows_and_shows_examples(aegis_home) -> None:
     write_synthetic_lake(aegis_home, hours=1, n_shards=1, players_per_shard=5, ingested_at=datetime.now(UTC))
-    good = warehouse.bronze_gx_integrity()
+    lake = LakeResource()
+    good = warehouse.bronze_gx_integrity(lake)
     assert good.passed
     path = next(aegis_home.bronze.glob("*/*.parquet"))
     df = pq.read_table(path).to_pandas()
     df.loc[3, "event_id"] = None
     df.to_parquet(path, index=False)
-    bad = warehouse.bronze_gx_integrity()
+    bad = warehouse.bronze_gx_integrity(lake)
     assert not bad.passed and bad.severity == dg.AssetCheckSeverity.ERROR
     assert bad.metadata["failed_expectations"].value == 1
     assert "**FAIL**" in bad.metadata["expectations"].value
@@ -115,7 +123,11 @@ def test_materialize_dbt_assets_with_checks(aegis_home) -> None:
         warehouse.warehouse_dbt,
         *[c for c in warehouse.ASSET_CHECKS if "bronze_events" not in str(c.keys)],
     ]
-    result = dg.materialize(selection, resources={"dbt": warehouse.dbt_resource("local")}, instance=instance)
+    result = dg.materialize(
+        selection,
+        resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource()},
+        instance=instance,
+    )
     assert result.success
     mats = {e.asset_key.to_user_string(): e for e in result.get_asset_materialization_events()}
     assert set(mats) >= MODELS
@@ -130,3 +142,63 @@ def test_materialize_dbt_assets_with_checks(aegis_home) -> None:
     assert checks[("fct_quest_abandonment", "gx_volume")].metadata["skipped"].value.startswith("no baseline")
     assert any(name.startswith("unique_combination") and ev.passed for (_, name), ev in checks.items())
     assert defs is not None
+
+
+def test_bronze_checks_on_an_empty_lake_fail_or_skip_with_a_reason(aegis_home) -> None:
+    lake = LakeResource()
+    integrity = warehouse.bronze_gx_integrity(lake)
+    assert not integrity.passed and integrity.severity == dg.AssetCheckSeverity.ERROR
+    assert "no bronze data yet: land telemetry and run the ingest" in integrity.metadata["summary"].value
+    for check in (warehouse.bronze_gx_volume, warehouse.bronze_gx_freshness):
+        result = check(lake)
+        assert result.passed and "no bronze data yet" in result.metadata["skipped"].value
+
+
+def test_checks_read_the_lake_resource_home_not_aegis_home(aegis_home, tmp_path) -> None:
+    """AEGIS_HOME is empty; the configured LakeResource points at a home that has a lake."""
+    other = AegisPaths.from_env(tmp_path / "other").ensure()
+    write_synthetic_lake(other, hours=1, n_shards=1, players_per_shard=5, ingested_at=datetime.now(UTC))
+    assert not any(aegis_home.bronze.glob("*/*.parquet"))
+    result = warehouse.bronze_gx_integrity(LakeResource(home=str(other.home)))
+    assert result.passed and result.metadata["rows_validated"].value > 0
+    assert not warehouse.bronze_gx_integrity(LakeResource()).passed  # the environment's home is empty
+
+
+def test_dbt_asset_on_an_empty_lake_fails_before_dbt_with_what_is_missing(aegis_home) -> None:
+    missing = warehouse.missing_lake_inputs(aegis_home)
+    assert len(missing) == 2 and "no bronze events" in missing[0] and "config feed" in missing[1]
+    result = dg.materialize(
+        [warehouse.warehouse_dbt],
+        resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    text = str(failure.step_failure_data.user_failure_data.description)
+    assert "the warehouse cannot be built yet" in text and "no bronze events under" in text
+    assert "No files found" not in text
+    assert not aegis_home.warehouse.exists()  # dbt never ran
+
+
+@pytest.mark.slow
+def test_materialize_reads_the_lake_resource_home(aegis_home, tmp_path) -> None:
+    """The dbt build and the mart checks use LakeResource(home=...), not AEGIS_HOME (which stays empty)."""
+    other = AegisPaths.from_env(tmp_path / "other").ensure()
+    write_synthetic_lake(other, hours=2, n_shards=1, players_per_shard=10, ingested_at=datetime.now(UTC))
+    kpis = next(
+        c
+        for c in warehouse.ASSET_CHECKS
+        if any(
+            s.asset_key == dg.AssetKey("fct_shard_kpis") and s.name == "gx_integrity" for s in c.check_specs
+        )
+    )
+    result = dg.materialize(
+        [warehouse.warehouse_dbt, kpis],
+        resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource(home=str(other.home))},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    assert other.warehouse.exists() and not aegis_home.warehouse.exists()
+    checks = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
+    assert checks[("fct_shard_kpis", "gx_integrity")].passed

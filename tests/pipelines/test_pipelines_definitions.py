@@ -12,7 +12,10 @@ from aegis.config import AegisPaths
 EXPECTED_TELEMETRY_ASSETS = {"bronze_events", "telemetry_quality_report"}
 EXPECTED_JOBS = {"ingest_telemetry", "telemetry_quality_report_job"}
 EXPECTED_SENSORS = {"landing_sensor": "RUNNING", "default_automation_condition_sensor": "RUNNING"}
-EXPECTED_SCHEDULES = {"telemetry_daily_quality_report": ("0 6 * * *", "RUNNING")}
+EXPECTED_SCHEDULES = {
+    "telemetry_daily_quality_report": ("0 6 * * *", "RUNNING"),
+    "warehouse_nightly_full_refresh": ("30 3 * * *", "RUNNING"),
+}
 
 
 @pytest.fixture(scope="module")

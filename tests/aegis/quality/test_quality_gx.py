@@ -118,6 +118,10 @@ def test_bronze_integrity_catches_bad_kind_and_null_key(aegis_home) -> None:
     assert {row["kind"] for row in report.failing_examples} >= {"teleport"}
 
 
-def test_bronze_integrity_without_bronze_is_a_clear_error(aegis_home) -> None:
-    with pytest.raises(FileNotFoundError, match="no bronze"):
-        suites.bronze_integrity(aegis_home)
+def test_empty_lake_gives_reasons_not_stack_traces(aegis_home) -> None:
+    integrity = suites.bronze_integrity(aegis_home)
+    assert not integrity.success and integrity.row_count == 0
+    assert integrity.summary() == (f"bronze_integrity: FAILED: {suites.NO_BRONZE} {suites.NO_BRONZE_HINT}")
+    assert "no bronze data yet" in integrity.outcomes_markdown()
+    for report in (suites.bronze_volume(aegis_home), suites.bronze_freshness(aegis_home)):
+        assert report.success and report.skipped == [suites.NO_BRONZE]
