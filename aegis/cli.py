@@ -65,7 +65,9 @@ def info(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write one <Type>.json per type here.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Write one <Type>.json per type here."
+)
 @click.argument("names", nargs=-1)
 def schema(out: Path | None, names: tuple[str, ...]) -> None:
     """Export the JSON Schemas of the core types (all, or the NAMES given)."""

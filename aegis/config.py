@@ -26,7 +26,9 @@ def current_profile() -> str:
     """The active profile; an unknown value is an error, never a silent fallback."""
     profile = os.environ.get(ENV_PROFILE, "local").strip() or "local"
     if profile not in PROFILES:
-        raise ValueError(f"{ENV_PROFILE}={profile!r} is not a known profile; expected one of {', '.join(PROFILES)}")
+        raise ValueError(
+            f"{ENV_PROFILE}={profile!r} is not a known profile; expected one of {', '.join(PROFILES)}"
+        )
     return profile
 
 

@@ -63,9 +63,12 @@ class WorldParams(_Model):
     """
 
     npc_aggression: float = Field(1.0, description="NPC aggression multiplier: damage and pursuit")
-    spawn_rate: ZoneVector = Field(default_factory=lambda: [1.0] * N_ZONES, description="Monster spawn rate per zone")
+    spawn_rate: ZoneVector = Field(
+        default_factory=lambda: [1.0] * N_ZONES, description="Monster spawn rate per zone"
+    )
     elite_share: ZoneVector = Field(
-        default_factory=lambda: [0.1] * N_ZONES, description="Share of elite monsters in each zone's spawn mix (0..1)"
+        default_factory=lambda: [0.1] * N_ZONES,
+        description="Share of elite monsters in each zone's spawn mix (0..1)",
     )
     quest_difficulty: StageVector = Field(
         default_factory=lambda: [1.0] * N_STAGES, description="Difficulty multiplier per quest stage"
@@ -205,7 +208,9 @@ class Fault(_Model):
     kind: FaultKind
     shard_id: str
     duration_minutes: float = Field(30.0, gt=0, le=24 * 60, description="Game minutes the fault lasts")
-    magnitude: float = Field(1.0, gt=0, le=100, description="Fault strength (latency multiplier, exploit rate, ...)")
+    magnitude: float = Field(
+        1.0, gt=0, le=100, description="Fault strength (latency multiplier, exploit rate, ...)"
+    )
 
 
 # --------------------------------------------------------------------- changesets
@@ -244,7 +249,9 @@ class Operation(_Model):
 
     kind: OperationKind
     args: dict[str, Any] = Field(default_factory=dict)
-    deletes_active_inventory: int = Field(0, ge=0, description="Active inventory items this operation removes")
+    deletes_active_inventory: int = Field(
+        0, ge=0, description="Active inventory items this operation removes"
+    )
     invalidates_active_quests: int = Field(0, ge=0, description="Active quests this operation invalidates")
     save_schema_to: int | None = Field(None, ge=1, description="Save schema version after this operation")
 
@@ -353,8 +360,12 @@ class ExecutionPolicy(_Model):
     """What one actor may do: least privilege, made explicit."""
 
     actor: str = Field(min_length=1)
-    allowed_tools: list[str] = Field(default_factory=list, description="Operation kinds or tool names allowed")
-    data_scope: list[str] = Field(default_factory=list, description="Regions or shard ids the actor may touch ('*' = all)")
+    allowed_tools: list[str] = Field(
+        default_factory=list, description="Operation kinds or tool names allowed"
+    )
+    data_scope: list[str] = Field(
+        default_factory=list, description="Regions or shard ids the actor may touch ('*' = all)"
+    )
     limits: ResourceLimits = Field(default_factory=ResourceLimits)
 
 
@@ -406,7 +417,14 @@ class SecurityIncident(_Model):
     id: str = Field(default_factory=lambda: new_id("sec"))
     detected_at: datetime = Field(default_factory=utcnow)
     actor: str
-    kind: Literal["policy_violation", "unauthorized_tool", "scope_violation", "signature_failure", "ledger_tamper", "rate_limit"]
+    kind: Literal[
+        "policy_violation",
+        "unauthorized_tool",
+        "scope_violation",
+        "signature_failure",
+        "ledger_tamper",
+        "rate_limit",
+    ]
     severity: Severity = Severity.WARNING
     detail: str
     changeset_id: str | None = None
@@ -472,7 +490,9 @@ class Decision(_Model):
     decided_at: datetime = Field(default_factory=utcnow)
     changeset_id: str
     verdict: Verdict
-    axiom: Axiom | None = Field(None, description="The highest axiom behind the verdict (None when auto with no finding)")
+    axiom: Axiom | None = Field(
+        None, description="The highest axiom behind the verdict (None when auto with no finding)"
+    )
     rule: str | None = None
     risk_score: float = Field(ge=0.0, le=1.0)
     findings: list[Finding] = Field(default_factory=list)

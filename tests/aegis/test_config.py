@@ -16,11 +16,19 @@ def test_info_json_names_every_location(aegis_home: AegisPaths) -> None:
     assert data["home"] == str(aegis_home.home)
     assert data["warehouse"].endswith("warehouse.duckdb")
     assert data["ledger"].endswith("ledger.db")
-    assert data["mlflow_tracking_uri"].startswith("sqlite:///") and str(aegis_home.mlflow) in data["mlflow_tracking_uri"]
+    assert (
+        data["mlflow_tracking_uri"].startswith("sqlite:///")
+        and str(aegis_home.mlflow) in data["mlflow_tracking_uri"]
+    )
 
 
 def test_ensure_creates_layout(aegis_home: AegisPaths) -> None:
-    for path in (aegis_home.landing_telemetry, aegis_home.bronze, aegis_home.quarantine_files, aegis_home.world):
+    for path in (
+        aegis_home.landing_telemetry,
+        aegis_home.bronze,
+        aegis_home.quarantine_files,
+        aegis_home.world,
+    ):
         assert path.is_dir()
 
 

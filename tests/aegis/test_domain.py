@@ -65,8 +65,18 @@ def test_schema_command_exports_every_core_type(tmp_path) -> None:
     result = CliRunner().invoke(cli, ["schema", "--out", str(out)])
     assert result.exit_code == 0, result.output
     names = {p.stem for p in out.glob("*.json")}
-    required = {"GoalSpec", "ExecutionPolicy", "TaskTrace", "ReflectionRecord", "SecurityIncident",
-                "AutonomousChangeSet", "WorldParams", "Alert", "Decision", "AuditRecord"}
+    required = {
+        "GoalSpec",
+        "ExecutionPolicy",
+        "TaskTrace",
+        "ReflectionRecord",
+        "SecurityIncident",
+        "AutonomousChangeSet",
+        "WorldParams",
+        "Alert",
+        "Decision",
+        "AuditRecord",
+    }
     assert required <= names == set(CORE_TYPES)
     doc = json.loads((out / "AutonomousChangeSet.json").read_text())
     assert {"target", "diff", "risk_score", "canary_result", "promotion_state"} <= set(doc["properties"])

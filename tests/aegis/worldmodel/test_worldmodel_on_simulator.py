@@ -50,7 +50,11 @@ def test_simulated_world_difficulty_effect_direction(aegis_home: AegisPaths) -> 
     before = [float(current[f"p_quest_difficulty_{i}"]) for i in range(5)]
     harder = AutonomousChangeSet(
         target=shard,
-        diff={"quest_difficulty": ParamChange(before=before, after=[min(3.0, round(b * 1.4, 4)) for b in before])},
+        diff={
+            "quest_difficulty": ParamChange(
+                before=before, after=[min(3.0, round(b * 1.4, 4)) for b in before]
+            )
+        },
     )
     effects = predict_effects(harder, history, outcome.model)
     deaths = sum(effects[k].delta for k in ("deaths_early", "deaths_mid", "deaths_late"))
