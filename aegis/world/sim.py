@@ -38,7 +38,7 @@ from aegis.domain import N_STAGES, N_ZONES, SAVE_SCHEMA_VERSION, Fault, FaultKin
 from aegis.telemetry import WORLD_EPOCH
 from aegis.world import sim_catalog as C
 from aegis.world.sim_events import EventBuffer
-from aegis.world.sim_tick import ShardGroup
+from aegis.world.sim_tick import SLOT_FIELDS, ShardGroup
 from aegis.world.sim_tick import bound as _bound  # noqa: F401  (re-exported for tests and tools)
 from aegis.world.sim_tick import pc as _pc  # noqa: F401
 from aegis.world.sim_tick import thr as _thr  # noqa: F401
@@ -56,23 +56,8 @@ _EPOCH_US = int(WORLD_EPOCH.timestamp()) * _US
 _PLAYER_SHIFT = 28
 _MAX_SHARD_INDEX = 2**12 - 1
 
-_ARRAY_FIELDS: dict[str, np.dtype] = {
-    "player_id": np.dtype(np.int64),
-    "active": np.dtype(bool),
-    "on": np.dtype(bool),
-    "pending": np.dtype(bool),
-    "pending_until_us": np.dtype(np.int64),
-    "skill": np.dtype(np.float32),
-    "engagement": np.dtype(np.float32),
-    "level": np.dtype(np.int16),
-    "gold": np.dtype(np.int64),
-    "gems": np.dtype(np.int64),
-    "inventory": np.dtype(np.int32),
-    "quest_id": np.dtype(np.int32),
-    "stage": np.dtype(np.int8),
-    "stage_deaths": np.dtype(np.int16),
-    "ref_stock": np.dtype(np.float64),
-}
+# Everything ShardSim persists per player slot, plus the per-shard reference stock.
+_ARRAY_FIELDS: dict[str, np.dtype] = {**SLOT_FIELDS, "ref_stock": np.dtype(np.float64)}
 _SCALAR_FIELDS = (
     "shard_id",
     "region",
