@@ -92,6 +92,9 @@ auto_materialize:
   use_sensors: true
 telemetry:
   enabled: false
+# no "join the community" dialog over the asset graph of a local, offline stack
+nux:
+  enabled: false
 """
 
 
