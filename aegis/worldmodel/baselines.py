@@ -54,7 +54,8 @@ class Ridge:
         return np.concatenate([x, np.ones((len(w), 1))], axis=1)
 
     def fit(self, train: Windows, val: Windows) -> Ridge:
-        self.normaliser = Normaliser.fit(train)
+        # Plain symlog, as the baseline was defined; the world model's per-KPI scales are its own.
+        self.normaliser = Normaliser.fit(train, scaled=False)
         x, y = self._design(train), self.normaliser.target(train.target).astype(np.float64)
         xv, yv = self._design(val), self.normaliser.target(val.target).astype(np.float64)
         gram, rhs = x.T @ x, x.T @ y

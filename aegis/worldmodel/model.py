@@ -40,6 +40,15 @@ MIN_VAR = 1e-4
 FORMAT_VERSION = 1
 STD_FLOOR = 1e-3
 PARAM_STD_FLOOR = 0.02  # of a parameter's hard range (parameters are scaled to [0, 1] first)
+# symlog(x / scale) with scale = the KPI's median magnitude on the training split: a KPI
+# that lives at 0.005 with rare spikes of 5 (velocity) is otherwise linear where it lives and
+# its everyday moves vanish under the spikes' variance; counts become log-like around their level.
+SCALE_QUANTILE = 0.5
+SCALE_FLOOR = 1e-6
+# Per-KPI weights of the network's predicted change, chosen on the validation split by MAE.
+# 5-minute counts at a few dozen events are mostly Poisson noise: where the network's move
+# from the last value does not pay on unseen time, the model learns to make a smaller one.
+SHRINK_GRID = np.linspace(0.0, 1.0, 21)
 
 
 @dataclass(frozen=True)
@@ -69,11 +78,25 @@ class Normaliser:
     target_std: np.ndarray
     param_mean: np.ndarray
     param_std: np.ndarray
+    # Per-KPI magnitude dividing values before symlog; ones (plain symlog) when absent, which
+    # is what files written before the scales existed, and the ridge baseline, use.
+    kpi_scale: np.ndarray | None = None
+    target_scale: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.kpi_scale is None:
+            self.kpi_scale = np.ones_like(np.asarray(self.kpi_mean, dtype=np.float64))
+        if self.target_scale is None:
+            self.target_scale = np.ones_like(np.asarray(self.target_mean, dtype=np.float64))
 
     @classmethod
-    def fit(cls, train: Windows) -> Normaliser:
-        k = symlog(train.kpis.reshape(-1, train.kpis.shape[-1]))
-        y = symlog(train.target)
+    def fit(cls, train: Windows, scaled: bool = True) -> Normaliser:
+        """Statistics of the training split; ``scaled`` divides each KPI by its typical magnitude first."""
+        flat = train.kpis.reshape(-1, train.kpis.shape[-1])
+        kpi_scale = robust_scale(flat) if scaled else np.ones(flat.shape[-1])
+        target_scale = robust_scale(train.target) if scaled else np.ones(train.target.shape[-1])
+        k = symlog(flat / kpi_scale)
+        y = symlog(train.target / target_scale)
         p = param_scale(train.action)
         return cls(
             kpi_mean=k.mean(0),
@@ -85,6 +108,8 @@ class Normaliser:
             # changeset moves it: the model then sees a modest input, and says it is unsure.
             param_mean=p.mean(0),
             param_std=np.maximum(p.std(0), PARAM_STD_FLOOR),
+            kpi_scale=kpi_scale,
+            target_scale=target_scale,
         )
 
     def inputs(self, w: Windows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,7 +119,7 @@ class Normaliser:
         target: the network predicts the change from it, so a slowly moving level
         (players online, money supply) starts from persistence instead of from zero.
         """
-        kpis = (symlog(w.kpis) - self.kpi_mean) / self.kpi_std
+        kpis = (symlog(w.kpis / self.kpi_scale) - self.kpi_mean) / self.kpi_std
         steps = np.concatenate([kpis, w.times], axis=-1)
         act = (param_scale(w.action) - self.param_mean) / self.param_std
         action = np.concatenate([act, w.action_time], axis=-1)
@@ -102,10 +127,10 @@ class Normaliser:
         return steps.astype(np.float32), action.astype(np.float32), anchor.astype(np.float32)
 
     def target(self, y: np.ndarray) -> np.ndarray:
-        return ((symlog(y) - self.target_mean) / self.target_std).astype(np.float32)
+        return ((symlog(y / self.target_scale) - self.target_mean) / self.target_std).astype(np.float32)
 
     def untarget(self, z: np.ndarray) -> np.ndarray:
-        return symexp(z * self.target_std + self.target_mean)
+        return symexp(z * self.target_std + self.target_mean) * self.target_scale
 
     def to_dict(self) -> dict[str, list[float]]:
         return {k: np.asarray(v, dtype=float).tolist() for k, v in asdict(self).items()}
@@ -113,6 +138,17 @@ class Normaliser:
     @classmethod
     def from_dict(cls, d: dict[str, list[float]]) -> Normaliser:
         return cls(**{k: np.asarray(v, dtype=np.float64) for k, v in d.items()})
+
+
+def robust_scale(values: np.ndarray) -> np.ndarray:
+    """Each column's median magnitude (ignoring zeros), floored: the unit symlog is applied in."""
+    mag = np.abs(np.asarray(values, dtype=np.float64))
+    out = np.ones(mag.shape[-1])
+    for j in range(mag.shape[-1]):
+        nz = mag[:, j][mag[:, j] > 0]
+        if len(nz):
+            out[j] = max(float(np.quantile(nz, SCALE_QUANTILE)), SCALE_FLOOR)
+    return out
 
 
 class MemberNet(nn.Module):
@@ -163,6 +199,7 @@ class WorldModel:
         members: list[MemberNet],
         calibration: np.ndarray | None = None,
         info: dict[str, object] | None = None,
+        shrink: np.ndarray | None = None,
     ) -> None:
         self.config = config
         self.normaliser = normaliser
@@ -170,6 +207,7 @@ class WorldModel:
         self.calibration = (
             np.ones(len(TARGET_KPIS)) if calibration is None else np.asarray(calibration, float)
         )
+        self.shrink = np.ones(len(TARGET_KPIS)) if shrink is None else np.asarray(shrink, float)
         self.info = dict(info or {})
         for m in self.members:
             m.eval()
@@ -205,7 +243,20 @@ class WorldModel:
         mu = mu_k.mean(0)
         var = (var_k + mu_k**2).mean(0) - mu**2
         sigma = np.sqrt(np.maximum(var, MIN_VAR)) * self.calibration
-        return mu, sigma
+        anchor = self.normaliser.target(w.last_target).astype(np.float64)
+        return anchor + self.shrink * (mu - anchor), sigma
+
+    def fit_shrinkage(self, val: Windows) -> np.ndarray:
+        """Per KPI, the share of the predicted change that minimises validation MAE in KPI units."""
+        self.shrink = np.ones(len(TARGET_KPIS))
+        mu, _ = self.predict_normalised(val)
+        anchor = self.normaliser.target(val.last_target).astype(np.float64)
+        errors = [
+            np.abs(self.normaliser.untarget(anchor + a * (mu - anchor)) - val.target).mean(0)
+            for a in SHRINK_GRID
+        ]
+        self.shrink = SHRINK_GRID[np.argmin(np.stack(errors), axis=0)]
+        return self.shrink
 
     def predict(self, w: Windows) -> Prediction:
         mu, sigma = self.predict_normalised(w)
@@ -236,6 +287,7 @@ class WorldModel:
             "config": asdict(self.config),
             "normaliser": self.normaliser.to_dict(),
             "calibration": self.calibration.tolist(),
+            "shrink": self.shrink.tolist(),
             "inputs": list(INPUT_KPIS),
             "params": list(PARAM_COLUMNS),
             "targets": list(TARGET_KPIS),
@@ -276,4 +328,5 @@ class WorldModel:
             members,
             np.asarray(meta["calibration"]),
             meta["info"],
+            shrink=np.asarray(meta["shrink"]) if "shrink" in meta else None,
         )

@@ -238,6 +238,7 @@ def _fit(
         epochs_run.append(history[-1].epoch + 1)
     seconds = time.perf_counter() - started
     model = WorldModel(model_cfg, normaliser, members, info={"train": cfg.as_params(), "device": str(device)})
+    model.fit_shrinkage(val)
     model.calibrate(val)
     model.to("cpu")
     return TrainResult(model, str(device), epochs_run, history, seen * world, seconds)
