@@ -14,19 +14,14 @@ from aegis.quality.synthetic_lake import write_synthetic_lake
 from aegis.telemetry import KPI_BUCKET_MINUTES
 from assets import warehouse
 from pipelines.resources.lake import LakeResource
+from tests.support import ISSUE_MARTS
 
 MODELS = {
     "stg_lake__events",
     "stg_lake__world_configs",
     "int_shard_buckets",
     "int_shard_bucket_spine",
-    "fct_progression_funnel",
-    "fct_quest_abandonment",
-    "fct_death_heatmap",
-    "fct_economy_daily",
-    "fct_server_health",
-    "fct_slo_burn",
-    "fct_shard_kpis",
+    *ISSUE_MARTS,
 }
 
 

@@ -15,19 +15,12 @@ import pytest
 from aegis.config import AegisPaths
 from aegis.quality.synthetic_lake import WORLD_EPOCH, Fault, write_synthetic_lake
 from aegis.telemetry import KPI_COLUMNS, KPI_KEY_COLUMNS, config_columns
+from tests.support import ISSUE_MARTS
 
 DBT_DIR = Path(__file__).resolve().parents[2] / "dbt"
 CRASH = Fault("eu-1", "crash", WORLD_EPOCH + timedelta(minutes=70), WORLD_EPOCH + timedelta(minutes=100))
 SPIKE = Fault("us-2", "latency", WORLD_EPOCH + timedelta(minutes=120), WORLD_EPOCH + timedelta(minutes=150))
-MARTS = (
-    "fct_progression_funnel",
-    "fct_quest_abandonment",
-    "fct_death_heatmap",
-    "fct_economy_daily",
-    "fct_server_health",
-    "fct_slo_burn",
-    "fct_shard_kpis",
-)
+MARTS = ISSUE_MARTS
 
 
 def dbt_build(home: AegisPaths, *extra: str) -> None:

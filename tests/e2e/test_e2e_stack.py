@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import ISSUE_MARTS, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(9 * 60)]
 READY_TIMEOUT_S = 240
@@ -27,15 +27,7 @@ POLL_S = 5
 STOP_TIMEOUT_S = 60
 # Every mart the warehouse builds must have materialized, fct_shard_kpis included (its path runs
 # through stg_lake__world_configs, which plain eager() never built).
-MARTS = (
-    "fct_shard_kpis",
-    "fct_server_health",
-    "fct_progression_funnel",
-    "fct_economy_daily",
-    "fct_death_heatmap",
-    "fct_quest_abandonment",
-    "fct_slo_burn",
-)
+MARTS = ISSUE_MARTS
 AUTOMATION_SENSOR = "default_automation_condition_sensor"
 # Demo speed: 2 game minutes per wall second, so a few minutes of wall clock hold hours of game time.
 SPEED = "120"
