@@ -161,6 +161,18 @@ def write_atomic(table: pa.Table, path: Path, compression: str = "zstd", **write
     return path
 
 
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    """Write ``data`` under :func:`write_atomic`'s temporary name and rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 # ------------------------------------------------------------------ world clock
 # The game clock runs faster than the wall clock (60x under ``aegis up``) and may be
 # ahead of or behind it, so "an event from the future" cannot be judged by the wall
@@ -238,14 +250,7 @@ def advance_world_clock(landing_root: Path, game_time: datetime, tick_seconds: f
                 max(current.game_time, clock.game_time), max(current.tick_seconds, clock.tick_seconds)
             )
         if clock != current:
-            path = world_clock_path(landing_root)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            try:
-                tmp.write_text(clock.to_json())
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            write_bytes_atomic(clock.to_json().encode(), world_clock_path(landing_root))
         return clock
     finally:
         os.close(fd)  # releases the lock

@@ -58,12 +58,12 @@ from aegis.config import AegisPaths
 from aegis.quality import suites
 from aegis.quality.gx_validation import ValidationReport
 from aegis.stack import AUTOMATION_TAG
+from assets.telemetry import BRONZE_KEY
 from pipelines.resources.lake import LakeResource
 
 GROUP = "telemetry"
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
 DBT_TARGETS: dict[str, str] = {"local": "local", "prod": "prod"}  # AEGIS_PROFILE -> dbt target
-BRONZE_KEY = dg.AssetKey("bronze_events")
 WORLD_CONFIGS_KEY = dg.AssetKey("world_configs")
 CHECKED_MARTS: tuple[str, ...] = tuple(suites.MART_SPECS)
 FUNNEL_MART = "fct_progression_funnel"

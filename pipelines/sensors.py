@@ -160,7 +160,8 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> d
     if wait is not None:
         return dg.SensorResult(skip_reason=wait, cursor=context.cursor)
     paths = lake.paths()
-    retry = retry_of_failed_ingest(context.instance, Manifest(paths).done_sources())
+    done = Manifest(paths).done_sources()  # read once per tick: the retry and the new batches both need it
+    retry = retry_of_failed_ingest(context.instance, done)
     if retry is not None:
         context.log.warning(
             f"ingest run {retry.tags['aegis/retry-of'][:8]} failed; retrying its "
@@ -170,7 +171,6 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> d
     cursor = LandingCursor.parse(context.cursor)
     since = cursor.watermark_ns - LAG_NS if cursor.watermark_ns else None
     landed = list_landed(paths.landing_telemetry, newer_than_ns=since)
-    done = Manifest(paths).done_sources() if landed else set()
     batches, waiting, nxt = plan_run(landed, cursor, done, lake.max_batches_per_run)
     if not batches:
         return dg.SensorResult(skip_reason="no new batches landed", cursor=nxt.dump())

@@ -1,16 +1,10 @@
 """Policy as code: the Rego axioms (``*.rego``), their thresholds (``data.json``) and examples.
 
-Data only, plus this thin loader: ``POLICY_DIR`` is where the files are, for
-tools that want them without importing the engine (``aegis.policy`` finds the
-same directory on its own, or ``$AEGIS_POLICIES``).
+Data only, plus this thin loader: ``POLICY_DIR`` is where the files are, installed
+with the package; ``aegis.policy`` reads it (unless ``$AEGIS_POLICIES`` names another
+directory), and an OPA server can be pointed at the same directory.
 """
 
 from pathlib import Path
 
 POLICY_DIR = Path(__file__).resolve().parent
-DATA_FILE = POLICY_DIR / "data.json"
-EXAMPLES_DIR = POLICY_DIR / "examples"
-
-
-def policy_dir() -> Path:
-    return POLICY_DIR

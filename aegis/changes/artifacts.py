@@ -49,10 +49,6 @@ def write_atomic_text(path: Path, text: str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build_manifest(
     changeset: AutonomousChangeSet,
     snapshot: dict[str, Any],

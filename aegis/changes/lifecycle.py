@@ -47,7 +47,7 @@ from aegis.changes.playbook import DEFAULT_PAGER
 from aegis.changes.slo import SloStateUnknown, WarehouseSloAlerts
 from aegis.changes.states import IllegalTransition, check_transition
 from aegis.changes.store import ChangeSetRecord, ChangeSetStore
-from aegis.config import AegisPaths, paths
+from aegis.config import WORLD_PORT, AegisPaths, paths
 from aegis.domain import (
     AutonomousChangeSet,
     CanaryResult,
@@ -431,10 +431,11 @@ class Lifecycle:
                 intent={"mode": mode, "reason": reason, "idempotency_key": f"{changeset_id}:rollback-config"},
                 action=lambda i: self._config_rollback(cs, config_before, i["idempotency_key"]),
             )
+        verified = self.store.step(changeset_id, "verify_apply")
         validation = {
             "result": "rolled back" if out["ok"] else "ROLLBACK VERIFICATION FAILED",
             "snapshot_integrity": snapshot.integrity.model_dump(mode="json"),
-            "apply": (self.store.step(changeset_id, "verify_apply") or _Empty()).outcome,
+            "apply": verified.outcome if verified is not None else None,
             "rollback": out,
         }
         self._write_artifacts(changeset_id, status="rolled_back", validation=validation)
@@ -769,12 +770,8 @@ class Lifecycle:
             manifest=manifest,
             diff=diff,
             validation={"changeset_id": changeset_id, **validation},
-            backend_url=getattr(self.backend, "base_url", "http://127.0.0.1:8765"),
+            backend_url=getattr(self.backend, "base_url", f"http://127.0.0.1:{WORLD_PORT}"),
             pager=self.config.pager,
         )
         for kind, (path, digest) in written.items():
             self.store.put_artifact(changeset_id, kind, Path(path), digest)
-
-
-class _Empty:
-    outcome: dict[str, Any] | None = None

@@ -43,6 +43,17 @@ class LandedBatch:
         return self.partition.get("shard")
 
 
+def _landed(path: Path, rel: str, st: os.stat_result) -> LandedBatch:
+    """The batch at ``path`` (``rel`` to the landing root); its id is the name without BATCH_SUFFIX."""
+    return LandedBatch(
+        mtime_ns=st.st_mtime_ns,
+        rel=rel,
+        batch_id=path.name.removesuffix(BATCH_SUFFIX),
+        path=path,
+        size=st.st_size,
+    )
+
+
 def _walk(root: Path) -> Iterator[os.DirEntry[str]]:
     stack = [root]
     while stack:
@@ -73,15 +84,7 @@ def list_landed(root: Path, newer_than_ns: int | None = None) -> list[LandedBatc
         if newer_than_ns is not None and st.st_mtime_ns <= newer_than_ns:
             continue
         path = Path(entry.path)
-        out.append(
-            LandedBatch(
-                mtime_ns=st.st_mtime_ns,
-                rel=path.relative_to(root).as_posix(),
-                batch_id=path.name[: -len(BATCH_SUFFIX)],
-                path=path,
-                size=st.st_size,
-            )
-        )
+        out.append(_landed(path, path.relative_to(root).as_posix(), st))
     out.sort()
     return out
 
@@ -105,14 +108,6 @@ def resolve(root: Path, rels: list[str]) -> tuple[list[LandedBatch], list[str]]:
         except FileNotFoundError:
             gone.append(rel)
             continue
-        found.append(
-            LandedBatch(
-                mtime_ns=st.st_mtime_ns,
-                rel=path.relative_to(base).as_posix(),
-                batch_id=path.name[: -len(BATCH_SUFFIX)] if path.name.endswith(BATCH_SUFFIX) else path.name,
-                path=path,
-                size=st.st_size,
-            )
-        )
+        found.append(_landed(path, path.relative_to(base).as_posix(), st))
     found.sort()
     return found, gone

@@ -9,6 +9,7 @@ them over here, so that a decision can be replayed exactly from its ledger recor
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -81,7 +82,7 @@ class PolicyContext(_Strict):
     @field_validator("predicted")
     @classmethod
     def _finite(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = sorted(k for k, x in v.items() if x != x or x in (float("inf"), float("-inf")))
+        bad = sorted(k for k, x in v.items() if not math.isfinite(x))
         if bad:
             raise ValueError(f"predictions must be finite numbers; not finite: {', '.join(bad)}")
         return v

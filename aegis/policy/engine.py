@@ -32,11 +32,9 @@ from pydantic import ValidationError
 
 from aegis.domain import AutonomousChangeSet, Axiom, Decision, Finding, Verdict
 from aegis.policy.context import PolicyContext
-from aegis.policy.rego_tests import PolicyTestReport, run_policy_tests
+from aegis.policy.rego_tests import DATA_FILE, TEST_SUFFIX, PolicyTestReport, run_policy_tests
 
 ENV_POLICIES = "AEGIS_POLICIES"
-DATA_FILE = "data.json"
-TEST_SUFFIX = "_test.rego"
 DECISION_QUERY = "result = data.aegis.decision.result"
 VERDICT_SEVERITY = {Verdict.DENY: 0, Verdict.SIMULATE: 1, Verdict.AUTO: 2}
 VERSION_LENGTH = 16
@@ -93,7 +91,9 @@ def default_policies_dir() -> Path:
     env = os.environ.get(ENV_POLICIES, "").strip()
     if env:
         return Path(env).expanduser().resolve()
-    return Path(__file__).resolve().parents[2] / "policies"
+    from policies import POLICY_DIR  # the data package's own loader, installed beside aegis
+
+    return POLICY_DIR
 
 
 def policy_files(policies_dir: Path) -> tuple[list[Path], list[Path], Path]:
@@ -146,7 +146,7 @@ class PolicyEngine:
         from regopy import Interpreter, RegoError
 
         self.policies_dir = (policies_dir or default_policies_dir()).resolve()
-        modules, self._tests, data_file = policy_files(self.policies_dir)
+        modules, _tests, data_file = policy_files(self.policies_dir)
         self.data: dict[str, Any] = load_data(data_file)
         self.version: str = content_version([*modules, data_file], self.policies_dir)
         self._lock = threading.Lock()

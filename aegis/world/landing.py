@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
@@ -71,6 +70,7 @@ from aegis.telemetry import (
     config_schema,
     landing_path,
     write_atomic,
+    write_bytes_atomic,
 )
 from aegis.world.sim import ShardSim, from_us
 from aegis.world.sim_events import EventBuffer
@@ -196,20 +196,6 @@ class LandingWriter:
         self._config_versions: dict[str, int] = {}
         self._newest_hour: dict[str, int] = {}  # per shard: hours since WORLD_EPOCH of its newest batch
         self._buffers: dict[str, EventBuffer] = {}
-        self.landed: list[Path] = []
-
-    # ------------------------------------------------------------------ counts
-    @property
-    def events_landed(self) -> int:
-        return self.stats.events
-
-    @property
-    def files_landed(self) -> int:
-        return self.stats.files
-
-    @property
-    def bytes_landed(self) -> int:
-        return self.stats.bytes
 
     # --------------------------------------------------------------- telemetry
     def add(self, shard: ShardSim, table: pa.Table, now: datetime | None = None) -> None:
@@ -232,11 +218,7 @@ class LandingWriter:
         same files) without building a table per tick. Returns the tick's event count.
         """
         self._learn_tick(minutes)
-        pend = self._open_window(shard, now)
-        if pend.events is None:
-            buf = self._buffers.pop(shard.shard_id, None)
-            pend.events = buf if buf is not None else EventBuffer(shard.shard_id, shard.region)
-        return shard.step_into(minutes, now, pend.events)
+        return shard.step_into(minutes, now, self._window_events(shard, now))
 
     def add_group_step(self, group: ShardGroup, minutes: float, now: datetime) -> list[int]:
         """Step every shard of ``group`` one fused tick at ``now`` into their landing windows.
@@ -246,14 +228,16 @@ class LandingWriter:
         with one fused tick instead of one per shard. Returns the events per shard.
         """
         self._learn_tick(minutes)
-        buffers = []
-        for shard in group.shards:
-            pend = self._open_window(shard, now)
-            if pend.events is None:
-                buf = self._buffers.pop(shard.shard_id, None)
-                pend.events = buf if buf is not None else EventBuffer(shard.shard_id, shard.region)
-            buffers.append(pend.events)
+        buffers = [self._window_events(shard, now) for shard in group.shards]
         return group.step_into(minutes, now, buffers)
+
+    def _window_events(self, shard: ShardSim, now: datetime) -> EventBuffer:
+        """The event buffer of the shard's window for a tick at ``now`` (the shard's emptied one reused)."""
+        pend = self._open_window(shard, now)
+        if pend.events is None:
+            buf = self._buffers.pop(shard.shard_id, None)
+            pend.events = buf if buf is not None else EventBuffer(shard.shard_id, shard.region)
+        return pend.events
 
     def _learn_tick(self, minutes: float) -> None:
         if self.tick_minutes is None or minutes > self.tick_minutes:
@@ -341,7 +325,6 @@ class LandingWriter:
                 self.stats.kinds[kind] = self.stats.kinds.get(kind, 0) + n
         self.stats.files += 1
         self.stats.bytes += path.stat().st_size
-        self.landed.append(path)
         pend.tables = []
         pend.landed = True
         hour = int((start - WORLD_EPOCH).total_seconds() // 3600)
@@ -359,7 +342,7 @@ class LandingWriter:
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink, compression=self.compression)
             data = sink.getvalue().to_pybytes()
-            self._write_bytes_atomic(data[: max(len(data) // 2, 1)], path)
+            write_bytes_atomic(data[: max(len(data) // 2, 1)], path)
             return
         n = table.num_rows
         # Every tenth row (at least one): deterministic, so a test knows how many to expect.
@@ -384,16 +367,6 @@ class LandingWriter:
         bad_table = pa.Table.from_arrays([cols[c] for c in SCHEMA_V1.names], schema=SCHEMA_V1)
         write_batch_atomic(bad_table, path, compression=self.compression)
         self.stats.events += bad_table.num_rows
-
-    @staticmethod
-    def _write_bytes_atomic(data: bytes, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     # --------------------------------------------------------------- retention
     def _enforce_retention(self, shard_id: str) -> None:

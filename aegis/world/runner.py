@@ -24,7 +24,7 @@ import queue
 import time
 import traceback
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -154,16 +154,9 @@ def _split(shards: list[ShardSim], workers: int) -> list[list[ShardSim]]:
 
 
 def _merge(total: LandingStats, part: dict[str, Any]) -> None:
-    for name in (
-        "events",
-        "files",
-        "bytes",
-        "config_files",
-        "corrupt_batches",
-        "deleted_files",
-        "kept_files",
-    ):
-        setattr(total, name, getattr(total, name) + int(part[name]))
+    for f in fields(LandingStats):
+        if f.name != "kinds":
+            setattr(total, f.name, getattr(total, f.name) + int(part[f.name]))
     for kind, n in part["kinds"].items():
         total.kinds[kind] = total.kinds.get(kind, 0) + int(n)
 

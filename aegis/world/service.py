@@ -45,6 +45,7 @@ from aegis.domain import (
 )
 from aegis.telemetry import WORLD_EPOCH
 from aegis.world.client import FaultReceipt, Health, RestoreResult
+from aegis.world.exploration import DEFAULT_EXPLORE_EVERY_HOURS, exploration_epoch, explore
 from aegis.world.metrics import WorldMetrics
 from aegis.world.store import ConfigRecord, IdempotentResponse, WorldStore
 
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 DEFAULT_SPEED = 60.0
 DEFAULT_SEED = 7
 DEFAULT_PLAYERS_PER_SHARD = 5000
-EXPLORE_EVERY_HOURS = 6.0
 # Landing retention of the live server, in game hours (aegis.world.landing.DEFAULT_RETENTION_HOURS:
 # a week of game time, under 3 wall hours at speed 60); batches not yet ingested are kept past it.
 DEFAULT_RETENTION_HOURS = 24 * 7
@@ -136,7 +136,7 @@ class ServiceOptions:
     players_per_shard: int = DEFAULT_PLAYERS_PER_SHARD
     shards_per_region: int = 3
     explore: bool = True
-    explore_every_hours: float = EXPLORE_EVERY_HOURS
+    explore_every_hours: float = DEFAULT_EXPLORE_EVERY_HOURS
     land_telemetry: bool = True
     retention_hours: float | None = DEFAULT_RETENTION_HOURS  # None keeps every landed batch
 
@@ -209,7 +209,6 @@ class WorldService:
 
     def _open_world(self) -> None:
         from aegis.lake.manifest import pending_keeper
-        from aegis.world.exploration import exploration_epoch
         from aegis.world.landing import LandingWriter
         from aegis.world.sim import World
 
@@ -410,8 +409,6 @@ class WorldService:
         """Live-ops exploration, exactly as :func:`aegis.world.runner.run_world` schedules it:
         when a shard enters a new exploration epoch it gets new params inside the safe
         bands. Canary shards are skipped (their epoch is not consumed)."""
-        from aegis.world.exploration import exploration_epoch, explore
-
         out: list[ConfigRecord] = []
         every = self.options.explore_every_hours
         for sid, shard in self.world.shards.items():

@@ -39,9 +39,7 @@ from aegis.telemetry import WORLD_EPOCH
 from aegis.world import sim_catalog as C
 from aegis.world.sim_events import EventBuffer
 from aegis.world.sim_tick import SLOT_FIELDS, ShardGroup
-from aegis.world.sim_tick import bound as _bound  # noqa: F401  (re-exported for tests and tools)
-from aegis.world.sim_tick import pc as _pc  # noqa: F401
-from aegis.world.sim_tick import thr as _thr  # noqa: F401
+from aegis.world.sim_tick import thr as _thr  # noqa: F401  (re-exported for tests)
 
 REGIONS: tuple[str, ...] = ("eu-west", "us-east", "ap-southeast")
 DEFAULT_PLAYERS_PER_SHARD = 5000

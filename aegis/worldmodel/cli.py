@@ -13,8 +13,19 @@ from pathlib import Path
 import click
 
 from aegis.config import paths
+from aegis.worldmodel.settings import (
+    CHAMPION,
+    DEFAULT_DEVICE,
+    DEFAULT_EPOCHS,
+    DEFAULT_HIDDEN,
+    DEFAULT_MEMBERS,
+    DEFAULT_SEED,
+    DEFAULT_WINDOW,
+    MODEL_NAME,
+)
 
 DEFAULT_OUT = "world_model.pt"
+CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 
 
 def _load_rows(source: str | None):  # type: ignore[no-untyped-def]
@@ -59,12 +70,14 @@ def model() -> None:
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True
 )
-@click.option("--window", type=int, default=12, show_default=True, help="History buckets per sample.")
-@click.option("--epochs", type=int, default=60, show_default=True)
-@click.option("--members", type=int, default=5, show_default=True, help="Ensemble members.")
-@click.option("--hidden", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option(
+    "--window", type=int, default=DEFAULT_WINDOW, show_default=True, help="History buckets per sample."
+)
+@click.option("--epochs", type=int, default=DEFAULT_EPOCHS, show_default=True)
+@click.option("--members", type=int, default=DEFAULT_MEMBERS, show_default=True, help="Ensemble members.")
+@click.option("--hidden", type=int, default=DEFAULT_HIDDEN, show_default=True)
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True)
+@click.option("--device", default=DEFAULT_DEVICE, show_default=True, help="auto | cpu | cuda")
 @click.option("--register/--no-register", default=False, help="Log to MLflow and register as 'challenger'.")
 def train(
     source: str | None,
@@ -130,7 +143,7 @@ def train(
 @click.option(
     "--model",
     "model_ref",
-    default="models:/aegis-world-model@champion",
+    default=CHAMPION_URI,
     show_default=True,
     help="Model file or models:/ URI.",
 )
@@ -157,7 +170,7 @@ def predict(model_ref: str, source: str | None, shard: str) -> None:
 
 @model.command()
 @click.argument("changeset_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", "model_ref", default="models:/aegis-world-model@champion", show_default=True)
+@click.option("--model", "model_ref", default=CHAMPION_URI, show_default=True)
 @click.option("--source", help="KPI rows (default: the warehouse).")
 def effects(changeset_file: Path, model_ref: str, source: str | None) -> None:
     """Predicted KPI effects of an AutonomousChangeSet (JSON file) on its target shard."""

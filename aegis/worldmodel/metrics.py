@@ -76,7 +76,7 @@ class ModelReport:
         return {"kind": self.kind, "splits": {k: asdict(v) for k, v in self.splits.items()}}
 
 
-def evaluate(predictor: Predictor, w: Windows, persistence_mae: np.ndarray | None = None) -> SplitMetrics:
+def evaluate(predictor: Predictor, w: Windows) -> SplitMetrics:
     if len(w) == 0:
         raise ValueError("cannot evaluate on an empty split")
     pred = predictor.predict(w)
@@ -84,7 +84,7 @@ def evaluate(predictor: Predictor, w: Windows, persistence_mae: np.ndarray | Non
         raise ValueError(f"{predictor.kind} produced NaN or infinite predictions")
     err = np.abs(pred.mean - w.target)
     mae = err.mean(0)
-    base = np.abs(w.last_target - w.target).mean(0) if persistence_mae is None else persistence_mae
+    base = np.abs(w.last_target - w.target).mean(0)
     # KPIs that never move on this split (persistence MAE 0) say nothing about skill.
     informative = base > 1e-12
     rel = float(np.mean(mae[informative] / base[informative])) if informative.any() else 1.0

@@ -6,7 +6,7 @@ tested) without Dagster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -109,13 +109,10 @@ class EvaluationOutcome:
 
     def markdown(self) -> str:
         kinds = [k for k in ("challenger", "champion", "persistence", "linear") if k in self.reports]
-        parts = []
-        for split in ("test_time", "test_shard"):
-            reps = [self.reports[k] for k in kinds]
-            for k, r in zip(kinds, reps, strict=True):
-                r.kind = k
-            parts.append(f"**{split}**\n\n{markdown_table(reps, split)}")
-        return "\n\n".join(parts)
+        reps = [replace(self.reports[k], kind=k) for k in kinds]  # columns named by role, reports untouched
+        return "\n\n".join(
+            f"**{split}**\n\n{markdown_table(reps, split)}" for split in ("test_time", "test_shard")
+        )
 
 
 class EvaluationError(RuntimeError):
@@ -181,8 +178,7 @@ def evaluate_challenger(
         "dataset_hash": ds.content_hash,
     }
     if decision.promote:
-        registry.promote(str(chal_mv.version), decision.reason)
-        registry.record_decision(str(chal_mv.version), "promoted", decision.reason, details)
+        registry.promote(str(chal_mv.version), decision.reason, details)
     else:
         registry.record_decision(str(chal_mv.version), "kept_champion", decision.reason, details)
     return EvaluationOutcome(str(chal_mv.version), champion_version, decision, reports, champion_error)

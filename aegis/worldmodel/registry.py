@@ -152,14 +152,11 @@ class ModelRegistry:
             pyfunc = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{mv.version}")
         return mv, pyfunc.unwrap_python_model().world_model
 
-    def run_metrics(self, version: ModelVersion) -> dict[str, float]:
-        return dict(self.client.get_run(version.run_id).data.metrics) if version.run_id else {}
-
     # ------------------------------------------------------------- deciding
 
-    def promote(self, version: str, reason: str) -> None:
+    def promote(self, version: str, reason: str, details: dict[str, Any] | None = None) -> None:
         self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
-        self.record_decision(version, "promoted", reason)
+        self.record_decision(version, "promoted", reason, details)
 
     def record_decision(
         self, version: str, decision: str, reason: str, details: dict[str, Any] | None = None

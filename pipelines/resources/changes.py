@@ -14,7 +14,7 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from aegis.changes.gate import HttpRunner, InProcessRunner, store_snapshot_loader
+from aegis.changes.gate import DEFAULT_HOURS, HttpRunner, InProcessRunner, store_snapshot_loader
 from aegis.changes.lifecycle import Lifecycle, LifecycleConfig, warehouse_slo_alerts
 from aegis.changes.store import ChangeSetStore
 from aegis.config import WORLD_PORT, paths
@@ -33,7 +33,7 @@ class ChangeSetResource(ConfigurableResource):
     simulator: str = Field(
         default="auto", description="auto | inprocess | http: where the simulation gate runs"
     )
-    simulation_hours: float = Field(default=6.0, gt=0)
+    simulation_hours: float = Field(default=DEFAULT_HOURS, gt=0)
     simulation_seed: int | None = None
 
     _lifecycle: Lifecycle | None = PrivateAttr(default=None)

@@ -58,7 +58,7 @@ def test_retention_bounds_the_landed_hours(tmp_path):
     assert writer.stats.deleted_files > 0
     files = list((tmp_path / "telemetry").rglob("*.parquet"))
     assert len(files) <= 2 * 2 * 3  # 2 hours x 2 windows x 3 shards
-    assert writer.files_landed == 10 * 3
+    assert writer.stats.files == 10 * 3
 
 
 def test_config_feed_written_on_every_version(tmp_path):
