@@ -27,21 +27,37 @@ LAZY_COMMANDS: dict[str, str] = {
     # Dagster lives in pipelines/, never imported by aegis/ itself: loaded only when asked for.
     "materialize": "pipelines.cli:materialize",
     "up": "aegis.stack:up",
+    "token": "aegis.security.cli:token",
+    "canary": "aegis.canary.cli:canary",
+    "alerts": "aegis.alerts.cli:alerts",
+    "incidents": "aegis.healing.cli:incidents",
 }
 
 
 class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when named (``lazy``: name -> "module:attr").
+
+    Areas reuse it for their own groups (``aegis canary``: ``judge`` without the
+    Dagster-side ``status``), so a command pays only for the imports it needs.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = LAZY_COMMANDS if lazy is None else lazy
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+        return sorted([*super().list_commands(ctx), *self.lazy])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in LAZY_COMMANDS:
-            module_name, attr = LAZY_COMMANDS[cmd_name].split(":")
+        if cmd_name in self.lazy:
+            module_name, attr = self.lazy[cmd_name].split(":")
             try:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as exc:  # an area not installed in this build
-                raise click.ClickException(f"'aegis {cmd_name}' is unavailable: {exc}") from exc
-            return getattr(module, attr)
+                raise click.ClickException(f"'{cmd_name}' is unavailable: {exc}") from exc
+            command = getattr(module, attr)
+            assert isinstance(command, click.Command)
+            return command
         return super().get_command(ctx, cmd_name)
 
 

@@ -20,6 +20,9 @@ PROFILES = ("local", "prod")
 WORLD_PORT = int(os.environ.get("AEGIS_WORLD_PORT", "8765"))
 DAGSTER_PORT = int(os.environ.get("AEGIS_DAGSTER_PORT", "3000"))
 MLFLOW_PORT = int(os.environ.get("AEGIS_MLFLOW_PORT", "5000"))
+ALERTS_PORT = int(os.environ.get("AEGIS_ALERTS_PORT", "8766"))
+PROMETHEUS_PORT = int(os.environ.get("AEGIS_PROMETHEUS_PORT", "9090"))
+ALERTMANAGER_PORT = int(os.environ.get("AEGIS_ALERTMANAGER_PORT", "9093"))
 
 
 def current_profile() -> str:
@@ -115,6 +118,36 @@ class AegisPaths:
     def changesets(self) -> Path:
         return self.home / "changesets"
 
+    @property
+    def security_db(self) -> Path:
+        """Hashed API tokens, refused calls and isolated callers."""
+        return self.home / "security.db"
+
+    @property
+    def secrets(self) -> Path:
+        """The platform's own service tokens, one ``<scope>.token`` file each (0600)."""
+        return self.home / "secrets"
+
+    @property
+    def witness(self) -> Path:
+        """Signed ledger checkpoints, kept apart from the ledger database."""
+        return self.home / "witness"
+
+    @property
+    def alerts_db(self) -> Path:
+        """The alert inbox: every acknowledged alert, stored before the 2xx."""
+        return self.home / "alerts.db"
+
+    @property
+    def healing_db(self) -> Path:
+        """Incidents, their actions and verifications."""
+        return self.home / "healing.db"
+
+    @property
+    def alerting(self) -> Path:
+        """Generated Prometheus and Alertmanager configuration and their data."""
+        return self.home / "alerting"
+
     def ensure(self) -> AegisPaths:
         """Create the directory layout (idempotent)."""
         for path in (
@@ -127,6 +160,9 @@ class AegisPaths:
             self.mlflow_artifacts,
             self.keys,
             self.changesets,
+            self.secrets,
+            self.witness,
+            self.alerting,
         ):
             path.mkdir(parents=True, exist_ok=True)
         return self
@@ -150,6 +186,14 @@ class AegisPaths:
             "ledger": str(self.ledger),
             "ledger_url": self.ledger_url,
             "keys": str(self.keys),
+            "security_db": str(self.security_db),
+            "secrets": str(self.secrets),
+            "witness": str(self.witness),
+            "alerts_db": str(self.alerts_db),
+            "alerts_url": f"http://127.0.0.1:{ALERTS_PORT}",
+            "healing_db": str(self.healing_db),
+            "prometheus_url": f"http://127.0.0.1:{PROMETHEUS_PORT}",
+            "alertmanager_url": f"http://127.0.0.1:{ALERTMANAGER_PORT}",
         }
 
 
