@@ -191,7 +191,19 @@ def world_model(
     for kind, rep in reports.items():
         for split, m in rep.splits.items():
             meta[f"{kind}.{split}.relative_mae"] = dg.MetadataValue.float(round(m.relative_mae, 4))
+    quality = model_quality_line(reports["world_model"])
+    meta["summary"] = dg.MetadataValue.text(f"version {registered.version}: {quality}")
+    context.log.info(f"world model version {registered.version} registered as challenger: {quality}")
     return dg.MaterializeResult(metadata=meta)
+
+
+def model_quality_line(report: Any) -> str:
+    """Per held-out split: MAE relative to persistence (< 1 beats it) and 90% interval coverage."""
+    parts = [
+        f"{split}: MAE {m.relative_mae:.3f}x persistence, 90% coverage {m.coverage:.2f}"
+        for split, m in report.splits.items()
+    ]
+    return "; ".join(parts)
 
 
 training_job = dg.define_asset_job(

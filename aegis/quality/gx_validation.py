@@ -1,6 +1,6 @@
 """Great Expectations Core 1.x, used directly, behind a small typed surface.
 
-Why not dagster-ge: the checks must be testable without Dagster (DESIGN.md: the
+Why not dagster-ge: the checks must be testable without Dagster (the layering rule: the
 core library has no Dagster), and a Dagster asset check should only turn a
 :class:`ValidationReport` into metadata. GX runs on pandas frames through one
 ephemeral context (no files, no project directory); suites are built in code.

@@ -28,7 +28,7 @@ import pandas as pd
 
 from aegis.config import AegisPaths
 from aegis.quality.gx_validation import ValidationReport, failed_report, skipped_report, validate_frame
-from aegis.telemetry import KINDS, SCHEMA_VERSION
+from aegis.telemetry import KINDS, KPI_BUCKET_MINUTES, SCHEMA_VERSION
 
 # Bronze integrity reads at most this many of the newest rows (by ingest time):
 # the newest batches are what a materialization just added; older ones were
@@ -49,6 +49,9 @@ NO_BRONZE_HINT = (
 )
 DUCKDB_LOCK_RETRIES = 20
 DUCKDB_LOCK_WAIT_S = 0.25
+# A mart built from fewer game minutes than this may rightly be empty: the bucketed marts leave
+# out the newest, still-filling KPI bucket, so the first rows need two buckets of telemetry.
+MART_WARMUP = timedelta(minutes=2 * KPI_BUCKET_MINUTES)
 
 
 @dataclass(frozen=True)
@@ -325,11 +328,39 @@ def mart_integrity_frame(df: pd.DataFrame, mart: str) -> ValidationReport:
     return validate_frame(df, f"{mart}_integrity", expectations)
 
 
+def lake_span(paths: AegisPaths) -> timedelta | None:
+    """Game time the bronze lake covers (newest minus oldest event); None without bronze."""
+    if not _has_bronze(paths):
+        return None
+    with _memory() as con:
+        row = con.execute(f"select min(ts), max(ts) from {_bronze_sql(paths)}").fetchone()
+    if not row or row[0] is None:
+        return None
+    return pd.Timestamp(row[1]) - pd.Timestamp(row[0])
+
+
 def mart_integrity(paths: AegisPaths, mart: str) -> ValidationReport:
+    """Integrity of a mart; an empty mart over a lake younger than ``MART_WARMUP`` is warming up.
+
+    Right after a fresh start the lake holds minutes of telemetry and the bucketed
+    marts rightly have no complete bucket yet: that is not a failure, and a red run
+    would teach operators to ignore red runs. An empty mart over a lake old enough
+    to fill it still fails.
+    """
     spec = _spec(mart)
     cols = ", ".join(dict.fromkeys([*spec.keys, *spec.rates]))
     with connect_warehouse(paths.warehouse) as con:
         df = con.execute(f"select {cols} from main.{mart}").df()
+    if df.empty:
+        span = lake_span(paths)
+        if span is not None and span < MART_WARMUP:
+            minutes = span.total_seconds() / 60
+            return skipped_report(
+                f"{mart}_integrity",
+                f"warming up: the lake holds {minutes:.1f} game minutes of telemetry and {mart} needs "
+                f"{MART_WARMUP.total_seconds() / 60:.0f} before its first complete bucket",
+                {"lake_minutes": round(minutes, 2), "warmup_minutes": MART_WARMUP.total_seconds() / 60},
+            )
     return mart_integrity_frame(df, mart)
 
 

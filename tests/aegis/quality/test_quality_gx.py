@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -125,3 +126,33 @@ def test_empty_lake_gives_reasons_not_stack_traces(aegis_home) -> None:
     assert "no bronze data yet" in integrity.outcomes_markdown()
     for report in (suites.bronze_volume(aegis_home), suites.bronze_freshness(aegis_home)):
         assert report.success and report.skipped == [suites.NO_BRONZE]
+
+
+def _empty_slo_burn(paths) -> None:
+    import duckdb
+
+    with duckdb.connect(str(paths.warehouse)) as con:
+        con.execute(
+            "create table fct_slo_burn (shard_id varchar, bucket_start timestamptz, sli varchar, error_ratio double)"
+        )
+
+
+def test_empty_mart_over_a_young_lake_is_warming_up_not_failed(aegis_home) -> None:
+    write_synthetic_lake(aegis_home, hours=1, n_shards=1, players_per_shard=5)
+    for path in aegis_home.bronze.glob("*/*.parquet"):  # keep only the first three game minutes
+        table = pq.read_table(path).to_pandas()
+        first = table["ts"].min()
+        pq.write_table(pa.Table.from_pandas(table[table["ts"] < first + pd.Timedelta(minutes=3)]), path)
+    _empty_slo_burn(aegis_home)
+    report = suites.mart_integrity(aegis_home, "fct_slo_burn")
+    assert report.success
+    assert report.skipped and report.skipped[0].startswith("warming up")
+    assert report.details["warmup_minutes"] == 10
+
+
+def test_empty_mart_over_a_lake_old_enough_fails(aegis_home) -> None:
+    write_synthetic_lake(aegis_home, hours=1, n_shards=1, players_per_shard=5)
+    _empty_slo_burn(aegis_home)
+    report = suites.mart_integrity(aegis_home, "fct_slo_burn")
+    assert not report.success
+    assert not report.skipped
