@@ -12,7 +12,7 @@ TORCH := torch==2.13.0
 PULUMI_POLICY := pulumi-policy==1.21.0
 PYTEST_ARGS ?=
 
-.PHONY: install up test test-fast test-slow bench lint format clean help
+.PHONY: install up alerting-tools test test-fast test-slow bench lint format clean help
 
 help:
 	@echo "make up      install, then run the local stack (world server, Dagster, MLflow)"
@@ -32,8 +32,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-up: install
+up: install alerting-tools
 	$(BIN)/aegis up
+
+# Prometheus and Alertmanager (Debian packages) for the alerting part of `aegis up`:
+# installed where we can (root with apt-get); otherwise say what to install.
+alerting-tools:
+	@if command -v prometheus >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing prometheus and prometheus-alertmanager (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager >/dev/null) \
+	  || echo "warning: could not install them; alerting runs without Prometheus/Alertmanager"; \
+	else echo "note: alerting runs without Prometheus/Alertmanager; install them with:" \
+	  "sudo apt-get install prometheus prometheus-alertmanager"; fi
 
 test: install
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)

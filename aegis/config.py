@@ -37,7 +37,7 @@ def current_profile() -> str:
 
 @dataclass(frozen=True)
 class AegisPaths:
-    """The layout of ``AEGIS_HOME``; see DESIGN.md, "Local state"."""
+    """The layout of ``AEGIS_HOME`` (docs/architecture.md, "Local state")."""
 
     home: Path
 

@@ -238,6 +238,13 @@ class OperationKind(StrEnum):
     RESTORE_SNAPSHOT = "restore_snapshot"
     SCALE_SHARD = "scale_shard"
     FAILOVER = "failover"
+    # Healing remediations (aegis.healing; the world's POST /v1/shards/{id}/remediations).
+    SHED_LOAD = "shed_load"
+    FREEZE_TRADING = "freeze_trading"
+    ISOLATE_TELEMETRY = "isolate_telemetry"
+    ROLLBACK_CHANGESET = "rollback_changeset"
+    ROTATE_CREDENTIAL = "rotate_credential"
+    ISOLATE_CALLER = "isolate_caller"
 
 
 class Operation(_Model):
@@ -347,6 +354,10 @@ class GoalSpec(_Model):
     )
     horizon_hours: float = Field(24.0, gt=0)
     priority: int = Field(3, ge=1, le=5)
+    description: str = Field("", description="Plain words: why the operator wants this")
+    regions: list[str] | None = Field(
+        None, description="Only shards of these regions count toward the goal; None: every shard"
+    )
 
 
 class ResourceLimits(_Model):
@@ -405,6 +416,29 @@ class ReflectionRecord(_Model):
     expected: dict[str, float] = Field(default_factory=dict)
     observed: dict[str, float] = Field(default_factory=dict)
     lessons: list[str] = Field(default_factory=list)
+    hypothesis: str = Field("", description="Why the change was proposed, in plain words")
+    expected_intervals: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="KPI -> the world model's 90% interval of the predicted effect"
+    )
+    observed_intervals: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="KPI -> the canary judge's confidence interval of the effect"
+    )
+    verdict: str | None = Field(None, description="The canary verdict (promote | rollback | inconclusive)")
+    why: str = Field("", description="Why the changeset ended as it did")
+    root_cause: (
+        Literal[
+            "model_error",
+            "guardrail_regression",
+            "integrity_failure",
+            "stale_config",
+            "inconclusive",
+            "policy_denied",
+            "simulation_failed",
+            "operator",
+            "rollout_failed",
+        ]
+        | None
+    ) = Field(None, description="For a change that failed: the class of cause")
 
 
 class Severity(StrEnum):
@@ -449,6 +483,10 @@ class Alert(_Model):
     threshold: float | None = None
     starts_at: datetime = Field(default_factory=utcnow)
     summary: str = ""
+    fingerprint: str | None = Field(
+        None, description="Alertmanager's fingerprint (same for firing and resolved); None: derived"
+    )
+    ends_at: datetime | None = Field(None, description="When the alert resolved (resolved notifications)")
 
 
 # ------------------------------------------------------------------- decisions

@@ -23,12 +23,14 @@ No Dagster import here (``aegis/`` stays free of it): Dagster runs as a child.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -48,7 +50,12 @@ RUN_START_TIMEOUT_S = 180  # a run still STARTING after this is failed by run mo
 RUN_MONITOR_POLL_S = 30
 RECOVERY_TIMEOUT_S = 120.0
 MLFLOW_WORKERS = 1  # the UI for one person; mlflow's default of 4 workers is 4 interpreters
+# MLflow 3's server also starts a Huey job runner (GenAI scorers, periodic tasks) with several
+# consumer processes of its own; Aegis runs no MLflow jobs, so the UI goes without them.
+MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 STOP_TIMEOUT_S = 30.0  # dagster dev needs a while to stop its web server, daemon and run workers
+# In DAGSTER_HOME: the operator stopped the stack (Ctrl-C / SIGTERM); read by pipelines.stack_recovery.
+STOP_MARKER = "aegis-stack-stopped.json"
 POLL_S = 0.5
 READY_TIMEOUT_S = 300.0
 DEFAULT_SPEED = 60.0
@@ -116,10 +123,14 @@ class Child:
     ready_path: str
     proc: subprocess.Popen[bytes] | None = None
     ready: bool = False
+    # Settings this child runs with unless the user's environment sets them (tuning, not policy).
+    defaults: dict[str, str] = field(default_factory=dict)
 
     def start(self, env: dict[str, str]) -> None:
         # A new session: the terminal's Ctrl-C reaches us only, and we stop the whole group.
-        self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, cwd=REPO_ROOT, env={**self.defaults, **env}, start_new_session=True
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -181,10 +192,12 @@ def _bin(name: str) -> str:
     return str(beside) if beside.exists() else name
 
 
-def world_child(port: int, speed: float, players_per_shard: int) -> Child:
+def world_child(port: int, speed: float, players_per_shard: int, host: str = "127.0.0.1") -> Child:
     argv = [sys.executable, "-m", "aegis.cli", "world", "serve", "--port", str(port), "--speed", str(speed)]
-    argv += ["--players-per-shard", str(players_per_shard)]
-    return Child("world", argv, f"http://127.0.0.1:{port}", "/v1/health")
+    argv += ["--players-per-shard", str(players_per_shard), "--host", host]
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}
+    probe = wildcard.get(host) or (f"[{host}]" if ":" in host else host)
+    return Child("world", argv, f"http://{probe}:{port}", "/v1/health")
 
 
 def dagster_child(port: int) -> Child:
@@ -221,7 +234,7 @@ def mlflow_argv(p: AegisPaths, port: int) -> list[str]:
 
 
 def mlflow_child(p: AegisPaths, port: int) -> Child:
-    return Child("mlflow", mlflow_argv(p, port), f"http://127.0.0.1:{port}", "/health")
+    return Child("mlflow", mlflow_argv(p, port), f"http://127.0.0.1:{port}", "/health", defaults=MLFLOW_ENV)
 
 
 def build_children(
@@ -234,13 +247,35 @@ def build_children(
     players_per_shard: int,
     with_dagster: bool = True,
     with_mlflow: bool = True,
+    world_host: str = "127.0.0.1",
 ) -> list[Child]:
-    children = [world_child(world_port, speed, players_per_shard)]
+    children = [world_child(world_port, speed, players_per_shard, world_host)]
     if with_dagster:
         children.append(dagster_child(dagster_port))
     if with_mlflow:
         children.append(mlflow_child(p, mlflow_port))
     return children
+
+
+def write_stop_marker(home: Path, signum: int, began: datetime, ended: datetime | None) -> Path:
+    """Record in ``home`` (DAGSTER_HOME) that the operator stopped the stack, and when.
+
+    Why: the runs this stop interrupts end failed (or stay in flight); on the
+    next start :mod:`pipelines.stack_recovery` reads this and marks them
+    canceled, as the operator meant. A crash writes nothing, so its runs stay failed.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "signal": signal.Signals(signum).name,
+        "stopping_at": began.isoformat(),
+        "stopped_at": ended.isoformat() if ended else None,
+        "pid": os.getpid(),
+    }
+    target = home / STOP_MARKER
+    tmp = home / f".{STOP_MARKER}.tmp"
+    tmp.write_text(json.dumps(doc) + "\n")
+    os.replace(tmp, target)
+    return target
 
 
 def recover_runs(env: dict[str, str]) -> None:
@@ -274,6 +309,12 @@ def recover_runs(env: dict[str, str]) -> None:
 @click.option("--no-dagster", is_flag=True, help="Do not start Dagster.")
 @click.option("--no-mlflow", is_flag=True, help="Do not start the MLflow UI.")
 @click.option("--world-port", type=click.IntRange(1, 65535), default=WORLD_PORT, show_default=True)
+@click.option(
+    "--world-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="World server bind address (docs/security.md).",
+)
 @click.option("--dagster-port", type=click.IntRange(1, 65535), default=DAGSTER_PORT, show_default=True)
 @click.option("--mlflow-port", type=click.IntRange(1, 65535), default=MLFLOW_PORT, show_default=True)
 @click.option(
@@ -294,6 +335,7 @@ def up(
     no_dagster: bool,
     no_mlflow: bool,
     world_port: int,
+    world_host: str,
     dagster_port: int,
     mlflow_port: int,
     speed: float,
@@ -304,6 +346,9 @@ def up(
     if len(set(ports)) != len(ports):
         raise click.UsageError(f"each service needs its own port; got {ports}")
     p = paths().ensure()
+    from aegis.security.secrets import ensure_service_tokens
+
+    ensure_service_tokens()  # the platform's own tokens (AEGIS_HOME/secrets), before any child starts
     env = dict(os.environ)
     env["AEGIS_HOME"] = str(p.home)
     env["DAGSTER_HOME"] = str(p.dagster_home)
@@ -319,9 +364,13 @@ def up(
         mlflow_port=mlflow_port,
         speed=speed,
         players_per_shard=players_per_shard,
+        world_host=world_host,
         with_dagster=not no_dagster,
         with_mlflow=not no_mlflow,
     )
+    from aegis.alerts.config import alerting_children
+
+    children += alerting_children(p, world_port)  # receiver, Prometheus, Alertmanager (when installed)
 
     stopping: list[int] = []
 
@@ -366,7 +415,12 @@ def up(
             time.sleep(POLL_S)
     finally:
         click.echo("stopping ...")
+        stop_began = datetime.now(UTC)
+        if stopping and not no_dagster:  # before the stop too: a stop cut short still counts
+            write_stop_marker(p.dagster_home, stopping[0], stop_began, None)
         stop_children(children)
+        if stopping and not no_dagster:
+            write_stop_marker(p.dagster_home, stopping[0], stop_began, datetime.now(UTC))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     click.echo("stopped")

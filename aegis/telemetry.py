@@ -114,7 +114,7 @@ VALUE_RANGES: dict[str, tuple[float, float]] = {
 
 # Longest string accepted per string column (oversized strings are quarantined).
 MAX_STRING_LENGTH: dict[str, int] = {
-    "event_id": 64,
+    "event_id": 80,  # <shard, <= 40>-<world instance, 8>-<tick, 13>-<seq, 7> (aegis.world.sim_events)
     "region": 32,
     "shard_id": 64,
     "kind": 32,

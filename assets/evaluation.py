@@ -58,6 +58,14 @@ def model_evaluation(
     except EvaluationError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     d = outcome.decision
+    if d.promote:  # the champion moved: a decision, so it goes into the signed ledger too
+        from aegis.ledger.events import record_model_promotion
+
+        record_model_promotion(
+            registry.model_name, outcome.challenger_version, outcome.champion_version, d.reason,
+            {"checks": d.checks, "challenger_relative_mae": d.challenger_score,
+             "dataset_hash": training_dataset.content_hash},
+        )  # fmt: skip
     context.log.info(f"{'PROMOTED' if d.promote else 'kept champion'}: {d.reason}")
     meta: dict[str, Any] = {
         "decision": "promoted" if d.promote else "kept_champion",
@@ -68,6 +76,9 @@ def model_evaluation(
         "checks": dg.MetadataValue.json(d.checks),
         "dataset_hash": training_dataset.content_hash,
         "comparison": dg.MetadataValue.md(outcome.markdown()),
+        "summary": dg.MetadataValue.text(
+            f"{'PROMOTED to champion' if d.promote else 'kept champion'}: {d.reason}"
+        ),
     }
     if d.champion_score is not None:
         meta["champion_relative_mae"] = dg.MetadataValue.float(round(d.champion_score, 4))

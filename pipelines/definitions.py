@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import evaluation, telemetry, training, warehouse
+from assets import alerting, evaluation, telemetry, training, warehouse
+from assets import canary as canary_assets
+from assets import healing as healing_assets
+from assets import proposals as proposals_assets
 from pipelines.profiles import executor_for, get_profile, resources_for
 from pipelines.schedules import SCHEDULES
 from pipelines.sensors import SENSORS
@@ -18,6 +21,10 @@ defs = dg.Definitions.merge(
     warehouse.defs,
     training.defs,
     evaluation.defs,
+    alerting.defs,
+    proposals_assets.defs,
+    healing_assets.defs,
+    canary_assets.defs,
     dg.Definitions(
         sensors=SENSORS,
         schedules=SCHEDULES,

@@ -131,3 +131,54 @@ test_risk_score_is_bounded if {
 	s <= 1
 	s >= 0.9
 }
+
+# Strict policies: operations only with the arguments the policy knows; parameters inside their
+# autonomy bands; targets among the known shards.
+healing_restart(args) := {"kind": "healing", "diff": {}, "operations": [{"kind": "restart_shard", "args": args}]}
+
+test_known_operation_args_pass if {
+	d := judge(healing_restart({"reason": "ShardDown"}), {})
+	d.verdict == "auto"
+}
+
+test_unknown_operation_args_are_denied_not_auto if {
+	d := judge(healing_restart({"reason": "ShardDown", "wipe_inventory": true}), {})
+	d.verdict == "deny"
+	d.rule == "operations.unknown_args"
+	d.findings[0].numbers.unknown_args == ["wipe_inventory"]
+}
+
+test_unknown_operation_kind_is_denied if {
+	d := judge({"kind": "healing", "diff": {}, "operations": [{"kind": "drop_saves", "args": {}}]}, {})
+	d.verdict == "deny"
+	"operations.unknown_kind" in {f.rule | some f in d.findings}
+}
+
+test_nested_operation_arg_is_denied if {
+	d := judge(healing_restart({"reason": {"wipe_inventory": true}}), {})
+	d.verdict == "deny"
+	d.rule == "operations.arg_not_plain"
+}
+
+test_outside_autonomy_band_is_denied_not_simulated if {
+	d := judge({"diff": {"npc_aggression": {"before": 1.9, "after": 2.1}}}, {})
+	d.verdict == "deny"
+	d.rule == "bounds.outside_autonomy_band"
+}
+
+test_malformed_change_is_denied if {
+	d := judge({"diff": {"spawn_rate": {"before": [1, 1, 1], "after": 1.05}}}, {})
+	d.verdict == "deny"
+	d.rule == "bounds.malformed_change"
+}
+
+test_unknown_target_is_denied if {
+	d := judge({}, {"known_shards": ["eu-west-1", "eu-west-2"]})
+	d.verdict == "deny"
+	d.rule == "security.unknown_target"
+}
+
+test_known_target_passes if {
+	d := judge({"target": "eu-west-1"}, {"known_shards": ["eu-west-1", "eu-west-2"], "shard": {"shard_id": "eu-west-1", "region": "eu-west", "players_online": 100, "players_total": 1000}})
+	d.verdict == "auto"
+}

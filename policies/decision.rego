@@ -8,11 +8,13 @@ package aegis.decision
 import rego.v1
 
 import data.aegis.availability
+import data.aegis.bounds
 import data.aegis.cost
 import data.aegis.economy
 import data.aegis.experience
 import data.aegis.integrity
 import data.aegis.lib
+import data.aegis.operations
 import data.aegis.risk
 import data.aegis.security
 
@@ -25,9 +27,11 @@ all_findings(inp) := all_findings_of(inp, risk.assess(inp))
 all_findings_of(inp, a) := lib.flatten([
 	integrity.findings(inp),
 	security.findings(inp),
+	operations.findings(inp),
 	availability.findings(inp),
 	economy.findings(inp),
 	experience.findings(inp),
+	bounds.findings(inp),
 	cost.findings(inp),
 	risk.findings_of(inp, a),
 ])

@@ -93,6 +93,14 @@ rel_delta(before, after) := rel1(before, after) if {
 
 as_list(x) := x if is_array(x)
 
+# Every value of `values` lies in [low, high].
+inside_all(values, low, high) if {
+	every v in values {
+		v >= low
+		v <= high
+	}
+}
+
 as_list(x) := [x] if not is_array(x)
 
 # The relative delta of every changed parameter, by name.

@@ -74,7 +74,7 @@ summary_of(inp, a) := {
 
 summary(inp) := summary_of(inp, assess(inp))
 
-findings_of(inp, a) := lib.flatten([structural(inp), large_deltas(a.deltas), outside_bands(inp.changeset.diff), high_score(a)])
+findings_of(inp, a) := lib.flatten([structural(inp), large_deltas(a.deltas), high_score(a)])
 
 findings(inp) := findings_of(inp, assess(inp))
 
@@ -110,25 +110,7 @@ large_deltas(ds) := {f |
 	)
 }
 
-# diff: the changeset's parameter changes.
-outside_bands(diff) := {f |
-	some name in object.keys(diff)
-	band := cfg.autonomy_bands[name]
-	change := diff[name]
-	not inside_all(lib.as_list(change.after), band[0], band[1])
-	f := lib.finding(
-		lib.param_axiom(name), "risk.outside_autonomy_band", "simulate",
-		sprintf("%s would become %v, outside the band [%v, %v] Aegis may set on its own", [name, change.after, band[0], band[1]]),
-		{"param": name, "after": change.after, "low": band[0], "high": band[1]},
-	)
-}
-
-inside_all(values, low, high) if {
-	every v in values {
-		v >= low
-		v <= high
-	}
-}
+# (A value outside its autonomy band is denied by aegis.bounds, not sent to simulation here.)
 
 # a: the assessment of the changeset (assess).
 high_score(a) := {f |

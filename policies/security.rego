@@ -8,7 +8,7 @@ import data.aegis.lib
 
 cfg := data.aegis.config.security
 
-findings(inp) := lib.flatten([actor_mismatch(inp), tools(inp), scope(inp), context_mismatch(inp), rate(inp), cost_cap(inp)])
+findings(inp) := lib.flatten([actor_mismatch(inp), tools(inp), scope(inp), context_mismatch(inp), unknown_target(inp), rate(inp), cost_cap(inp)])
 
 actor_mismatch(inp) := {f |
 	inp.changeset.actor != inp.context.actor.actor
@@ -55,6 +55,19 @@ context_mismatch(inp) := {f |
 		"security", "security.context_mismatch", "deny",
 		sprintf("the context describes shard %s but the changeset targets %s", [shard_id, inp.changeset.target]),
 		{"context_shard": shard_id, "target": inp.changeset.target},
+	)
+}
+
+# The target must be a shard the backend knows (context.known_shards, filled by whoever gathers the
+# facts: the lifecycle asks the backend). Without that list the target is not checked here.
+unknown_target(inp) := {f |
+	known := object.get(inp.context, "known_shards", null)
+	is_array(known)
+	not inp.changeset.target in known
+	f := lib.finding(
+		"security", "security.unknown_target", "deny",
+		sprintf("target %s is not a known shard id (known: %v)", [inp.changeset.target, known]),
+		{"target": inp.changeset.target, "known_shards": known},
 	)
 }
 

@@ -1,5 +1,11 @@
 """Helpers shared by test areas: free ports and a real world server as a subprocess.
 
+The world server needs bearer tokens (docs/security.md). :class:`WorldServer`
+mints the service tokens into its own AEGIS_HOME before it starts and, while it
+runs, exports them as ``AEGIS_TOKEN_CONTROL``/``_READ``/``_FAULTS`` in this
+process, so ``GameBackendClient(server.url)`` and ``HttpRunner(server.url)``
+authenticate as the platform does; :meth:`WorldServer.token` gives each one.
+
 Imported as ``tests.support`` (the repo root is on ``pythonpath``); not a
 conftest, so two areas never shadow each other's helpers in a full run.
 """
@@ -42,11 +48,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The service tokens a running WorldServer exports to this process (see the module docstring).
+EXPORTED_SCOPES = ("control", "read", "faults")
+
+
 class WorldServer:
-    """``aegis world serve`` on a free loopback port with its own AEGIS_HOME."""
+    """``aegis world serve`` on a free loopback port with its own AEGIS_HOME.
+
+    ``export_tokens=False`` leaves this process's environment alone (for a test
+    that passes tokens explicitly, or runs two servers at once).
+    """
 
     def __init__(
-        self, home: Path, port: int | None = None, *, speed: str = "600", args: tuple[str, ...] = ()
+        self,
+        home: Path,
+        port: int | None = None,
+        *,
+        speed: str = "600",
+        args: tuple[str, ...] = (),
+        export_tokens: bool = True,
     ) -> None:
         self.home = home
         self.port = port or free_port()
@@ -55,13 +75,38 @@ class WorldServer:
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home / f"serve-{self.port}.log"
+        self.export_tokens = export_tokens
+        self._saved_env: dict[str, str | None] = {}
 
     @property
     def world_db(self) -> Path:
         return self.home / "world" / "world.db"
 
+    def token(self, scope: str) -> str:
+        """The server's service token for ``scope`` (control, read, faults, alerts)."""
+        return (self.home / "secrets" / f"{scope}.token").read_text().strip()
+
+    def _export(self) -> None:
+        for scope in EXPORTED_SCOPES:
+            name = f"AEGIS_TOKEN_{scope.upper()}"
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = self.token(scope)
+
+    def _unexport(self) -> None:
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
+
     def start(self) -> WorldServer:
-        env = {**os.environ, "AEGIS_HOME": str(self.home), "AEGIS_PROFILE": "local"}
+        from aegis.config import AegisPaths
+        from aegis.security.secrets import ensure_service_tokens
+
+        ensure_service_tokens(AegisPaths(self.home.resolve()))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AEGIS_TOKEN_")}
+        env.update({"AEGIS_HOME": str(self.home), "AEGIS_PROFILE": "local"})
         cmd = [AEGIS, "world", "serve", "--port", str(self.port), "--speed", self.speed,
                "--players-per-shard", "300", "--log-level", "warning", *self.args]  # fmt: skip
         self.home.mkdir(parents=True, exist_ok=True)
@@ -77,6 +122,8 @@ class WorldServer:
                 )
             try:
                 if httpx.get(f"{self.url}/v1/health", timeout=1.0).status_code == 200:
+                    if self.export_tokens:
+                        self._export()
                     return self
             except httpx.HTTPError:
                 pass
@@ -87,6 +134,7 @@ class WorldServer:
         )
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        self._unexport()
         if self.proc is None:
             return None
         if self.proc.poll() is None:

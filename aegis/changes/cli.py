@@ -121,7 +121,7 @@ _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable o
 
 @click.group()
 def changeset() -> None:
-    """Autonomous changesets: policy, simulation gate, canary, rollback."""
+    """Autonomous changesets: policy, simulation gate, canary, promotion, rollback."""
 
 
 @changeset.command()
@@ -193,6 +193,45 @@ def rollback(changeset_id: str, url: str, mode: str, reason: str, as_json: bool)
     lc = _build(url, "http", None, None, None)
     rec = _guard(lambda: lc.roll_back(changeset_id, reason, mode))
     _emit(rec.summary(), as_json)
+
+
+@changeset.command()
+@click.argument("changeset_id")
+@_url
+@click.option(
+    "--rollout/--no-rollout",
+    default=True,
+    show_default=True,
+    help="Carry the change to the remaining shards in guarded waves after promoting the canary.",
+)
+@click.option("--by", default="operator", show_default=True, help="Who decided (recorded in the ledger).")
+@click.option(
+    "--hours", type=float, help="Game hours of a wave shard's simulation gate, when its verdict asks."
+)
+@_json
+def promote(changeset_id: str, url: str, rollout: bool, by: str, hours: float | None, as_json: bool) -> None:
+    """Promote a canary by hand: its config must still be in force; then roll it out in waves."""
+    from aegis.canary.loop import CanaryLoop, LoopError
+
+    lc = _build(url, "http", hours, None, None)
+    loop = CanaryLoop(lc)
+
+    def go() -> Any:
+        if not rollout:
+            rec = lc.promote(changeset_id)
+            loop.reflect(changeset_id)
+            return rec
+        try:
+            return loop.promote(changeset_id, None, by=by)
+        except LoopError as exc:
+            _bad(str(exc))
+
+    rec = _guard(go)
+    data = rec.summary()
+    spec = lc.store.canary_spec(changeset_id)
+    if spec is not None and spec.rollout:
+        data["rollout"] = {k: spec.rollout.get(k) for k in ("status", "waves", "done", "failed_wave")}
+    _emit(data, as_json)
 
 
 @changeset.command()

@@ -90,10 +90,15 @@ class InProcessRunner:
 
 @dataclass
 class HttpRunner:
-    """Asks the game backend to run the pair (``POST /v1/shards/{id}/simulations``)."""
+    """Asks the game backend to run the pair (``POST /v1/shards/{id}/simulations``).
+
+    The endpoint needs the ``control`` scope: ``token``, else the platform's
+    service token (:func:`aegis.security.secrets.service_token`), looked up per call.
+    """
 
     base_url: str
     timeout: float = HTTP_TIMEOUT_S
+    token: str | None = None
 
     def simulate(
         self, shard_id: str, snapshot_id: str, params: WorldParams, hours: float, seed: int | None
@@ -105,10 +110,20 @@ class HttpRunner:
             "seed": seed,
         }
         url = f"{self.base_url.rstrip('/')}/v1/shards/{shard_id}/simulations"
+        from aegis.security.secrets import service_token
+
+        token = self.token or service_token("control")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            response = httpx.post(url, json=body, timeout=self.timeout)
+            response = httpx.post(url, json=body, headers=headers, timeout=self.timeout)
         except httpx.HTTPError as exc:
             raise SimulationUnavailable(f"POST {url} failed: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in (401, 403):
+            raise SimulationUnavailable(
+                f"POST {url} was refused ({response.status_code}): {response.text[:300]}; the simulation "
+                "gate needs a token with the control scope (AEGIS_TOKEN_CONTROL or AEGIS_HOME/secrets/control.token, "
+                "see docs/security.md)"
+            )
         if response.status_code >= 400:
             raise SimulationUnavailable(f"POST {url} answered {response.status_code}: {response.text[:500]}")
         return SimulationReport.model_validate_json(response.content)

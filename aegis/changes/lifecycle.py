@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,6 +64,7 @@ from aegis.domain import (
     WorldParams,
     utcnow,
 )
+from aegis.telemetry import KPI_BUCKET_MINUTES
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class LedgerLike(Protocol):
         detail: Any = None,
     ) -> Any: ...
     def records(self, subject: str | None = None) -> list[Any]: ...
+    def append(self, kind: str, subject: str, payload: dict[str, Any], actor: str) -> Any: ...
 
 
 @dataclass
@@ -153,6 +155,13 @@ class LifecycleConfig:
 def warehouse_slo_alerts(aegis_paths: AegisPaths | None = None) -> WarehouseSloAlerts:
     """The default firing-alerts provider: SLO burn pages from ``fct_slo_burn`` in the local warehouse."""
     return WarehouseSloAlerts((aegis_paths or paths()).warehouse)
+
+
+def bucket_ceil(t: datetime) -> datetime:
+    """The start of the first KPI bucket that begins at or after ``t`` (buckets: KPI_BUCKET_MINUTES)."""
+    step = KPI_BUCKET_MINUTES * 60
+    ts = t.timestamp()
+    return datetime.fromtimestamp(-(-ts // step) * step, tz=t.tzinfo or UTC)
 
 
 def _minutes(t: datetime) -> float:
@@ -448,6 +457,63 @@ class Lifecycle:
         self._restore_role(cs.target)
         return self.store.get(changeset_id)
 
+    def launch_canary(
+        self,
+        changeset: AutonomousChangeSet,
+        controls: list[str],
+        max_buckets: int,
+        proposal: dict[str, Any] | None = None,
+    ) -> ChangeSetRecord:
+        """Propose, check, simulate when asked, and start the canary with its judging spec.
+
+        The spec (fair controls, exposure budget, the proposal's hypothesis and
+        predictions) is stored before anything is applied, so a crash leaves a
+        canary that can still be judged; the start bucket is set once the change
+        applied (the first KPI bucket wholly under it, from the backend's game
+        time of the new config). Idempotent: a second call continues or returns.
+        """
+        self.propose(changeset)
+        self.store.put_canary_spec(changeset.id, changeset.target, controls, max_buckets, proposal)
+        rec = self.advance(changeset.id)
+        if rec.state == S.CANARY:
+            self._mark_canary_started(rec)
+        return self.store.get(changeset.id)
+
+    def _mark_canary_started(self, rec: ChangeSetRecord) -> None:
+        spec = self.store.canary_spec(rec.id)
+        if spec is None or rec.config_after is None:
+            return
+        if spec.start is None:
+            applied_at = ShardConfig.model_validate(rec.config_after).updated_at
+            self.store.update_canary_spec(rec.id, start=bucket_ceil(applied_at))
+            spec = self.store.canary_spec(rec.id)
+            assert spec is not None
+        hypothesis = (spec.proposal or {}).get("hypothesis") or rec.changeset.rationale
+        self.record_event(
+            rec.id,
+            "canary",
+            f"canary-started:{rec.id}",
+            f"Canary started: changeset {rec.id} changes {', '.join(sorted(rec.changeset.diff))} on shard "
+            f"{spec.canary}, judged against {', '.join(spec.controls)} for at most {spec.max_buckets} "
+            f"KPI buckets from {spec.start.isoformat() if spec.start else '?'}"
+            + (f"; hypothesis: {hypothesis}" if hypothesis else ""),
+            event="canary_started",
+            canary=spec.canary,
+            controls=spec.controls,
+            start=spec.start.isoformat() if spec.start else None,
+            max_buckets=spec.max_buckets,
+        )
+
+    def record_event(self, changeset_id: str, kind: str, key: str, summary: str, **payload: Any) -> bool:
+        """Record a loop event (canary, verdict, wave, reflection) in the ledger exactly once.
+
+        The event goes to the store's outbox first (unique ``key``), then to the
+        ledger; a crash in between is repaired by the next flush, never duplicated.
+        """
+        created = self.store.add_event(changeset_id, kind, key, {"summary": summary, **payload})
+        self._flush_ledger()
+        return created
+
     def run(self, changeset: AutonomousChangeSet) -> ChangeSetRecord:
         """Propose and drive up to canary start or rejection."""
         self.propose(changeset)
@@ -474,7 +540,10 @@ class Lifecycle:
         out = []
         for rec in self.store.changesets({S.PROPOSED, S.POLICY_CHECKED, S.SIMULATED, S.CANARY}):
             try:
-                out.append(self.advance(rec.id))
+                done = self.advance(rec.id)
+                if done.state == S.CANARY:  # a launch killed between the apply and its start record
+                    self._mark_canary_started(done)
+                out.append(done)
             except (ChangeSetError, IllegalTransition, SimulationUnavailable) as exc:
                 log.error("resume %s: %s", rec.id, exc)
                 out.append(self.store.get(rec.id))
@@ -697,6 +766,7 @@ class Lifecycle:
             firing_alerts=alerts,
             predicted=self.config.predict(cs) if self.config.predict else {},
             changes_in_last_hour=recent,
+            known_shards=[s.id for s in shards],
         )
         return context, slo_note
 
@@ -730,9 +800,14 @@ class Lifecycle:
         """Append every decision and transition the ledger does not have yet (the outbox)."""
         pending_t = self.store.transitions(unrecorded=True)
         pending_d = self.store.unrecorded_decisions()
-        if not pending_t and not pending_d:
+        pending_e = self.store.events(unrecorded=True)
+        if not pending_t and not pending_d and not pending_e:
             return
-        subjects = {t.changeset_id for t in pending_t} | {d.changeset_id for d in pending_d}
+        subjects = (
+            {t.changeset_id for t in pending_t}
+            | {d.changeset_id for d in pending_d}
+            | {e.changeset_id for e in pending_e}
+        )
         existing: dict[tuple[str, str], int] = {}
         for subject in subjects:
             for r in self.ledger.records(subject):
@@ -740,6 +815,15 @@ class Lifecycle:
                     existing[("t", str(r.payload["detail"]["transition_id"]))] = r.seq
                 elif r.kind == "decision":
                     existing[("d", str(r.payload.get("decision", {}).get("id")))] = r.seq
+                elif "event_key" in r.payload:
+                    existing[("e", str(r.payload["event_key"]))] = r.seq
+        for e in pending_e:
+            seq = existing.get(("e", e.key))
+            if seq is None:
+                seq = self.ledger.append(
+                    e.kind, e.changeset_id, {**e.payload, "event_key": e.key}, LEDGER_ACTOR
+                ).seq
+            self.store.mark_event_recorded(e.id, seq)
         for d in pending_d:
             seq = existing.get(("d", d.id))
             if seq is None:

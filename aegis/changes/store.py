@@ -105,6 +105,49 @@ artifacts_t = sa.Table(
 )
 
 
+# Added after the first release; ``create_all`` creates them in an existing store
+# (new tables only, no column changes), so an old ``changesets.db`` opens unchanged.
+canary_specs_t = sa.Table(
+    "canary_specs",
+    metadata,
+    sa.Column("changeset_id", sa.String(64), sa.ForeignKey("changesets.id"), primary_key=True),
+    sa.Column("canary", sa.String(64), nullable=False),
+    sa.Column("controls_json", sa.Text, nullable=False),
+    sa.Column(
+        "start", sa.DateTime(timezone=True), doc="first KPI bucket under the change (None: not applied)"
+    ),
+    sa.Column("max_buckets", sa.Integer, nullable=False, doc="exposure budget in KPI buckets"),
+    sa.Column("proposal_json", sa.Text, doc="hypothesis, predicted effects, goal and utility"),
+    sa.Column("judgement_json", sa.Text, doc="the latest live judgement"),
+    sa.Column("judged_at", sa.DateTime(timezone=True)),
+    sa.Column("rollout_json", sa.Text, doc="promotion waves: plan, progress, outcome"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# An outbox of loop events (canary started, verdicts, waves, reflections) for the ledger:
+# ``key`` makes each event happen once however often a retried run records it.
+events_t = sa.Table(
+    "loop_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(200), nullable=False, unique=True),
+    sa.Column("changeset_id", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("payload_json", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ledger_seq", sa.Integer),
+)
+
+reflections_t = sa.Table(
+    "reflections",
+    metadata,
+    sa.Column("changeset_id", sa.String(64), sa.ForeignKey("changesets.id"), primary_key=True),
+    sa.Column("record_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 class ChangeSetNotFound(KeyError):
     def __init__(self, changeset_id: str) -> None:
         super().__init__(changeset_id)
@@ -172,6 +215,36 @@ class ChangeSetRecord:
             "reason": self.reason,
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+@dataclass(frozen=True)
+class CanarySpecRecord:
+    """How a changeset's canary is judged: the canary shard, its fair controls, the start bucket
+    and the exposure budget, with the latest live judgement and the promotion rollout."""
+
+    changeset_id: str
+    canary: str
+    controls: list[str]
+    start: datetime | None
+    max_buckets: int
+    proposal: dict[str, Any] | None
+    judgement: dict[str, Any] | None
+    judged_at: datetime | None
+    rollout: dict[str, Any] | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LoopEvent:
+    """One loop event waiting for (or already in) the ledger."""
+
+    id: int
+    key: str
+    changeset_id: str
+    kind: str
+    payload: dict[str, Any]
+    at: datetime
+    ledger_seq: int | None
 
 
 def _dumps(value: Any) -> str | None:
@@ -525,6 +598,144 @@ class ChangeSetStore:
             ).mappings()
             return {r["kind"]: {"path": r["path"], "sha256": r["sha256"]} for r in rows}
 
+    # ------------------------------------------------------------- canary specs
+
+    def put_canary_spec(
+        self,
+        changeset_id: str,
+        canary: str,
+        controls: list[str],
+        max_buckets: int,
+        proposal: dict[str, Any] | None = None,
+    ) -> CanarySpecRecord:
+        """Store how a changeset's canary is judged (once: a second call returns the first)."""
+        if max_buckets < 1:
+            raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
+        if canary in controls:
+            raise ValueError(f"canary shard {canary} cannot be its own control")
+        now = utcnow()
+        with self._tx() as conn:
+            exists = conn.execute(
+                sa.select(canary_specs_t.c.changeset_id).where(canary_specs_t.c.changeset_id == changeset_id)
+            ).first()
+            if exists is None:
+                conn.execute(
+                    canary_specs_t.insert().values(
+                        changeset_id=changeset_id,
+                        canary=canary,
+                        controls_json=_dumps(list(controls)),
+                        max_buckets=max_buckets,
+                        proposal_json=_dumps(proposal),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        spec = self.canary_spec(changeset_id)
+        assert spec is not None
+        return spec
+
+    def canary_spec(self, changeset_id: str) -> CanarySpecRecord | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(sa.select(canary_specs_t).where(canary_specs_t.c.changeset_id == changeset_id))
+                .mappings()
+                .first()
+            )
+        return None if row is None else _spec(row)
+
+    def canary_specs(self) -> list[CanarySpecRecord]:
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(sa.select(canary_specs_t).order_by(canary_specs_t.c.created_at)).mappings().all()
+            )
+        return [_spec(r) for r in rows]
+
+    def update_canary_spec(self, changeset_id: str, **fields: Any) -> None:
+        """Set ``start``, ``judgement`` (with ``judged_at``) or ``rollout`` of a canary spec."""
+        allowed = {"start", "judgement", "judged_at", "rollout"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown canary spec field(s) {sorted(unknown)}")
+        values: dict[str, Any] = {"updated_at": utcnow()}
+        for key, value in fields.items():
+            values[key if key in ("start", "judged_at") else f"{key}_json"] = (
+                value if key in ("start", "judged_at") else _dumps(value)
+            )
+        with self._tx() as conn:
+            n = conn.execute(
+                canary_specs_t.update().where(canary_specs_t.c.changeset_id == changeset_id).values(**values)
+            ).rowcount
+        if n != 1:
+            raise ChangeSetNotFound(changeset_id)
+
+    # ------------------------------------------------------------- loop events (ledger outbox)
+
+    def add_event(self, changeset_id: str, kind: str, key: str, payload: dict[str, Any]) -> bool:
+        """Queue a loop event for the ledger; False when an event with ``key`` exists (idempotent)."""
+        with self._tx() as conn:
+            exists = conn.execute(sa.select(events_t.c.id).where(events_t.c.key == key)).first()
+            if exists is not None:
+                return False
+            conn.execute(
+                events_t.insert().values(
+                    key=key,
+                    changeset_id=changeset_id,
+                    kind=kind,
+                    payload_json=_dumps(payload),
+                    at=utcnow(),
+                )
+            )
+        return True
+
+    def events(self, changeset_id: str | None = None, unrecorded: bool = False) -> list[LoopEvent]:
+        query = sa.select(events_t).order_by(events_t.c.id)
+        if changeset_id is not None:
+            query = query.where(events_t.c.changeset_id == changeset_id)
+        if unrecorded:
+            query = query.where(events_t.c.ledger_seq.is_(None))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            LoopEvent(
+                r["id"],
+                r["key"],
+                r["changeset_id"],
+                r["kind"],
+                _loads(r["payload_json"]) or {},
+                _aware(r["at"]) or utcnow(),
+                r["ledger_seq"],
+            )
+            for r in rows
+        ]
+
+    def mark_event_recorded(self, event_id: int, seq: int) -> None:
+        with self._tx() as conn:
+            conn.execute(events_t.update().where(events_t.c.id == event_id).values(ledger_seq=seq))
+
+    # ------------------------------------------------------------- reflections
+
+    def put_reflection(self, changeset_id: str, record: dict[str, Any]) -> bool:
+        """Store the reflection of a finished changeset once; False when it already has one."""
+        with self._tx() as conn:
+            exists = conn.execute(
+                sa.select(reflections_t.c.changeset_id).where(reflections_t.c.changeset_id == changeset_id)
+            ).first()
+            if exists is not None:
+                return False
+            conn.execute(
+                reflections_t.insert().values(
+                    changeset_id=changeset_id, record_json=_dumps(record), created_at=utcnow()
+                )
+            )
+        return True
+
+    def reflections(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(sa.select(reflections_t).order_by(reflections_t.c.created_at)).mappings().all()
+            )
+        return [_loads(r["record_json"]) for r in rows]
+
 
 def _content(cs: AutonomousChangeSet) -> dict[str, Any]:
     """What identifies a proposal's content (not its state or later findings)."""
@@ -547,6 +758,21 @@ def _columns(fields: dict[str, Any]) -> dict[str, Any]:
         else:
             out[f"{key}_json"] = _dumps(value)
     return out
+
+
+def _spec(row: Any) -> CanarySpecRecord:
+    return CanarySpecRecord(
+        changeset_id=row["changeset_id"],
+        canary=row["canary"],
+        controls=list(_loads(row["controls_json"]) or []),
+        start=_aware(row["start"]),
+        max_buckets=int(row["max_buckets"]),
+        proposal=_loads(row["proposal_json"]),
+        judgement=_loads(row["judgement_json"]),
+        judged_at=_aware(row["judged_at"]),
+        rollout=_loads(row["rollout_json"]),
+        created_at=_aware(row["created_at"]) or utcnow(),
+    )
 
 
 def _record(row: Any) -> ChangeSetRecord:

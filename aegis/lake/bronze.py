@@ -9,6 +9,16 @@ For every landed batch the ingest writes, atomically and keyed by batch id:
   ``quarantine/files/<batch-id>/<name>`` plus a line in ``files/manifest.jsonl``;
 * a manifest entry with rows in / bronze / quarantined / duplicates.
 
+Bronze holds each event id once.  A valid row whose id bronze already holds (or
+an earlier row of the same group) is compared with that row on every SCHEMA_V1
+field: the same content is a true duplicate (a batch landed twice, a replayed
+tick), dropped and counted in ``duplicates``; different content is an id
+collision (two producers gave one id to different events), quarantined row by
+row with rule ``id_collision`` and a reason naming the holder and the differing
+fields, never dropped.  Temporary files a killed ingest left in bronze,
+quarantine or the manifest directory are swept at start, under the lock
+(:func:`aegis.lake.landing.sweep_stale_tmp`).
+
 Re-processing a batch replaces its own files and index entries, so it never
 duplicates rows.  Each batch stands alone: a bad one is quarantined and the
 others go on; that holds for the unexpected too: an error of any kind while
@@ -48,7 +58,7 @@ import pyarrow.parquet as pq
 
 from aegis.config import AegisPaths
 from aegis.lake.event_index import INDEX_FILE, EventIndex
-from aegis.lake.landing import LandedBatch, list_landed
+from aegis.lake.landing import LandedBatch, list_landed, sweep_stale_tmp
 from aegis.lake.manifest import Manifest, ManifestEntry, manifest_dir
 from aegis.lake.validate import (
     DEFAULT_FUTURE_SKEW,
@@ -99,6 +109,10 @@ DICTIONARY_COLUMNS = [
     "quarantined_at",
     "rule",
 ]
+
+# The rule of a row whose event id another event already carries with different content.
+ID_COLLISION = "id_collision"
+_PLAIN_SCHEMA = pa.schema([f.with_nullable(True) for f in SCHEMA_V1])
 
 BRONZE_SCHEMA = pa.schema(
     [
@@ -276,9 +290,13 @@ def _quarantine_file(paths: AegisPaths, batch: LandedBatch, batch_id: str, reaso
     """Copy an unreadable file whole and list it, with its reason, in files/manifest.jsonl."""
     target = paths.quarantine_files / batch_id / batch.path.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(batch.path, tmp)
-    os.replace(tmp, target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # sweep_stale_tmp reads the pid
+    try:
+        shutil.copyfile(batch.path, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     line = {
         "batch_id": batch_id,
         "source_path": batch.rel,
@@ -465,45 +483,207 @@ def _entry(
     )
 
 
-def _duplicates_within(ids: pa.ChunkedArray, hashes: np.ndarray) -> np.ndarray:
-    """Positions whose event id appeared earlier in the same group (exact, not by hash)."""
-    dup = np.zeros(len(hashes), dtype=bool)
+def _first_seen(ids: pa.ChunkedArray, hashes: np.ndarray) -> np.ndarray:
+    """For every position, the position of the first row of the group with its event id (itself if first).
+
+    Exact, not by hash: only rows sharing a hash with another row are compared by id.
+    """
+    n = len(hashes)
+    first = np.arange(n, dtype=np.int64)
     ordered = np.sort(hashes)  # a radix sort: far cheaper than hashing the hashes again
-    if not (ordered[1:] == ordered[:-1]).any():  # distinct hashes: distinct ids
-        return dup
-    t = pa.table({"event_id": ids, "pos": pa.array(np.arange(len(hashes)))})
-    first = t.group_by("event_id", use_threads=False).aggregate([("pos", "min")]).column("pos_min").to_numpy()
-    dup[:] = True
-    dup[first] = False
-    return dup
+    if n < 2 or not (ordered[1:] == ordered[:-1]).any():  # distinct hashes: distinct ids
+        return first
+    order = np.argsort(hashes, kind="stable")
+    same = hashes[order][1:] == hashes[order][:-1]
+    shared = np.zeros(n, dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    cand = np.sort(order[shared])  # rows whose hash another row has too
+    cand_ids = ids.take(pa.array(cand))
+    t = pa.table({"event_id": cand_ids, "pos": pa.array(cand)})
+    g = t.group_by("event_id", use_threads=False).aggregate([("pos", "min")])
+    k = _flat(pc.index_in(cand_ids, value_set=_flat(g.column("event_id")))).to_numpy(zero_copy_only=False)
+    first[cand] = g.column("pos_min").to_numpy()[k]
+    return first
 
 
-def _duplicates_in_bronze(
+def _flat(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """The SCHEMA_V1 columns with plain (not dictionary) types, for comparing rows across files."""
+    return table.select(list(SCHEMA_V1.names)).cast(_PLAIN_SCHEMA)
+
+
+def _same_rows(a: pa.Table, b: pa.Table) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Row-aligned comparison of two plain tables: all-equal per row, and per column a "differs" mask."""
+    diffs = []
+    for name in SCHEMA_V1.names:
+        x, y = a.column(name), b.column(name)
+        same = pc.or_(pc.fill_null(pc.equal(x, y), False), pc.and_(pc.is_null(x), pc.is_null(y))).to_numpy(
+            zero_copy_only=False
+        )
+        diffs.append(~same)
+    equal = ~np.logical_or.reduce(diffs) if diffs else np.ones(a.num_rows, dtype=bool)
+    return equal, diffs
+
+
+class _IdJudge:
+    """Sorts a group's repeated event ids into true duplicates and collisions (:func:`_judge_ids`)."""
+
+    def __init__(self, group: list[_Prepared]) -> None:
+        self.group = group
+        self.offsets = np.cumsum([0] + [p.valid.num_rows for p in group])
+        self.dup = np.zeros(int(self.offsets[-1]), dtype=bool)
+        self.positions: list[np.ndarray] = []
+        self.reasons: list[pa.Array] = []
+
+    def compare(self, pos: np.ndarray, mine: pa.Table, reference: pa.Table, where: str | list[str]) -> None:
+        """Rows ``mine`` (group positions ``pos``) against the rows holding their ids, aligned."""
+        equal, diffs = _same_rows(mine, reference)
+        self.dup[pos[equal]] = True
+        bad = ~equal
+        if bad.any():
+            self.positions.append(pos[bad])
+            self.reasons.append(
+                _collision_reasons(
+                    _flat(mine.column("event_id")).filter(pa.array(bad)),
+                    [d[bad] for d in diffs],
+                    where if isinstance(where, str) else [w for w, b in zip(where, bad, strict=True) if b],
+                )
+            )
+
+    def against_bronze(self, held: pa.Table, batch_id: str, candidates: np.ndarray) -> np.ndarray:
+        """Judge the candidate positions (ascending) whose ids the bronze rows ``held`` carry.
+
+        Batch by batch of the group, so rows are taken from one file at a time,
+        and not at all when a whole batch lines up with the bronze file (the same
+        batch landed twice). Returns the positions bronze holds.
+        """
+        held_ids = _flat(held.column("event_id"))
+        found = []
+        for b in np.unique(np.searchsorted(self.offsets, candidates, side="right") - 1):
+            lo, hi = np.searchsorted(candidates, [self.offsets[b], self.offsets[b + 1]])
+            valid = self.group[b].valid
+            local = candidates[lo:hi] - self.offsets[b]
+            at = _flat(pc.index_in(_flat(valid.column("event_id")).take(pa.array(local)), value_set=held_ids))
+            hit = pc.is_valid(at).to_numpy(zero_copy_only=False)
+            if not hit.any():  # hash collisions only
+                continue
+            local, at_np = local[hit], _flat(pc.filter(at, pa.array(hit))).to_numpy()
+            whole = len(local) == valid.num_rows == held.num_rows and (at_np == local).all()
+            mine = _plain(valid) if whole else _plain(valid.take(pa.array(local)))
+            reference = held if whole else held.take(pa.array(at_np))
+            pos = local + self.offsets[b]
+            self.compare(pos, mine, reference, f"held in bronze by batch {batch_id}")
+            found.append(pos)
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+    def rows(self, positions: np.ndarray) -> pa.Table:
+        """Rows at group ``positions`` as one plain table, in that order (the rare within-group case)."""
+        batch_of = np.searchsorted(self.offsets, positions, side="right") - 1
+        parts, order = [], []
+        for b in np.unique(batch_of):
+            mine = np.flatnonzero(batch_of == b)
+            parts.append(_plain(self.group[b].valid.take(pa.array(positions[mine] - self.offsets[b]))))
+            order.append(mine)
+        if not parts:
+            return _PLAIN_SCHEMA.empty_table()
+        back = np.empty(len(positions), dtype=np.int64)
+        back[np.concatenate(order)] = np.arange(len(positions))
+        return pa.concat_tables(parts).take(pa.array(back))
+
+
+def _collision_reasons(ids: pa.Array, diffs: list[np.ndarray], where: str | list[str]) -> pa.Array:
+    """One sentence per colliding row: whose id it reused, and which fields differ."""
+    none = pa.scalar(None, pa.string())
+    pieces = [pc.if_else(pa.array(d), name, none) for name, d in zip(SCHEMA_V1.names, diffs, strict=True)]
+    fields = pc.binary_join_element_wise(*pieces, ", ", null_handling="skip")
+    return pc.binary_join_element_wise(
+        "event_id ",
+        pc.cast(ids, pa.string()),
+        " is already used by a different event (",
+        where if isinstance(where, str) else pa.array(where, pa.string()),
+        "); differing field(s): ",
+        fields,
+        ". Two producers gave one id to different events (e.g. two worlds without distinct "
+        "instance ids): quarantined, not dropped",
+        "",
+    )
+
+
+def _judge_ids(
     paths: AegisPaths,
     manifest: Manifest,
     index: EventIndex,
+    group: list[_Prepared],
     ids: pa.ChunkedArray,
     hashes: np.ndarray,
-    already: np.ndarray,
-) -> np.ndarray:
-    """Positions whose event id bronze already holds: index hits, confirmed against the bronze file."""
-    dup = np.zeros(len(hashes), dtype=bool)
+) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """Duplicates and id collisions among a group's valid rows: (duplicate mask, collision positions, reasons).
+
+    A row whose id bronze already holds is compared with that bronze row (index
+    hits are only candidates, 64-bit hashes: each is confirmed by id against the
+    named batch's bronze file, read once); else a row whose id an earlier row of
+    the group carries is compared with that row. Same content (every SCHEMA_V1
+    field) is a true duplicate: dropped and counted. Different content is a
+    collision: quarantined with its reason, never dropped.
+    """
+    judge = _IdJudge(group)
+    n = len(hashes)
+    held: list[np.ndarray] = []
     pos, batch_nos = index.lookup(hashes)
-    if len(pos) == 0:
-        return dup
-    keep = ~already[pos]
-    pos, batch_nos = pos[keep], batch_nos[keep]
-    files = manifest.bronze_paths(np.unique(batch_nos).tolist())
-    for batch_no in np.unique(batch_nos):
-        rel = files.get(int(batch_no))
-        if rel is None:
-            continue
-        candidates = pos[batch_nos == batch_no]
-        held = pq.read_table(paths.lake / rel, columns=["event_id"]).column("event_id")
-        cand_ids = ids.take(pa.array(candidates))
-        confirmed = pc.is_in(cand_ids, value_set=held.combine_chunks()).to_numpy(zero_copy_only=False)
-        dup[candidates[confirmed]] = True
-    return dup
+    if len(pos):
+        files = manifest.bronze_paths(np.unique(batch_nos).tolist())
+        for batch_no in np.unique(batch_nos):
+            rel = files.get(int(batch_no))
+            if rel is None:
+                continue
+            table = _plain(pq.read_table(paths.lake / rel, columns=list(SCHEMA_V1.names)))
+            # bronze files are named <batch id>.parquet
+            held.append(judge.against_bronze(table, Path(rel).stem, np.sort(pos[batch_nos == batch_no])))
+    first = _first_seen(ids, hashes)
+    within = np.flatnonzero(first != np.arange(n))
+    if held and len(within):
+        within = within[~np.isin(within, np.concatenate(held))]  # bronze is the reference for those
+    if len(within):
+        firsts = first[within]
+        batch_of = np.searchsorted(judge.offsets, firsts, side="right") - 1
+        where = [
+            f"row {int(f - judge.offsets[b])} of the valid rows of batch {group[b].batch_id}, earlier in this ingest"
+            for f, b in zip(firsts, batch_of, strict=True)
+        ]
+        judge.compare(within, judge.rows(within), judge.rows(firsts), where)
+    if not judge.positions:
+        return judge.dup, np.zeros(0, np.int64), pa.array([], pa.string())
+    positions = np.concatenate(judge.positions)
+    reasons = pa.concat_arrays([_flat(r).cast(pa.string()) for r in judge.reasons])
+    order = np.argsort(positions, kind="stable")
+    return judge.dup, positions[order], reasons.take(pa.array(order))
+
+
+def _quarantine_collisions(p: _Prepared, local: np.ndarray, reasons: pa.Array) -> None:
+    """Add colliding valid rows (``local``: positions among ``p.valid``) to the batch's rejected rows."""
+    valid_rows = np.flatnonzero(p.verdicts.valid.to_numpy(zero_copy_only=False))
+    rows = valid_rows[local].astype(np.int64)
+    v = p.verdicts
+    all_rows = np.concatenate([v.bad_rows.to_numpy(), rows])
+    order = np.argsort(all_rows, kind="stable")
+    rules = pa.concat_arrays([v.rules.cast(pa.string()), pa.array([ID_COLLISION] * len(rows), pa.string())])
+    texts = pa.concat_arrays([v.reasons.cast(pa.string()), reasons])
+    valid = v.valid.to_numpy(zero_copy_only=False).copy()
+    valid[rows] = False
+    p.verdicts = Verdicts(
+        valid=pa.array(valid),
+        bad_rows=pa.array(all_rows[order], pa.int64()),
+        rules=rules.take(pa.array(order)),
+        reasons=texts.take(pa.array(order)),
+    )
+    r = p.result
+    r.quarantined_rows += len(rows)
+    r.rules[ID_COLLISION] += len(rows)
+    r.examples.setdefault(ID_COLLISION, reasons[0].as_py())
 
 
 def _write_batch_files(paths: AegisPaths, p: _Prepared, bronze: pa.Table, ingested_at: datetime) -> None:
@@ -547,8 +727,9 @@ def _commit(
     chunks = [c for p in group for c in p.valid.column("event_id").chunks]
     ids = pa.chunked_array(chunks, pa.string())
     hashes = index.hashes(ids) if len(ids) else np.zeros(0, np.uint64)
-    within = _duplicates_within(ids, hashes)
-    dup = within | _duplicates_in_bronze(paths, manifest, index, ids, hashes, within)
+    dup, collisions, reasons = _judge_ids(paths, manifest, index, group, ids, hashes)
+    dropped = dup.copy()
+    dropped[collisions] = True  # neither in bronze nor indexed: quarantined below
     results = []
     add_h: list[np.ndarray] = []
     add_b: list[np.ndarray] = []
@@ -557,14 +738,19 @@ def _commit(
     for p in group:
         n = p.valid.num_rows
         batch_dup = dup[offset : offset + n]
+        batch_out = dropped[offset : offset + n]
         batch_h = hashes[offset : offset + n]
+        lo, hi = np.searchsorted(collisions, [offset, offset + n])
+        if hi > lo:
+            _quarantine_collisions(p, collisions[lo:hi] - offset, reasons.slice(lo, hi - lo))
         offset += n
         r = p.result
         r.duplicate_rows = int(batch_dup.sum())
-        bronze = p.valid.filter(pa.array(~batch_dup)) if r.duplicate_rows else p.valid
+        kept = r.duplicate_rows or hi > lo
+        bronze = p.valid.filter(pa.array(~batch_out)) if kept else p.valid
         r.bronze_rows = bronze.num_rows
         if r.bronze_rows:
-            add_h.append(batch_h[~batch_dup] if r.duplicate_rows else batch_h)
+            add_h.append(batch_h[~batch_out] if kept else batch_h)
             add_b.append(np.full(r.bronze_rows, p.batch_no, dtype=np.int32))
         if r.rows_in == 0:
             r.status = "empty"
@@ -604,6 +790,9 @@ def ingest_batches(
     paths.ensure()
     say = log or (lambda _msg: None)
     with ingest_lock(paths), Manifest(paths).session() as manifest:
+        swept = [t for d in (paths.bronze, paths.quarantine, manifest.dir) for t in sweep_stale_tmp(d)]
+        if swept:
+            say(f"removed {len(swept)} stale temporary file(s) of killed writers from the lake")
         skipped: list[str] = []
         if batches is None:
             todo = pending_batches(paths, manifest)

@@ -1,12 +1,15 @@
 """What has landed: the batch files shards (or Firehose) wrote under ``landing/telemetry``.
 
 Files appear by rename, so a listed ``*.parquet`` is complete; temporary files
-(``.name.tmp``) and dotfiles are never listed.  The batch id is the file's stem.
+(``.name.<pid>.tmp``) and dotfiles are never listed.  The batch id is the file's stem.
+Temporary files a killed writer left behind are swept by :func:`sweep_stale_tmp`.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,3 +114,92 @@ def resolve(root: Path, rels: list[str]) -> tuple[list[LandedBatch], list[str]]:
         found.append(_landed(path, path.relative_to(base).as_posix(), st))
     found.sort()
     return found, gone
+
+
+# ------------------------------------------------------------- stale temporaries
+# Every atomic writer of the project (aegis.telemetry.write_atomic / write_bytes_atomic,
+# the quarantine's file copy) writes ``.<name>.<pid>.tmp`` and renames it into place, and
+# removes it on any error it survives. Only a killed process (``kill -9``, a power cut)
+# leaves one behind. Writers sweep their own trees when they start.
+TMP_SUFFIX = ".tmp"
+# A temporary file younger than this is never touched: an atomic write of a batch or a
+# bronze file takes seconds at most, and the age covers a writer this machine cannot see
+# (another PID namespace sharing the directory).
+STALE_TMP_MIN_AGE_S = 300.0
+_TMP_PID = re.compile(r"\.(\d+)\.tmp$")
+
+
+def is_tmp_name(name: str) -> bool:
+    """A temporary file of the project's atomic writers: ``.<name>[.<pid>].tmp``.
+
+    Only those: another program's temporaries (DuckDB's spill files, say) are
+    never ours to judge.
+    """
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def tmp_owner(name: str) -> int | None:
+    """The process id a temporary file's name carries (``.<name>.<pid>.tmp``), if any."""
+    m = _TMP_PID.search(name)
+    pid = int(m.group(1)) if m else 0
+    return pid if pid > 0 else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def stale_tmp(path: Path, st: os.stat_result, now: float, min_age_s: float) -> bool:
+    """True when no live writer can own ``path``: older than ``min_age_s`` AND its writer
+    (the pid in its name) is not running; a name without a pid needs only the age. A file
+    of a running pid is kept whatever its age (pids are reused: keeping is the safe error)."""
+    if now - st.st_mtime < min_age_s:
+        return False
+    pid = tmp_owner(path.name)
+    return pid is None or not pid_alive(pid)
+
+
+def sweep_stale_tmp(
+    root: Path, min_age_s: float = STALE_TMP_MIN_AGE_S, now: float | None = None
+) -> list[Path]:
+    """Delete the stale temporary files (:func:`stale_tmp`) anywhere under ``root``; return them.
+
+    Writers call it when they start (the landing writer on the landing area, the
+    ingest on bronze, quarantine and the manifest directory), so what a ``kill -9``
+    left behind neither accumulates nor is mistaken for data (readers list only
+    ``*.parquet``). A file that vanishes meanwhile (another sweeper) is skipped.
+    """
+    if not root.is_dir():
+        return []
+    clock = time.time() if now is None else now
+    removed: list[Path] = []
+    stack = [root]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+                continue
+            if not (is_tmp_name(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            path = Path(entry.path)
+            try:
+                if stale_tmp(path, entry.stat(follow_symlinks=False), clock, min_age_s):
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
+    return removed

@@ -279,15 +279,45 @@ def _narrow(
     """Keep values that fit ``target`` exactly; the rest become null and are flagged."""
     fits = pc.fill_null(ok, False)
     if pa.types.is_integer(target):
-        info_min, info_max = _int_bounds(target)
-        fits = pc.and_(fits, pc.fill_null(pc.greater_equal(wide, info_min), False))
-        fits = pc.and_(fits, pc.fill_null(pc.less_equal(wide, info_max), False))
+        for in_range in _int_range_masks(wide, target):
+            fits = pc.and_(fits, pc.fill_null(in_range, False))
         if pa.types.is_floating(wide.type):
             fits = pc.and_(fits, pc.fill_null(pc.equal(pc.floor(wide), wide), False))
     kept = pc.if_else(fits, wide, pa.scalar(None, wide.type))
     out = pc.cast(kept, target, safe=False)
     lost = pc.and_(pc.is_valid(original), pc.invert(fits))
     return out, pc.fill_null(lost, False)
+
+
+def _int_range_masks(wide: pa.ChunkedArray, target: pa.DataType) -> list[pa.ChunkedArray]:
+    """Masks true where ``wide``'s values lie within ``target``'s integer range.
+
+    Every comparison is made in ``wide``'s own type, with bounds it can hold: a
+    bound Arrow had to cast would fail for the whole column (the int64 minimum is
+    not an exact float64 for Arrow's check; a uint64 above the int64 maximum cannot
+    become int64), and one bad value must reject its row, never the file. A float
+    fits when ``-2**(b-1) <= v < 2**(b-1)`` (powers of two: exact floats); NaN and
+    infinities compare false, so they never fit. A bound outside ``wide``'s own
+    range needs no comparison at all.
+    """
+    lo, hi = _int_bounds(target)
+    if wide.type == pa.float16():  # its range cannot hold the bounds; float32 holds its values
+        wide = pc.cast(wide, pa.float32())
+    src = wide.type
+    if pa.types.is_floating(src):
+        return [
+            pc.greater_equal(wide, pa.scalar(float(lo), src)),
+            pc.less(wide, pa.scalar(float(hi + 1), src)),
+        ]
+    if not pa.types.is_integer(src):  # pragma: no cover - callers pass numbers only
+        raise TypeError(f"cannot range-check {src} as an integer")
+    src_lo, src_hi = _int_bounds(src)
+    masks = []
+    if lo > src_lo:
+        masks.append(pc.greater_equal(wide, pa.scalar(lo, src)))
+    if hi < src_hi:
+        masks.append(pc.less_equal(wide, pa.scalar(hi, src)))
+    return masks
 
 
 def _int_bounds(t: pa.DataType) -> tuple[int, int]:

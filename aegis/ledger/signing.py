@@ -1,25 +1,25 @@
 """The ledger's Ed25519 signing key: made on first use, kept private, published as PEM.
 
-The private key lives in ``keys/ledger_ed25519.pem`` with mode 0600 and is
-refused when anyone but the owner can read it (a key others can read signs for
-them too). The public key is written beside it (``ledger_ed25519.pub.pem``);
-``key_id`` is its fingerprint, so a record names the key that signed it.
+The private key lives in ``keys/ledger_ed25519.pem`` with mode 0600 in a 0700
+directory, and is refused when anyone but the owner can read it (a key others
+can read signs for them too); ``aegis audit verify`` fails on loose permissions
+of either. The public key is written beside it (``ledger_ed25519.pub.pem``) for
+export; ``key_id`` is its fingerprint, so a record names the key that signed it.
 
-Rotation: whenever a new signing key replaces an old one (the private key was
-removed on purpose, or lost), the old public key is first archived as
-``<key_id>.pub.pem`` in the same directory, and verification trusts every
-``*.pub.pem`` there by its fingerprint. Records signed before the rotation
-therefore keep verifying; a public key is never overwritten without a copy.
+Trust does not come from this directory. The keys the ledger trusts are pinned
+in the chain itself (the genesis record, then rotation records each signed by
+the key it retires) and in the witness checkpoints (:mod:`aegis.ledger.witness`):
+a public key dropped into ``keys/`` is never trusted, and a private key made
+here after the trusted one was lost cannot extend the ledger. Rotation:
+:meth:`aegis.ledger.Ledger.rotate_key` (``aegis audit rotate-key``).
 
-Verification is read-only (:func:`trusted_public_keys`, :func:`current_public_key`):
-it never creates, replaces or archives key material, so running ``aegis audit
-verify`` on a directory whose private key is gone cannot change what it checks.
+Old public keys are still archived as ``<key_id>.pub.pem`` when replaced, so a
+person can see what was there; verification never reads them.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
 import stat
@@ -35,8 +35,10 @@ PUBLIC_KEY_FILE = "ledger_ed25519.pub.pem"
 PUBLIC_KEY_GLOB = "*.pub.pem"
 ARCHIVE_SUFFIX = ".pub.pem"
 UNREADABLE_SUFFIX = ".unreadable"
+NEXT_KEY_FILE = "ledger_ed25519.next.pem"  # a rotation's new key, until the rotation record is committed
 PRIVATE_MODE = 0o600
 KEY_DIR_MODE = 0o700
+LOOSE_BITS = 0o077
 FINGERPRINT_HEX = 32
 
 
@@ -92,6 +94,76 @@ def check_private_permissions(path: Path) -> None:
         )
 
 
+def key_dir_problem(key_dir: Path) -> str | None:
+    """Why the key directory or the private key in it is unsafe (group/other access), or None; read-only."""
+    if not key_dir.exists():
+        return None
+    mode = stat.S_IMODE(key_dir.stat().st_mode)
+    if mode & LOOSE_BITS:
+        return (
+            f"the key directory {key_dir} has permissions {mode:04o}: others can list or replace the ledger's "
+            f"keys; run: chmod 700 {key_dir}"
+        )
+    for name in (PRIVATE_KEY_FILE, NEXT_KEY_FILE):
+        path = key_dir / name
+        if path.exists():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & LOOSE_BITS:
+                return (
+                    f"the ledger's private key {path} has permissions {mode:04o}: it must be readable by its "
+                    f"owner only; run: chmod 600 {path}"
+                )
+    return None
+
+
+def tighten_key_dir(key_dir: Path) -> None:
+    """Make the key directory 0700 when it is looser (``AegisPaths.ensure`` makes it with the umask)."""
+    mode = stat.S_IMODE(key_dir.stat().st_mode)
+    if mode & LOOSE_BITS:
+        os.chmod(key_dir, KEY_DIR_MODE)
+
+
+def load_private(path: Path) -> SigningKey:
+    """The signing key stored at ``path`` (permissions checked first)."""
+    check_private_permissions(path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise LedgerKeyError(f"{path} is not a readable PEM private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise LedgerKeyError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+    return signing_key(key)
+
+
+def signing_key(key: Ed25519PrivateKey) -> SigningKey:
+    pub = key.public_key()
+    return SigningKey(private_key=key, key_id=fingerprint(pub), public_key_pem=public_pem(pub))
+
+
+def write_private(path: Path, key: Ed25519PrivateKey) -> None:
+    """Write ``key`` at ``path`` (0600, fsynced) atomically, replacing what was there."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def install_public(key_dir: Path, key: SigningKey) -> None:
+    """Write ``key``'s public half as the current public key (archiving the one it replaces)."""
+    pub_path = key_dir / PUBLIC_KEY_FILE
+    if pub_path.exists() and pub_path.read_text() != key.public_key_pem:
+        archive_public_file(pub_path)
+    if not pub_path.exists() or pub_path.read_text() != key.public_key_pem:
+        _write_public(pub_path, key.public_key_pem)
+
+
 def load_or_create(key_dir: Path) -> SigningKey:
     """The signing key of ``key_dir``, made on first use (race-free between processes).
 
@@ -100,6 +172,7 @@ def load_or_create(key_dir: Path) -> SigningKey:
     key_id, so the records it signed stay verifiable.
     """
     key_dir.mkdir(parents=True, exist_ok=True, mode=KEY_DIR_MODE)
+    tighten_key_dir(key_dir)
     path = key_dir / PRIVATE_KEY_FILE
     pub_path = key_dir / PUBLIC_KEY_FILE
     if not path.exists():
@@ -173,21 +246,6 @@ def _write_public(pub_path: Path, pem: str) -> None:
     tmp.write_text(pem)
     os.chmod(tmp, 0o644)
     os.replace(tmp, pub_path)
-
-
-def trusted_public_keys(key_dir: Path) -> dict[str, Ed25519PublicKey]:
-    """key_id -> public key of every ``*.pub.pem`` in ``key_dir`` (current and archived keys); read-only.
-
-    A key is trusted by its fingerprint, never by its file name.
-    """
-    keys: dict[str, Ed25519PublicKey] = {}
-    if not key_dir.is_dir():
-        return keys
-    for pem_path in sorted(key_dir.glob(PUBLIC_KEY_GLOB)):
-        with contextlib.suppress(ValueError, LedgerKeyError, OSError):
-            pub = load_public_pem(pem_path.read_bytes())
-            keys[fingerprint(pub)] = pub
-    return keys
 
 
 def current_public_key(key_dir: Path) -> tuple[str, str] | None:

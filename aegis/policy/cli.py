@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -55,17 +54,18 @@ def check(ctx: click.Context, file: Path, record: bool) -> None:
     The Decision is recorded in the audit ledger under AEGIS_HOME first (unless
     --no-record); where it went (seq) is printed on stderr, so stdout is only
     the Decision JSON. Exit 0 on any verdict (auto, simulate, deny); exit 2 when
-    FILE is malformed; exit 1 when the ledger cannot record it (nothing printed).
+    FILE is malformed (not strict JSON: NaN/Infinity, a duplicate key, deep nesting,
+    invalid UTF-8 or over 1 MiB are refused, see aegis.policy.strict_json; or not a
+    changeset and context); exit 1 when the ledger cannot record it (nothing printed).
     """
     from aegis.domain import explain
     from aegis.policy.context import PolicyContext
+    from aegis.policy.strict_json import StrictJsonError, load_strict
 
     try:
-        doc = json.loads(file.read_text())
-    except OSError as exc:
-        _malformed(f"cannot read {file}: {exc.strerror}")
-    except json.JSONDecodeError as exc:
-        _malformed(f"{file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        doc = load_strict(file)
+    except StrictJsonError as exc:  # NaN/Infinity, duplicate keys, deep nesting, bad UTF-8, too large
+        _malformed(str(exc))
     if not isinstance(doc, dict) or "changeset" not in doc or "context" not in doc:
         _malformed(
             f'{file} must hold an object with "changeset" and "context" (and optionally "description")'
@@ -81,7 +81,10 @@ def check(ctx: click.Context, file: Path, record: bool) -> None:
         context = PolicyContext.model_validate(doc["context"])
     except ValidationError as exc:
         _malformed(explain(exc, "context"))
-    decision = _engine(ctx).decide(changeset, context)
+    try:
+        decision = _engine(ctx).decide(changeset, context)
+    except ValueError as exc:  # a non-finite number reached the engine some other way
+        _malformed(f"{file}: {exc}")
     where = _record(decision, changeset) if record else None
     click.echo(decision.model_dump_json(indent=2))
     if where:

@@ -78,6 +78,11 @@ class PolicyContext(_Strict):
     budget: BudgetContext = Field(default_factory=BudgetContext)
     changes_in_last_hour: int = Field(0, ge=0, description="Changes this actor applied in the last hour")
     now: datetime = Field(default_factory=utcnow)
+    known_shards: list[str] | None = Field(
+        None,
+        description="Shard ids the backend knows; a target outside them is denied (None: not checked, "
+        "for callers that cannot ask the backend; the lifecycle always fills it)",
+    )
 
     @field_validator("predicted")
     @classmethod
@@ -86,6 +91,39 @@ class PolicyContext(_Strict):
         if bad:
             raise ValueError(f"predictions must be finite numbers; not finite: {', '.join(bad)}")
         return v
+
+    def merged_with(self, given: PolicyContext) -> PolicyContext:
+        """This context (measured from the world) completed by facts ``given`` states, never less strict.
+
+        For ``aegis changeset run`` on an example file: the file states facts the
+        world cannot measure (the actor's policy, predictions, the budget). What was
+        measured is never relaxed by the file: the shard, the known shards and the
+        integrity counts are the measured ones; firing alerts are the union; the
+        players share, the changes in the last hour and the money spent or estimated
+        are the larger of the two; a monthly budget is the smaller one given;
+        predictions the world model made are kept and the file only fills gaps.
+        The actor's policy is the file's (as ``--actor-policy`` would give it).
+        """
+        seen = {(a.name, a.target, a.id) for a in self.firing_alerts}
+        alerts = [
+            *self.firing_alerts,
+            *(a for a in given.firing_alerts if (a.name, a.target, a.id) not in seen),
+        ]
+        budgets = [b for b in (self.budget.monthly_budget_usd, given.budget.monthly_budget_usd) if b > 0]
+        return self.model_copy(
+            update={
+                "actor": given.actor,
+                "canary_players_share": max(self.canary_players_share, given.canary_players_share),
+                "firing_alerts": alerts,
+                "predicted": {**given.predicted, **self.predicted},
+                "budget": BudgetContext(
+                    spent_usd=max(self.budget.spent_usd, given.budget.spent_usd),
+                    estimated_cost_usd=max(self.budget.estimated_cost_usd, given.budget.estimated_cost_usd),
+                    monthly_budget_usd=min(budgets) if budgets else 0.0,
+                ),
+                "changes_in_last_hour": max(self.changes_in_last_hour, given.changes_in_last_hour),
+            }
+        )
 
     def policy_input(self) -> dict[str, Any]:
         """The context as the Rego policies read it (``input.context``)."""

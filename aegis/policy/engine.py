@@ -114,10 +114,13 @@ def policy_files(policies_dir: Path) -> tuple[list[Path], list[Path], Path]:
 
 
 def load_data(path: Path) -> dict[str, Any]:
+    """The policy data, read with the strict loader (a duplicate threshold must not silently win)."""
+    from aegis.policy.strict_json import StrictJsonError, load_strict
+
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PolicyError(f"{path} is not valid JSON: {exc}") from exc
+        doc = load_strict(path)
+    except StrictJsonError as exc:
+        raise PolicyError(str(exc)) from exc
     if not isinstance(doc, dict):
         raise PolicyError(f"{path} must hold a JSON object, got {type(doc).__name__}")
     return doc

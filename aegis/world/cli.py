@@ -15,7 +15,7 @@ import click
 
 from aegis.config import WORLD_PORT, paths
 
-HOST = "127.0.0.1"
+HOST = "127.0.0.1"  # loopback by default: nothing off this machine can reach the control API
 DEFAULT_OPENAPI_PATH = Path("docs/openapi.json")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # The live server's landing retention in game hours (aegis.world.service.DEFAULT_RETENTION_HOURS,
@@ -30,7 +30,21 @@ def world() -> None:
 
 @world.command()
 @click.option(
-    "--port", type=click.IntRange(1, 65535), default=WORLD_PORT, show_default=True, help="Port on 127.0.0.1."
+    "--host",
+    default=HOST,
+    show_default=True,
+    help="Bind address. Loopback by default; another address exposes the API to the network "
+    "(every call but /v1/health still needs a token; see docs/security.md).",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    help="Extra Host header name this server answers to (repeatable; e.g. its DNS name). "
+    "Requests for any other host are refused (DNS rebinding).",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=WORLD_PORT, show_default=True, help="Port to listen on."
 )
 @click.option(
     "--speed",
@@ -69,6 +83,8 @@ def world() -> None:
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
 def serve(
+    host: str,
+    allow_hosts: tuple[str, ...],
     port: int,
     speed: float,
     seed: int,
@@ -85,15 +101,19 @@ def serve(
     last run stopped (seed and sizes then come from the stored world).
     Landed telemetry older than --retention-hours of game time is deleted once
     the lake has ingested it (never before); --keep-all keeps everything.
+    Every endpoint but /v1/health needs a bearer token (docs/security.md); the
+    platform's own tokens are minted into AEGIS_HOME/secrets on start.
     """
     import uvicorn
 
+    from aegis.security.secrets import ensure_service_tokens
     from aegis.world.server import create_app
     from aegis.world.service import ServiceOptions, WorldService
     from aegis.world.store import StoreError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = paths()
+    secret_files = ensure_service_tokens()
     options = ServiceOptions(
         speed=speed,
         seed=seed,
@@ -116,7 +136,8 @@ def serve(
                 f"--players-per-shard/--seed apply to new worlds only",
                 err=True,
             )
-        base = f"http://{HOST}:{port}"
+        shown_host = f"[{host}]" if ":" in host else host
+        base = f"http://{shown_host}:{port}"
         click.echo(
             f"Aegis world server: {len(service.world.shards)} shards, game time {health.game_time.isoformat()}"
         )
@@ -125,11 +146,16 @@ def serve(
         click.echo(f"  shards    {base}/v1/shards")
         click.echo(f"  health    {base}/v1/health")
         click.echo(f"  metrics   {base}/metrics")
+        click.echo(f"  tokens    {secret_files['control'].parent}  (bearer tokens; docs/security.md)")
         click.echo(f"  API docs  {base}/docs  (contract: docs/game-backend-api.md)")
         click.echo(f"  speed     {speed:g} game s / wall s; Ctrl-C stops cleanly")
         service.start()
         config = uvicorn.Config(
-            create_app(service), host=HOST, port=port, log_level=log_level, access_log=log_level == "debug"
+            create_app(service, bind_host=host, allowed_hosts=list(allow_hosts)),
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=log_level == "debug",
         )
         server = uvicorn.Server(config)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the

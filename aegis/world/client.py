@@ -139,6 +139,33 @@ class NotFound(GameBackendError):
     """Unknown shard or snapshot (``details`` lists what is known)."""
 
 
+class Unauthorized(GameBackendError):
+    """401: no credential, or one the backend does not know (wrong, forged or malformed token)."""
+
+    def __init__(
+        self, message: str, status_code: int | None = None, body: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(
+            f"{message} (the game backend needs a bearer token: set AEGIS_TOKEN_CONTROL, or run "
+            "`aegis world serve`/`aegis up` on this AEGIS_HOME to mint the service tokens; see docs/security.md)",
+            status_code,
+            body,
+        )
+
+
+class Forbidden(GameBackendError):
+    """403: the token is valid but may not do this (wrong scope, revoked, expired, or the caller is isolated)."""
+
+    def __init__(
+        self, message: str, status_code: int | None = None, body: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(
+            f"{message} (issue a token with the needed scope: `aegis token issue --scope SCOPE`; see docs/security.md)",
+            status_code,
+            body,
+        )
+
+
 class BadRequest(GameBackendError):
     """The backend rejected the request itself (422, 400, 428): fix the request, do not retry."""
 
@@ -169,7 +196,15 @@ _ADAPTER_SNAPSHOTS = TypeAdapter(list[SnapshotInfo])
 
 
 class GameBackendClient:
-    """Synchronous client of one game backend. Use as a context manager, or call :meth:`close`."""
+    """Synchronous client of one game backend. Use as a context manager, or call :meth:`close`.
+
+    Credentials: ``token`` is sent as ``Authorization: Bearer`` on every call.
+    Without one, the client uses the platform's service tokens
+    (:func:`aegis.security.secrets.service_token`): ``control`` (which includes
+    ``read``) for everything but fault injection, ``faults`` for that. They are
+    looked up on each request, so a renewed token file is picked up without a
+    restart. ``faults_token`` overrides the token of :meth:`inject_fault` only.
+    """
 
     def __init__(
         self,
@@ -179,11 +214,15 @@ class GameBackendClient:
         retries: int = DEFAULT_RETRIES,
         headers: dict[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
+        faults_token: str | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         self.base_url = base_url.rstrip("/")
         self.retries = retries
+        self._token = token
+        self._faults_token = faults_token
         self._http = httpx.Client(
             base_url=self.base_url, timeout=timeout, headers=headers or {}, transport=transport
         )
@@ -199,6 +238,17 @@ class GameBackendClient:
 
     # ------------------------------------------------------------- plumbing
 
+    def _auth_header(self, scope: str) -> dict[str, str]:
+        from aegis.security.secrets import service_token
+
+        if self._token is None and self._faults_token is None and "authorization" in self._http.headers:
+            return {}  # the caller set its own Authorization header
+        if scope == "faults":
+            token = self._faults_token or self._token or service_token("faults")
+        else:
+            token = self._token or service_token("control")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def _request(
         self,
         method: str,
@@ -208,6 +258,7 @@ class GameBackendClient:
         json: Any = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
+        scope: str = "control",
     ) -> httpx.Response:
         """Send, retrying where repeating cannot apply anything twice.
 
@@ -215,7 +266,7 @@ class GameBackendClient:
         server); timeouts, broken connections and 502/503/504 are retried only
         when ``retry`` says the request is safe to repeat.
         """
-        kwargs: dict[str, Any] = {"json": json, "headers": headers}
+        kwargs: dict[str, Any] = {"json": json, "headers": {**self._auth_header(scope), **(headers or {})}}
         if timeout is not None:
             kwargs["timeout"] = timeout
         max_attempts = 1 + self.retries
@@ -253,6 +304,10 @@ class GameBackendClient:
             body = {}
         message = str(body.get("message") or body.get("detail") or response.text or response.reason_phrase)
         error = body.get("error")
+        if code == 401:
+            raise Unauthorized(message, code, body)
+        if code == 403:
+            raise Forbidden(message, code, body)
         if code == 404:
             raise NotFound(message, code, body)
         if code == 412:
@@ -364,7 +419,7 @@ class GameBackendClient:
     def inject_fault(self, fault: Fault | dict[str, Any]) -> FaultReceipt:
         payload = fault if isinstance(fault, Fault) else Fault.model_validate(fault)
         response = self._request(
-            "POST", f"{API_PREFIX}/faults", retry=False, json=payload.model_dump(mode="json")
+            "POST", f"{API_PREFIX}/faults", retry=False, json=payload.model_dump(mode="json"), scope="faults"
         )
         return self._parse(FaultReceipt, response)
 
@@ -380,6 +435,7 @@ __all__ = [
     "ErrorBody",
     "FaultKind",
     "FaultReceipt",
+    "Forbidden",
     "GameBackendClient",
     "GameBackendError",
     "Health",
@@ -390,4 +446,5 @@ __all__ = [
     "RestoreResult",
     "RoleUpdate",
     "StaleConfigVersion",
+    "Unauthorized",
 ]

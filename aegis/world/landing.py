@@ -37,6 +37,22 @@ one recorded, a one-row Parquet file is landed at
 :func:`aegis.telemetry.config_landing_path` (``config_schema()``), so every
 event's ``config_version`` joins to the parameters behind it.
 
+World instance: every event id carries the id of the world instance that produced
+it (``<shard>-<instance>-<tick>-<seq>``, :mod:`aegis.world.sim_events`), so two worlds
+landing into one lake never share an id. The writer builds it into the events it
+steps itself (:meth:`LandingWriter.add_step`) and stamps it into the simulator's
+tables given to :meth:`LandingWriter.add` (:func:`~aegis.world.sim_events.stamp_instance`),
+so both paths land the same ids. Where the id comes from: a world server's world
+claims one when it is created and keeps it in its store (:func:`world_instance_id`), so
+a restart continues it; a batch run derives it from its starting state
+(:func:`aegis.world.runner.run_world`). Every instance that landed here is listed in
+``landing/telemetry/_world_instances.json`` (:func:`register_instance`).
+
+Stale temporaries: a writer sweeps the landing area (telemetry and configs) when it
+starts, removing the ``.<name>.<pid>.tmp`` files a killed writer left
+(:func:`aegis.lake.landing.sweep_stale_tmp`: older than a few minutes and their pid
+not running; a fresh one, or one of a live process, is never touched).
+
 Fault ``corrupt_telemetry``: the next batch of that shard is landed corrupt, in
 one of four modes chosen by the fault's magnitude (``CORRUPT_MODES[(ceil(m) - 1) % 4]``):
 truncated Parquet bytes (unreadable file), bad values (unknown kind, negative
@@ -46,20 +62,26 @@ amounts), null required fields, or future timestamps (the last three corrupt
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import logging
 import math
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from aegis.lake.landing import sweep_stale_tmp
 from aegis.telemetry import (
     KINDS,
     SCHEMA_V1,
@@ -73,7 +95,7 @@ from aegis.telemetry import (
     write_bytes_atomic,
 )
 from aegis.world.sim import ShardSim, from_us
-from aegis.world.sim_events import EventBuffer
+from aegis.world.sim_events import INSTANCE_DIGITS, EventBuffer, check_instance_id, stamp_instance
 from aegis.world.sim_tick import ShardGroup
 
 # The live server's default retention (game hours); a bounded run keeps everything by default.
@@ -105,7 +127,127 @@ DICTIONARY_COLUMNS: tuple[str, ...] = (
 # Column statistics (min/max) where readers prune row groups: time, player, kind, version.
 STATISTICS_COLUMNS: tuple[str, ...] = ("ts", "player_id", "kind", "config_version")
 
+# Every world instance that landed into this lake, with what it was derived from.
+INSTANCE_REGISTRY_FILE = "_world_instances.json"
+# The world store's meta key holding its world's instance id.
+WORLD_INSTANCE_META_KEY = "world_instance_id"
+# The world server's options that decide what a new world's events are (the others,
+# speed, retention, landing, do not).
+WORLD_DEFINING_OPTIONS: tuple[str, ...] = (
+    "seed",
+    "players_per_shard",
+    "shards_per_region",
+    "explore",
+    "explore_every_hours",
+)
+
 log = logging.getLogger(__name__)
+
+
+def new_instance_id() -> str:
+    """A random world instance id: for a writer that is not told which world it lands."""
+    return uuid.uuid4().hex[:INSTANCE_DIGITS]
+
+
+def derive_instance_id(*parts: object) -> str:
+    """A world instance id that is a digest of ``parts`` (JSON): the same parts, the same id."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()[:INSTANCE_DIGITS]
+
+
+def registry_path(landing_root: Path) -> Path:
+    """``landing/telemetry/_world_instances.json`` (not a batch: readers list ``*.parquet`` only)."""
+    return landing_root / INSTANCE_REGISTRY_FILE
+
+
+def read_instances(landing_root: Path) -> list[dict[str, Any]]:
+    """The instances registered in this landing area, oldest first ([] if none).
+
+    A damaged registry is logged and read as empty: it is rewritten whole on the
+    next registration, and ids stay distinct (a new id is checked against the ids
+    in the file, and derived ids of different worlds differ anyway).
+    """
+    path = registry_path(landing_root)
+    try:
+        data = json.loads(path.read_text())
+        return [dict(x) for x in data["instances"]]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("the world instance registry %s is damaged (%s); starting it afresh", path, exc)
+        return []
+
+
+def register_instance(landing_root: Path, producer: str, basis: Mapping[str, Any], *, new: bool) -> str:
+    """The instance id for a world defined by ``basis``, recorded in the lake's registry.
+
+    ``new=False`` (a batch run: a pure function of its basis) returns the id the
+    basis derives, so the same inputs land the same ids and a repeat is counted as
+    duplicates. ``new=True`` (a world server creating a world) returns an id no
+    instance in this lake has used: derived from the basis and how many worlds of
+    that basis this lake has seen, so the first world of a basis gets the same id in
+    any lake (reproducible), and a second one here a different id. Under a lock on
+    the landing directory (several writers share it); the file is written atomically.
+    """
+    landing_root.mkdir(parents=True, exist_ok=True)
+    basis_digest = derive_instance_id(producer, dict(basis))
+    fd = os.open(landing_root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        instances = read_instances(landing_root)
+        used = {str(x.get("id")) for x in instances}
+        if not new:
+            instance = derive_instance_id(basis_digest, 0)
+            if instance in used:
+                return instance
+        else:
+            generation = sum(1 for x in instances if x.get("basis") == basis_digest)
+            instance = derive_instance_id(basis_digest, generation)
+            while instance in used:  # a 32-bit clash with another basis: move on
+                generation += 1
+                instance = derive_instance_id(basis_digest, generation)
+        instances.append(
+            {
+                "id": instance,
+                "producer": producer,
+                "basis": basis_digest,
+                "defined_by": {k: basis[k] for k in sorted(basis) if k != "state_digest"},
+                "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
+        payload = json.dumps({"instances": instances}, indent=1, default=str).encode()
+        write_bytes_atomic(payload, registry_path(landing_root))
+        return instance
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class _MetaStore(Protocol):
+    def get_meta(self, key: str) -> Any | None: ...
+
+    def set_meta(self, key: str, value: Any) -> None: ...
+
+
+def world_instance_id(store: _MetaStore, landing_root: Path, options: object) -> str:
+    """The instance id of the world server's world: the stored one, else a new one, stored.
+
+    A restart of the same world (its store) continues its id, so events replayed
+    from its journal land under the ids they had; a new world (a new store) claims
+    a new id from the lake's registry (:func:`register_instance`), defined by the
+    options that shape its events (WORLD_DEFINING_OPTIONS; a stored world's own
+    seed and sizes win over the options, as they do for the world itself).
+    """
+    stored = store.get_meta(WORLD_INSTANCE_META_KEY)
+    if stored is not None:
+        return check_instance_id(str(stored))
+    basis = {name: getattr(options, name, None) for name in WORLD_DEFINING_OPTIONS}
+    for name in ("seed", "players_per_shard", "shards_per_region"):
+        value = store.get_meta(name)
+        if value is not None:
+            basis[name] = value
+    instance = register_instance(landing_root, "world-server", basis, new=True)
+    store.set_meta(WORLD_INSTANCE_META_KEY, instance)
+    return instance
 
 
 def parquet_options(compression: str) -> dict[str, object]:
@@ -143,6 +285,7 @@ class LandingStats:
     kept_files: int = (
         0  # batches now kept past the retention (pending ingestion), as of each shard's last pass
     )
+    stale_tmp_removed: int = 0  # temporary files of killed writers swept at start
     kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -171,11 +314,15 @@ class LandingWriter:
         *,
         keep: Callable[[Path], bool] | None = None,
         tick_minutes: float | None = None,
+        instance_id: str | None = None,
     ) -> None:
         """``keep(path)`` true spares a landed batch from retention (one pending ingestion).
 
         ``tick_minutes``: the world's tick length, for the landed world clock; the
         stepping methods learn it, and until then one batch window stands in.
+        ``instance_id``: the world instance the events belong to (module docstring);
+        ``None`` makes a new random one (a writer not told its world is a new world).
+        Set :attr:`instance_id` before the first tick is added, never after.
         """
         if not batch_minutes > 0:
             raise ValueError(f"batch_minutes must be > 0, got {batch_minutes}")
@@ -196,6 +343,22 @@ class LandingWriter:
         self._config_versions: dict[str, int] = {}
         self._newest_hour: dict[str, int] = {}  # per shard: hours since WORLD_EPOCH of its newest batch
         self._buffers: dict[str, EventBuffer] = {}
+        self.instance_id = check_instance_id(instance_id) if instance_id is not None else new_instance_id()
+        swept = [
+            *sweep_stale_tmp(self.landing_root),
+            *sweep_stale_tmp(self.landing_root.parent / "configs"),  # config_landing_path's tree
+        ]
+        self.stats.stale_tmp_removed = len(swept)
+        if swept:
+            log.warning(
+                "removed %d stale temporary file(s) of killed writers under the landing area", len(swept)
+            )
+
+    def join_world(self, store: _MetaStore, options: object) -> str:
+        """Land as the world server's world: take its stored instance id, or claim one for a
+        new world (:func:`world_instance_id`). Call before the first tick is added."""
+        self.instance_id = world_instance_id(store, self.landing_root, options)
+        return self.instance_id
 
     # --------------------------------------------------------------- telemetry
     def add(self, shard: ShardSim, table: pa.Table, now: datetime | None = None) -> None:
@@ -203,6 +366,7 @@ class LandingWriter:
 
         ``now`` defaults to the start of the tick the shard just simulated. A
         tick in a later batch window lands the shard's previous window first.
+        The table's ``<shard>-`` event ids land as ``<shard>-<instance>-`` ids.
         """
         if not table.schema.equals(SCHEMA_V1):
             raise ValueError(f"table for shard {shard.shard_id} does not match SCHEMA_V1")
@@ -236,7 +400,9 @@ class LandingWriter:
         pend = self._open_window(shard, now)
         if pend.events is None:
             buf = self._buffers.pop(shard.shard_id, None)
-            pend.events = buf if buf is not None else EventBuffer(shard.shard_id, shard.region)
+            if buf is None or buf.instance != self.instance_id:
+                buf = EventBuffer(shard.shard_id, shard.region, instance=self.instance_id)
+            pend.events = buf
         return pend.events
 
     def _learn_tick(self, minutes: float) -> None:
@@ -300,7 +466,7 @@ class LandingWriter:
         if not pend.has_data:
             return  # nothing landed for an empty window (a corrupt fault waits for data)
         start = WORLD_EPOCH + timedelta(minutes=pend.window * self.batch_minutes)
-        parts = list(pend.tables)
+        parts = [stamp_instance(t, shard_id, self.instance_id) for t in pend.tables]
         kinds: dict[str, int] = {}  # events per kind: from the buffer's codes, not by hashing strings
         for part in parts:
             for item in pc.value_counts(part.column("kind")).to_pylist():

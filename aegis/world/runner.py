@@ -13,10 +13,20 @@ forked: pyarrow's threads do not survive a fork), each stepping its shards and
 landing their batches with its own writer. The landed events and the final
 world state are identical whatever the number of workers; only the random
 suffixes of batch file names differ, as between any two runs.
+
+World instance: the event ids a run lands carry an instance id (see
+:mod:`aegis.world.landing`) derived from the run's starting point: every shard's
+full state (generator included), the game clock and the exploration plan. A run is
+a pure function of those, so running it again lands the same events under the same
+ids (the lake counts them as duplicates, never twice), and a run from any other
+world (another seed, other sizes, a world advanced further) lands under another
+instance: two worlds in one lake never share an id.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import multiprocessing as mp
 import os
@@ -34,8 +44,15 @@ from pydantic import BaseModel, Field
 from aegis.config import AegisPaths
 from aegis.world import exploration
 from aegis.world.exploration import DEFAULT_EXPLORE_EVERY_HOURS, exploration_epoch
-from aegis.world.landing import DEFAULT_BATCH_MINUTES, LandingStats, LandingWriter
+from aegis.world.landing import (
+    DEFAULT_BATCH_MINUTES,
+    LandingStats,
+    LandingWriter,
+    derive_instance_id,
+    register_instance,
+)
 from aegis.world.sim import DEFAULT_PLAYERS_PER_SHARD, ShardSim, World
+from aegis.world.sim_events import check_instance_id
 from aegis.world.sim_tick import ShardGroup
 
 # Below this many player-steps a run stays in-process when workers is left to choose:
@@ -67,6 +84,7 @@ class RunSummary(BaseModel):
     cpu_seconds: float = Field(
         default=0.0, description="CPU time of the simulation and landing, all processes"
     )
+    instance_id: str = Field(default="", description="The world instance the landed event ids carry")
 
 
 @dataclass(frozen=True)
@@ -84,6 +102,15 @@ class _Plan:
     retention_hours: float | None
     batch_minutes: float
     home: str | None = None  # AEGIS_HOME: its lake's manifest says which batches retention must keep
+    instance_id: str = ""  # the world instance of the events; "" derives one from the plan (direct callers)
+
+    def instance(self) -> str:
+        """:attr:`instance_id`, or one derived from the plan's event-shaping fields."""
+        if self.instance_id:
+            return self.instance_id
+        return derive_instance_id(
+            "world-run-plan", self.start, self.tick_minutes, self.seed, self.explore, self.explore_every_hours
+        )
 
 
 def _simulate(
@@ -104,6 +131,7 @@ def _simulate(
         batch_minutes=plan.batch_minutes,
         keep=keep,
         tick_minutes=plan.tick_minutes,
+        instance_id=plan.instance(),
     )
     for shard in shards:
         writer.record_config(shard)
@@ -140,6 +168,44 @@ def _worker(plan: _Plan, states: list[dict[str, Any]], done: Any, results: Any) 
         results.put(("ok", asdict(stats), [s.state_dict() for s in shards], time.process_time()))
     except BaseException:
         results.put(("error", traceback.format_exc(), None, 0.0))
+
+
+def state_digest(world: World) -> str:
+    """A digest of every shard's full state (arrays, scalars, generator) and the world clock."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([world.game_time.isoformat(), world.tick_minutes]).encode())
+    for sid in sorted(world.shards):
+        state = world.shards[sid].state_dict()
+        for key in sorted(state):
+            value = state[key]
+            h.update(key.encode())
+            if hasattr(value, "tobytes"):
+                h.update(f"{value.dtype}{value.shape}".encode())
+                h.update(value.tobytes())
+            else:
+                h.update(json.dumps(value, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def run_instance_id(
+    paths: AegisPaths,
+    world: World,
+    explore: bool,
+    explore_every_hours: float,
+    frozen: Iterable[str],
+) -> str:
+    """The instance id of a run of ``world`` (module docstring), registered in the lake."""
+    basis = {
+        "seed": world.seed,
+        "shards": len(world.shards),
+        "players": sum(s.slots for s in world.shards.values()),
+        "start": world.game_time.isoformat(),
+        "explore": explore,
+        "explore_every_hours": explore_every_hours if explore else None,
+        "frozen": sorted(frozen) if explore else [],
+        "state_digest": state_digest(world),
+    }
+    return register_instance(paths.landing_telemetry, "world-run", basis, new=False)
 
 
 def _split(shards: list[ShardSim], workers: int) -> list[list[ShardSim]]:
@@ -231,6 +297,7 @@ def run_world(
     retention_hours: float | None = None,
     batch_minutes: float = DEFAULT_BATCH_MINUTES,
     workers: int | None = None,
+    instance_id: str | None = None,
 ) -> RunSummary:
     """Simulate ``hours`` of game time from ``world`` (or a new one) and land it under ``paths``.
 
@@ -239,6 +306,8 @@ def run_world(
     ``workers``: processes stepping shards (at most one per shard); ``None``
     picks ``os.cpu_count()`` for runs of at least AUTO_PARALLEL_MIN_PLAYER_STEPS
     player-steps and 1 below. The result does not depend on it.
+    ``instance_id``: the world instance the landed event ids carry; by default
+    derived from the world's state and the plan (:func:`run_instance_id`).
     ``retention_hours``: ``None`` (the default) keeps every batch the run lands (a
     bounded run keeps what it simulated); a number deletes batches that many game
     hours older than a shard's newest, except those the lake's manifest says are
@@ -263,9 +332,13 @@ def run_world(
     if workers is None:
         workers = (os.cpu_count() or 1) if slots * ticks >= AUTO_PARALLEL_MIN_PLAYER_STEPS else 1
     workers = min(workers, len(w.shards))
+    if instance_id is None:
+        instance_id = run_instance_id(paths, w, explore, explore_every_hours, frozen)
+    check_instance_id(instance_id)
     plan = _Plan(
         landing_root=str(paths.landing_telemetry),
         home=str(paths.home),
+        instance_id=instance_id,
         ticks=ticks,
         tick_minutes=w.tick_minutes,
         start=w.game_time.isoformat(),
@@ -316,4 +389,5 @@ def run_world(
         game_time_end=w.game_time.isoformat(),
         workers=workers,
         cpu_seconds=cpu,
+        instance_id=instance_id,
     )

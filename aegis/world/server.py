@@ -18,10 +18,11 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aegis.domain import (
     PARAM_BOUNDS,
@@ -34,6 +35,8 @@ from aegis.domain import (
     SnapshotInfo,
     explain,
 )
+from aegis.security.auth import allowed_host_set, install_auth, refusal_metrics, require_scope
+from aegis.security.tokens import TokenStore
 from aegis.world.client import (
     API_PREFIX,
     ConfigUpdate,
@@ -45,6 +48,7 @@ from aegis.world.client import (
     RoleUpdate,
 )
 from aegis.world.metrics import CONTENT_TYPE
+from aegis.world.remediation_api import make_router as remediation_router
 from aegis.world.service import ServiceError, Unavailable, WorldService, server_version
 from aegis.world.simulations_api import make_router
 
@@ -58,7 +62,25 @@ API_DESCRIPTION = (
     "See docs/game-backend-api.md."
 )
 
+# Request bodies above this many bytes are refused with 413 before they are read in full
+# (the largest legitimate body, a full parameter set, is under 2 KiB).
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_BIND_HOST = "127.0.0.1"
+
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Host header is not this server's (DNS rebinding guard)"},
+    401: {"model": ErrorBody, "description": "No bearer token, or one this server does not know"},
+    403: {
+        "model": ErrorBody,
+        "description": "Token lacks the scope, is revoked, expired or rotated out, or the caller is isolated",
+    },
+}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_AUTH_ERRORS,
+    413: {"model": ErrorBody, "description": f"Request body larger than {MAX_BODY_BYTES} bytes"},
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    **_AUTH_ERRORS,
     404: {"model": ErrorBody, "description": "Unknown shard or snapshot; details list the known ones"},
     422: {
         "model": ErrorBody,
@@ -127,9 +149,96 @@ def _validation_response(request: Request, exc: RequestValidationError) -> JSONR
     return _error(422, "invalid_request", message, details)
 
 
-def create_app(service: WorldService | None) -> FastAPI:
-    """The HTTP app over ``service``; ``None`` builds the app for its OpenAPI document only."""
+class BodyLimitMiddleware:
+    """Answer 413 to a body over ``limit`` bytes: by ``Content-Length`` up front, else while it streams.
+
+    Pure ASGI, so a chunked upload that never declares its size is cut off at
+    the limit instead of being buffered whole.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _too_large(self) -> JSONResponse:
+        return _error(
+            413,
+            "payload_too_large",
+            f"the request body is larger than {self.limit} bytes; see docs/game-backend-api.md",
+            {"max_body_bytes": self.limit},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0:
+                    await _error(400, "invalid_request", "Content-Length is not a number")(
+                        scope, receive, send
+                    )
+                    return
+                if declared > self.limit:
+                    await self._too_large()(scope, receive, send)
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge(self.limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._too_large()(scope, receive, send)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while the body streams in; FastAPI passes HTTP exceptions on to the app's handler."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes; see docs/game-backend-api.md")
+
+
+def create_app(
+    service: WorldService | None,
+    *,
+    store: TokenStore | None = None,
+    bind_host: str = DEFAULT_BIND_HOST,
+    allowed_hosts: list[str] | tuple[str, ...] = (),
+) -> FastAPI:
+    """The HTTP app over ``service``; ``None`` builds the app for its OpenAPI document only.
+
+    Auth (docs/security.md): reads need the ``read`` scope (``control`` includes
+    it), writes ``control``, fault injection ``faults``; ``/v1/health`` stays
+    open for liveness probes. ``store`` is the token store (default: the one
+    under ``AEGIS_HOME``); requests whose ``Host`` is not ``bind_host``, a
+    loopback name or one of ``allowed_hosts`` are refused.
+    """
     app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=server_version())
+    app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
+    install_auth(app, store, allowed_host_set(bind_host, list(allowed_hosts)))
+    reads = APIRouter(dependencies=[Depends(require_scope("read"))])
+    writes = APIRouter(dependencies=[Depends(require_scope("control"))])
+    faults = APIRouter(dependencies=[Depends(require_scope("faults"))])
 
     def svc() -> WorldService:
         if service is None:
@@ -146,11 +255,14 @@ def create_app(service: WorldService | None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         message = str(exc.detail)
-        if exc.status_code == 404:
+        if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint {request.method} {request.url.path}; see /docs for the API"
-        return _error(exc.status_code, code, message)
+        details = {"max_body_bytes": MAX_BODY_BYTES} if exc.status_code == 413 else None
+        return _error(exc.status_code, code, message, details)
 
     @app.exception_handler(Exception)
     def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
@@ -158,31 +270,41 @@ def create_app(service: WorldService | None) -> FastAPI:
         return _error(500, "internal_error", f"internal error: {type(exc).__name__}: {exc}")
 
     # The simulation gate's endpoint: runs where the snapshots live (aegis.world.simulations_api).
-    app.include_router(make_router(lambda shard_id, snapshot_id: svc().snapshot_state(shard_id, snapshot_id)))
+    app.include_router(
+        make_router(lambda shard_id, snapshot_id: svc().snapshot_state(shard_id, snapshot_id)),
+        dependencies=[Depends(require_scope("control"))],
+        responses=_WRITE_ERRORS,
+    )
+    app.include_router(remediation_router(svc))  # remediation endpoints (aegis.world.remediation_api)
 
     @app.get(f"{API_PREFIX}/health", response_model=Health, tags=["world"])
     def health() -> Health:
         """Liveness and the world clock: ``degraded`` when a shard is down or the clock stopped."""
         return svc().health()
 
-    @app.get(f"{API_PREFIX}/shards", response_model=list[ShardInfo], tags=["shards"])
+    @reads.get(
+        f"{API_PREFIX}/shards", response_model=list[ShardInfo], responses=_AUTH_ERRORS, tags=["shards"]
+    )
     def list_shards() -> list[ShardInfo]:
         return svc().shards()
 
-    @app.get(
+    @reads.get(
         f"{API_PREFIX}/shards/{{shard_id}}", response_model=ShardInfo, responses=_ERRORS, tags=["shards"]
     )
     def get_shard(shard_id: str) -> ShardInfo:
         return svc().shard(shard_id)
 
-    @app.put(
-        f"{API_PREFIX}/shards/{{shard_id}}/role", response_model=ShardInfo, responses=_ERRORS, tags=["shards"]
+    @writes.put(
+        f"{API_PREFIX}/shards/{{shard_id}}/role",
+        response_model=ShardInfo,
+        responses={**_ERRORS, **_WRITE_ERRORS},
+        tags=["shards"],
     )
     def put_role(shard_id: str, body: Annotated[RoleUpdate, Body()]) -> ShardInfo:
         """Make a shard the canary (never explored) or a control shard."""
         return svc().set_role(shard_id, body.role)
 
-    @app.get(
+    @reads.get(
         f"{API_PREFIX}/shards/{{shard_id}}/config",
         response_model=ShardConfig,
         responses=_ERRORS,
@@ -194,11 +316,17 @@ def create_app(service: WorldService | None) -> FastAPI:
         response.headers["ETag"] = f'"{config.version}"'
         return config
 
-    @app.put(
+    @writes.put(
         f"{API_PREFIX}/shards/{{shard_id}}/config",
         response_model=ShardConfig,
         responses={
             **_ERRORS,
+            **_WRITE_ERRORS,
+            400: {
+                "model": ErrorBody,
+                "description": "If-Match is not a version (1-18 ASCII digits, optionally quoted), "
+                "Idempotency-Key empty or over 200 characters, or Host refused",
+            },
             409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different request"},
             412: {
                 "model": ErrorBody,
@@ -226,18 +354,18 @@ def create_app(service: WorldService | None) -> FastAPI:
             headers["Idempotent-Replayed"] = "true"
         return JSONResponse(status_code=status, content=payload, headers=headers)
 
-    @app.post(
+    @writes.post(
         f"{API_PREFIX}/shards/{{shard_id}}/snapshots",
         response_model=SnapshotInfo,
         status_code=201,
-        responses=_ERRORS,
+        responses={**_ERRORS, **_WRITE_ERRORS},
         tags=["snapshots"],
     )
     def post_snapshot(shard_id: str) -> SnapshotInfo:
         """A consistent snapshot (between ticks), stored durably before the answer."""
         return svc().snapshot(shard_id)
 
-    @app.get(
+    @reads.get(
         f"{API_PREFIX}/shards/{{shard_id}}/snapshots",
         response_model=list[SnapshotInfo],
         responses=_ERRORS,
@@ -246,11 +374,12 @@ def create_app(service: WorldService | None) -> FastAPI:
     def list_snapshots(shard_id: str) -> list[SnapshotInfo]:
         return svc().snapshots(shard_id)
 
-    @app.post(
+    @writes.post(
         f"{API_PREFIX}/shards/{{shard_id}}/restore",
         response_model=RestoreResult,
         responses={
             **_ERRORS,
+            **_WRITE_ERRORS,
             409: {"model": ErrorBody, "description": "Restored integrity differs; the shard kept its state"},
         },
         tags=["snapshots"],
@@ -259,7 +388,7 @@ def create_app(service: WorldService | None) -> FastAPI:
         """Restore and verify: answers only once the restored integrity equals the snapshot's."""
         return svc().restore(shard_id, body.snapshot_id)
 
-    @app.get(
+    @reads.get(
         f"{API_PREFIX}/shards/{{shard_id}}/integrity",
         response_model=Integrity,
         responses=_ERRORS,
@@ -268,22 +397,25 @@ def create_app(service: WorldService | None) -> FastAPI:
     def get_integrity(shard_id: str) -> Integrity:
         return svc().integrity(shard_id)
 
-    @app.post(
+    @faults.post(
         f"{API_PREFIX}/faults",
         response_model=FaultReceipt,
         status_code=202,
-        responses=_ERRORS,
+        responses={**_ERRORS, **_WRITE_ERRORS},
         tags=["faults"],
     )
     def post_fault(body: Annotated[Fault, Body()]) -> FaultReceipt:
         """Inject a fault (chaos tests, demos); it lasts ``duration_minutes`` of game time."""
         return svc().inject_fault(body)
 
-    @app.get("/metrics", tags=["world"], response_class=Response)
+    @reads.get("/metrics", tags=["world"], response_class=Response, responses=_AUTH_ERRORS)
     def metrics() -> Response:
-        """Prometheus text exposition format."""
-        return Response(content=svc().render_metrics(), media_type=CONTENT_TYPE)
+        """Prometheus text exposition format, refused calls (``aegis_refused_requests_total``) included."""
+        body = svc().render_metrics() + refusal_metrics(app).encode()
+        return Response(content=body, media_type=CONTENT_TYPE)
 
+    for router in (reads, writes, faults):
+        app.include_router(router)
     return app
 
 

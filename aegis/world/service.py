@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -47,7 +48,13 @@ from aegis.telemetry import WORLD_EPOCH
 from aegis.world.client import FaultReceipt, Health, RestoreResult
 from aegis.world.exploration import DEFAULT_EXPLORE_EVERY_HOURS, exploration_epoch, explore
 from aegis.world.metrics import WorldMetrics
-from aegis.world.store import ConfigRecord, IdempotentResponse, WorldStore
+from aegis.world.store import (
+    SNAPSHOT_QUOTA_BYTES,
+    SNAPSHOTS_KEEP_PER_SHARD,
+    ConfigRecord,
+    IdempotentResponse,
+    WorldStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,11 @@ DEFAULT_RETENTION_HOURS = 24 * 7
 MAX_CATCHUP_TICKS = 10
 STOP_TIMEOUT_S = 30.0
 IDEMPOTENCY_KEY_MAX = 200
+# If-Match carries a config version: digits only (ASCII), at most this many of them.
+IF_MATCH_MAX_DIGITS = 18
+_IF_MATCH_RE = re.compile(
+    rf'^(?:W/)?(?:"([0-9]{{1,{IF_MATCH_MAX_DIGITS}}})"|([0-9]{{1,{IF_MATCH_MAX_DIGITS}}}))$'
+)
 # Key of the service's own state (exploration epochs) inside the stored world state.
 SERVICE_STATE_KEY = "aegis_service"
 
@@ -139,6 +151,8 @@ class ServiceOptions:
     explore_every_hours: float = DEFAULT_EXPLORE_EVERY_HOURS
     land_telemetry: bool = True
     retention_hours: float | None = DEFAULT_RETENTION_HOURS  # None keeps every landed batch
+    snapshots_keep_per_shard: int | None = SNAPSHOTS_KEEP_PER_SHARD  # None: no count limit
+    snapshot_quota_bytes: int | None = SNAPSHOT_QUOTA_BYTES  # None: no size limit
 
     def __post_init__(self) -> None:
         if not (self.speed >= 0 and math.isfinite(self.speed)):
@@ -151,6 +165,10 @@ class ServiceOptions:
             raise ValueError(f"shards_per_region must be >= 1, got {self.shards_per_region}")
         if self.explore_every_hours <= 0:
             raise ValueError(f"explore_every_hours must be > 0, got {self.explore_every_hours}")
+        for name in ("snapshots_keep_per_shard", "snapshot_quota_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
         if self.retention_hours is not None and not (
             self.retention_hours > 0 and math.isfinite(self.retention_hours)
         ):
@@ -175,15 +193,23 @@ def parse_if_match(raw: str | None) -> int:
             "PUT /config requires an If-Match header with the config version you read "
             "(GET /v1/shards/{id}/config answers it as the ETag), so concurrent writers cannot overwrite each other"
         )
-    token = raw.strip()
-    if token.startswith("W/"):
-        token = token[2:]
-    token = token.strip('"')
-    if not token.isdigit():
+    match = _IF_MATCH_RE.match(raw.strip())
+    if match is None:
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise InvalidRequest(
-            f"If-Match must be a config version (a positive integer, optionally quoted), got {raw!r}"
+            f"If-Match must be a config version: 1 to {IF_MATCH_MAX_DIGITS} ASCII digits, optionally "
+            f'quoted ("7") or weak (W/"7"), got {shown!r}',
+            accepted='7, "7" or W/"7"',
         )
-    return int(token)
+    return int(match.group(1) or match.group(2))
+
+
+def if_match_identity(raw: str | None) -> str:
+    """What an idempotent retry is compared on: the version, however it was spelled (7, "7", W/"7")."""
+    try:
+        return str(parse_if_match(raw))
+    except ServiceError:
+        return (raw or "").strip()
 
 
 class WorldService:
@@ -219,6 +245,7 @@ class WorldService:
             self.landing = LandingWriter(
                 self.paths.landing_telemetry, retention_hours=self.options.retention_hours, keep=keep
             )
+            self.landing.join_world(self.store, self.options)  # the world instance its event ids carry
         stored = self.store.load_world()
         if stored is None:
             self.world = World(
@@ -538,7 +565,7 @@ class WorldService:
                     json.dumps(
                         {
                             "shard": shard_id,
-                            "if_match": (if_match or "").strip(),
+                            "if_match": if_match_identity(if_match),
                             "params": params.model_dump(mode="json"),
                         },
                         sort_keys=True,
@@ -617,21 +644,33 @@ class WorldService:
                 config_version=int(shard.config_version),
                 integrity=shard.integrity(),
             )
-            self.store.save_snapshot(info, state)
+            evicted = self.store.save_snapshot(
+                info,
+                state,
+                keep_per_shard=self.options.snapshots_keep_per_shard,
+                quota_bytes=self.options.snapshot_quota_bytes,
+            )
+            if evicted:
+                log.info("snapshot retention evicted %d snapshot(s): %s", len(evicted), ", ".join(evicted))
             self.metrics.snapshots.set(self.store.count_snapshots())
             return info
 
     def snapshot_state(self, shard_id: str, snapshot_id: str) -> dict[str, Any]:
         """The stored state of one of ``shard_id``'s snapshots (for offline simulation).
 
-        Raises ``LookupError`` for an unknown shard or snapshot, or a snapshot of
-        another shard, so the simulations endpoint answers 404.
+        Raises ``LookupError`` for an unknown shard or snapshot (the simulations
+        endpoint answers 404) and ``SnapshotOfAnotherShard`` for a snapshot of
+        another shard (409).
         """
+        from aegis.world.simulations_api import SnapshotOfAnotherShard
+
         if shard_id not in self.world.shards:
-            raise LookupError(f"unknown shard {shard_id!r}")
+            raise LookupError(f"unknown shard {shard_id!r}; known: {', '.join(sorted(self.world.shards))}")
         stored = self.store.get_snapshot(snapshot_id)
-        if stored is None or stored.info.shard_id != shard_id:
+        if stored is None:
             raise LookupError(f"shard {shard_id!r} has no snapshot {snapshot_id!r}")
+        if stored.info.shard_id != shard_id:
+            raise SnapshotOfAnotherShard(snapshot_id, stored.info.shard_id, shard_id)
         return stored.state
 
     def restore(self, shard_id: str, snapshot_id: str) -> RestoreResult:
@@ -708,3 +747,63 @@ class WorldService:
             self._refresh_gauges()
             self.metrics.snapshots.set(self.store.count_snapshots())
         return self.metrics.render()
+
+    # ------------------------------------------------------------ remediation (aegis.world.remediation)
+
+    def _active_faults_locked(self, shard_id: str) -> list[dict[str, Any]]:
+        """Faults acting on a shard: the simulation's own state, plus injected faults whose duration
+        has not run out (a corrupt_telemetry source stays faulty until isolated or expired)."""
+        shard = self.world.shards[shard_id]
+        until = {f["kind"]: f["until"] for f in self._faults if f["shard_id"] == shard_id}
+        kinds = sorted(set(shard.active_faults) | set(until))
+        return [{"shard_id": shard_id, "kind": k, "until": until.get(k)} for k in kinds]
+
+    def active_faults(self) -> list[dict[str, Any]]:
+        """``GET /v1/faults``: every fault acting now, by shard."""
+        with self._lock:
+            return [f for sid in sorted(self.world.shards) for f in self._active_faults_locked(sid)]
+
+    def signals(self, shard_id: str) -> dict[str, Any]:
+        """``GET /v1/shards/{id}/signals``: the SLIs a remediation is verified against."""
+        with self._lock:
+            shard = self._shard(shard_id)
+            econ = shard.economy()
+            online = int(shard.players_online)
+            return {
+                "shard_id": shard_id,
+                "game_time": self.world.game_time,
+                "status": "up" if shard.online else "down",
+                "players_online": online,
+                "capacity": int(shard.capacity),
+                "load": online / max(int(shard.capacity), 1),
+                "tick_ms_last": float(shard.last_tick_ms) if shard.online else 0.0,
+                "gold_per_player": econ["gold_per_player"],
+                "price_level": econ["price_level"],
+                "telemetry_corrupt_pending": len(shard._corrupt_pending),
+                "active_faults": [f["kind"] for f in self._active_faults_locked(shard_id)],
+                "config_version": int(shard.config_version),
+            }
+
+    def remediate(self, shard_id: str, request: Any) -> Any:
+        """Apply one remediation (:mod:`aegis.world.remediation`) and commit the shard before answering."""
+        from aegis.world import remediation as R
+        from aegis.world import sim_catalog as C
+
+        with self._lock:
+            shard = self._shard(shard_id)
+            result = R.apply(shard, request, C.CRASH_RECONNECT_WINDOW_MIN)
+            cleared = {k.value for k in R.CLEARS[request.action]}
+            if request.action == R.RemediationAction.ISOLATE_TELEMETRY and self.landing is not None:
+                pend = getattr(self.landing, "_pending", {}).get(shard_id)
+                if pend is not None and not pend.landed and pend.corrupt is not None:
+                    pend.corrupt = None  # the open window lands clean
+                    result.detail["open_window_cleaned"] = True
+            gone = [f for f in self._faults if f["shard_id"] == shard_id and f["kind"] in cleared]
+            if gone:
+                self._faults = [f for f in self._faults if f not in gone]
+                self.store.set_meta("faults", self._faults)
+                result.cleared_faults = sorted({*result.cleared_faults, *(f["kind"] for f in gone)})
+            self.store.save_shard(shard_id, shard.state_dict())
+            self._refresh_gauges()
+            log.info("remediation %s on %s: cleared %s", request.action, shard_id, result.cleared_faults)
+            return result

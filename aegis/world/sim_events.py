@@ -15,6 +15,8 @@ never from per-row Python strings.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -84,6 +86,10 @@ _NUMERIC_COLUMNS: dict[str, tuple[np.dtype, int | float]] = {
 _CODED_COLUMNS: dict[str, tuple[str, ...]] = {"cause": CAUSES, "currency": CURRENCIES}
 _ALL_COLUMNS = frozenset(_NUMERIC_COLUMNS) | frozenset(_CODED_COLUMNS)
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# A world instance id: INSTANCE_DIGITS lowercase hex digits. Event ids are unique per shard
+# and tick within one world; the instance makes them unique across worlds sharing a lake.
+INSTANCE_DIGITS = 8
+_INSTANCE_RE = re.compile(rf"[0-9a-f]{{{INSTANCE_DIGITS}}}")
 _SEQ_DIGITS = 7  # up to 268M events per shard per tick
 _TICK_DIGITS = 13  # tick start in µs since WORLD_EPOCH: 13 hex digits last ~285 years
 _MIN_CAPACITY = 1024
@@ -119,9 +125,14 @@ class EventBuffer:
     :meth:`clear` makes the buffer reusable (its arrays are kept).
     """
 
-    def __init__(self, shard_id: str, region: str, capacity: int = _MIN_CAPACITY) -> None:
+    def __init__(
+        self, shard_id: str, region: str, capacity: int = _MIN_CAPACITY, *, instance: str = ""
+    ) -> None:
+        """``instance``: the world instance id its event ids carry (:func:`check_instance_id`);
+        empty for the simulator's own tables, whose ids the landing writer stamps."""
         self.shard_id = shard_id
         self.region = region
+        self.instance = check_instance_id(instance) if instance else ""
         self.n = 0
         self._cap = 0  # 0: no arrays yet (allocated on first use)
         self._want = max(int(capacity), _MIN_CAPACITY)
@@ -245,9 +256,10 @@ class EventBuffer:
         return table
 
     def _event_ids(self, starts: np.ndarray) -> pa.Array:
-        """``<shard>-<tick start, 13 hex>-<sequence in tick, 7 hex>``: one fixed-width byte matrix."""
+        """``<shard>-<instance>-<tick start, 13 hex>-<sequence in tick, 7 hex>`` (no ``<instance>-``
+        without an instance): one fixed-width byte matrix."""
         n = self.n
-        head = f"{self.shard_id}-".encode()
+        head = f"{self.shard_id}-{self.instance}-".encode() if self.instance else f"{self.shard_id}-".encode()
         p = len(head)
         width = p + _TICK_DIGITS + 1 + _SEQ_DIGITS
         mat = np.empty((n, width), dtype=np.uint8)
@@ -284,6 +296,35 @@ def _constant_strings(value: str, n: int) -> pa.Array:
     raw = value.encode()
     offsets = np.arange(0, (n + 1) * len(raw), len(raw), dtype=np.int32) if raw else np.zeros(n + 1, np.int32)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(raw * n))
+
+
+def check_instance_id(instance: str) -> str:
+    """``instance`` when it is a world instance id (INSTANCE_DIGITS lowercase hex), else ValueError."""
+    if not isinstance(instance, str) or not _INSTANCE_RE.fullmatch(instance):
+        raise ValueError(f"a world instance id is {INSTANCE_DIGITS} lowercase hex digits, got {instance!r}")
+    return instance
+
+
+def stamp_instance(table: pa.Table, shard_id: str, instance: str) -> pa.Table:
+    """The simulator's table with ``<shard>-`` ids turned into ``<shard>-<instance>-`` ids.
+
+    :meth:`ShardSim.step` tables (and the world server's journal of them) carry
+    ids unique within one world; the landing writer stamps its world's instance
+    into them, so they land exactly as the ids :class:`EventBuffer` builds with
+    an ``instance`` (the runner's path). A table whose ids do not start with
+    ``<shard>-`` is not that shard's simulator output: ValueError.
+    """
+    check_instance_id(instance)
+    if table.num_rows == 0:
+        return table
+    ids = table.column("event_id")
+    head = f"{shard_id}-"
+    if not pc.all(pc.starts_with(ids, head)).as_py():
+        raise ValueError(f"event ids of shard {shard_id} must start with {head!r} to be stamped")
+    rest = pc.utf8_slice_codeunits(ids, len(head))
+    stamped = pc.binary_join_element_wise(f"{head}{instance}-", rest, "")
+    i = table.schema.get_field_index("event_id")
+    return table.set_column(i, table.schema.field(i), stamped)
 
 
 def check_columns(cols: dict[str, object]) -> None:

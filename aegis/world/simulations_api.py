@@ -5,7 +5,12 @@ A studio's backend (or the bundled world server) answers it by running
 can run where the snapshot lives instead of shipping player state to Aegis.
 The router does not know how snapshots are stored: the server passes
 ``load_snapshot_state(shard_id, snapshot_id) -> ShardSim.state_dict()``, which
-raises ``KeyError`` (or ``LookupError``) for an unknown shard or snapshot.
+raises ``KeyError`` (or ``LookupError``) for an unknown shard or snapshot and
+:class:`SnapshotOfAnotherShard` (or returns that shard's state) for a snapshot
+of another shard. Answers: ``404 not_found``, ``409 conflict``, ``422`` for a
+body out of bounds (``hours`` at most :data:`MAX_SIMULATION_HOURS`); errors in
+the world's JSON shape. Auth is the including app's business (the world server
+requires the ``control`` scope).
 """
 
 from __future__ import annotations
@@ -13,14 +18,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from aegis.domain import WorldParams
+from aegis.world.client import ErrorBody
 from aegis.world.offline import MAX_HOURS, SimulationReport, simulate_pair
 
 DEFAULT_HOURS = 6.0
+# The endpoint's bound on game hours (docs/game-backend-api.md): both arms run on the
+# server's CPU inside one request, so a request is kept to a couple of minutes of work.
+MAX_SIMULATION_HOURS = min(48.0, MAX_HOURS)
+
+
+class SnapshotOfAnotherShard(LookupError):
+    """The snapshot exists but was taken of another shard (``owner``): answered 409."""
+
+    def __init__(self, snapshot_id: str, owner: str, shard_id: str) -> None:
+        super().__init__(f"snapshot {snapshot_id!r} is of shard {owner!r}, not {shard_id!r}")
+        self.owner = owner
+
+
+def _error(status: int, code: str, message: str, **details: object) -> JSONResponse:
+    body = ErrorBody(error=code, message=message, details=dict(details))
+    return JSONResponse(status_code=status, content=body.model_dump(mode="json"))
 
 
 class SimulationRequest(BaseModel):
@@ -30,7 +53,9 @@ class SimulationRequest(BaseModel):
 
     snapshot_id: str = Field(min_length=1, description="Snapshot whose state both arms start from")
     params: WorldParams = Field(description="The full parameter set of the changed arm")
-    hours: float = Field(DEFAULT_HOURS, gt=0, le=MAX_HOURS, description="Game hours both arms run")
+    hours: float = Field(
+        DEFAULT_HOURS, gt=0, le=MAX_SIMULATION_HOURS, description="Game hours both arms run (at most 48)"
+    )
     seed: int | None = Field(
         None, ge=0, description="Reseed both arms identically (default: the snapshot's rng)"
     )
@@ -43,30 +68,37 @@ def make_router(load_snapshot_state: Callable[[str, str], dict[str, Any]]) -> AP
         "/shards/{shard_id}/simulations",
         response_model=SimulationReport,
         responses={
-            404: {"description": "Unknown shard or snapshot"},
-            409: {"description": "Snapshot of another shard"},
+            404: {"model": ErrorBody, "description": "Unknown shard or snapshot"},
+            409: {"model": ErrorBody, "description": "Snapshot of another shard"},
+            422: {"model": ErrorBody, "description": "Invalid body (params out of bounds, hours over 48)"},
         },
     )
-    async def simulate(shard_id: str, body: SimulationRequest) -> SimulationReport:
+    async def simulate(shard_id: str, body: SimulationRequest) -> Any:
         """Run the unchanged and the changed copy of the shard from the snapshot; report KPI deltas."""
         try:
             state = await run_in_threadpool(load_snapshot_state, shard_id, body.snapshot_id)
+        except SnapshotOfAnotherShard as exc:
+            return _error(409, "conflict", str(exc), snapshot_shard=exc.owner)
         except LookupError as exc:
-            raise HTTPException(
-                404, detail=f"snapshot {body.snapshot_id!r} of shard {shard_id!r} not found: {exc}"
-            ) from exc
-        if state.get("shard_id") not in (None, shard_id):
-            raise HTTPException(
+            message = str(exc.args[0]) if exc.args else str(exc)
+            return _error(
+                404, "not_found", f"snapshot {body.snapshot_id!r} of shard {shard_id!r} not found: {message}"
+            )
+        owner = state.get("shard_id")
+        if owner not in (None, shard_id):
+            return _error(
                 409,
-                detail=f"snapshot {body.snapshot_id!r} is of shard {state.get('shard_id')!r}, not {shard_id!r}",
+                "conflict",
+                f"snapshot {body.snapshot_id!r} is of shard {owner!r}, not {shard_id!r}",
+                snapshot_shard=owner,
             )
         try:
             return await run_in_threadpool(
                 simulate_pair, state, body.params, body.hours, body.seed, snapshot_id=body.snapshot_id
             )
         except ValueError as exc:
-            raise HTTPException(
-                422, detail=f"cannot simulate from snapshot {body.snapshot_id!r}: {exc}"
-            ) from exc
+            return _error(
+                422, "invalid_request", f"cannot simulate from snapshot {body.snapshot_id!r}: {exc}"
+            )
 
     return router

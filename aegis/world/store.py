@@ -37,6 +37,10 @@ import numpy as np
 from aegis.domain import Integrity, SnapshotInfo, WorldParams
 
 STORE_SCHEMA_VERSION = 1
+# Snapshot retention (docs/game-backend-api.md, "Snapshots"): the newest N per shard, and a
+# quota over all of them; the newest snapshot of each shard is never evicted.
+SNAPSHOTS_KEEP_PER_SHARD = 20
+SNAPSHOT_QUOTA_BYTES = 1 << 30
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -508,7 +512,21 @@ class WorldStore:
 
     # ---------------------------------------------------------------- snapshots
 
-    def save_snapshot(self, info: SnapshotInfo, state: dict[str, Any]) -> None:
+    def save_snapshot(
+        self,
+        info: SnapshotInfo,
+        state: dict[str, Any],
+        *,
+        keep_per_shard: int | None = SNAPSHOTS_KEEP_PER_SHARD,
+        quota_bytes: int | None = SNAPSHOT_QUOTA_BYTES,
+    ) -> list[str]:
+        """Store a snapshot durably, then apply retention in the same transaction.
+
+        Retention: a shard keeps its ``keep_per_shard`` newest snapshots, and all
+        snapshots together stay under ``quota_bytes`` (oldest first go). The
+        newest snapshot of every shard is never evicted, so a rollback point
+        always survives. Returns the ids of the evicted snapshots.
+        """
         s_json, s_blob = encode_state(state)
         with self._tx(durable=True) as db:
             db.execute(
@@ -525,6 +543,55 @@ class WorldStore:
                     _now(),
                 ),
             )
+            return self._retain(db, info.shard_id, keep_per_shard, quota_bytes)
+
+    @staticmethod
+    def _retain(
+        db: sqlite3.Connection, shard_id: str, keep_per_shard: int | None, quota_bytes: int | None
+    ) -> list[str]:
+        order = "ORDER BY game_time DESC, created_at DESC, rowid DESC"
+        evicted: list[str] = []
+        if keep_per_shard is not None:
+            rows = db.execute(
+                f"SELECT snapshot_id FROM snapshots WHERE shard_id = ? {order}", (shard_id,)
+            ).fetchall()
+            evicted += [r[0] for r in rows[max(keep_per_shard, 1) :]]
+            db.executemany("DELETE FROM snapshots WHERE snapshot_id = ?", [(e,) for e in evicted])
+        if quota_bytes is not None:
+            total = int(
+                db.execute(
+                    "SELECT COALESCE(SUM(LENGTH(state_json) + LENGTH(state_arrays)), 0) FROM snapshots"
+                ).fetchone()[0]
+            )
+            if total > quota_bytes:
+                newest = {
+                    r[0]
+                    for r in db.execute(
+                        "SELECT (SELECT s2.snapshot_id FROM snapshots s2 WHERE s2.shard_id = s1.shard_id "
+                        f"{order} LIMIT 1) FROM snapshots s1 GROUP BY shard_id"
+                    ).fetchall()
+                }
+                candidates = db.execute(
+                    "SELECT snapshot_id, LENGTH(state_json) + LENGTH(state_arrays) FROM snapshots "
+                    "ORDER BY game_time, created_at, rowid"
+                ).fetchall()
+                for sid, size in candidates:
+                    if total <= quota_bytes:
+                        break
+                    if sid in newest:
+                        continue
+                    db.execute("DELETE FROM snapshots WHERE snapshot_id = ?", (sid,))
+                    evicted.append(sid)
+                    total -= int(size)
+        return evicted
+
+    def snapshot_bytes(self) -> int:
+        """Bytes the stored snapshots take (what the quota counts)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(state_json) + LENGTH(state_arrays)), 0) FROM snapshots"
+            ).fetchone()
+        return int(row[0])
 
     def _info(self, row: tuple[Any, ...]) -> SnapshotInfo:
         sid, shard, gt, ver, integ = row

@@ -14,6 +14,7 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
+from aegis.canary.loop import CanaryLoop
 from aegis.changes.gate import DEFAULT_HOURS, HttpRunner, InProcessRunner, store_snapshot_loader
 from aegis.changes.lifecycle import Lifecycle, LifecycleConfig, warehouse_slo_alerts
 from aegis.changes.store import ChangeSetStore
@@ -22,7 +23,8 @@ from aegis.domain import AutonomousChangeSet, CanaryResult
 
 
 class ChangeSetResource(ConfigurableResource):
-    """propose / check / simulate / start_canary / promote / roll_back / status over one game backend."""
+    """propose / check / simulate / start_canary / promote / roll_back / status over one game backend,
+    and the canary loop over it (``loop()``)."""
 
     backend_url: str = Field(
         default=f"http://127.0.0.1:{WORLD_PORT}", description="Game backend (contract /v1)"
@@ -37,6 +39,7 @@ class ChangeSetResource(ConfigurableResource):
     simulation_seed: int | None = None
 
     _lifecycle: Lifecycle | None = PrivateAttr(default=None)
+    _loop: CanaryLoop | None = PrivateAttr(default=None)
 
     def lifecycle(self) -> Lifecycle:
         if self._lifecycle is None:
@@ -105,3 +108,9 @@ class ChangeSetResource(ConfigurableResource):
 
     def resume(self) -> list[dict[str, Any]]:
         return [r.summary() for r in self.lifecycle().resume()]
+
+    def loop(self) -> CanaryLoop:
+        """The canary loop (launch, live judgement, waves, reflection) over this lifecycle."""
+        if self._loop is None:
+            self._loop = CanaryLoop(self.lifecycle())
+        return self._loop

@@ -30,14 +30,17 @@ class GameBackendResource(ConfigurableResource):
     )
     timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
     retries: int = Field(default=2, ge=0)
-    token: str | None = Field(default=None, description="Bearer token for prod backends (from a secret)")
+    token: str | None = Field(
+        default=None,
+        description="Bearer token; default: the profile's secret source (env AEGIS_TOKEN_CONTROL, "
+        "else AEGIS_HOME/secrets/control.token; see docs/security.md)",
+    )
 
     @contextmanager
     def client(self) -> Iterator[GameBackendClient]:
         from aegis.world.client import GameBackendClient
 
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         with GameBackendClient(
-            self.base_url, timeout=self.timeout_s, retries=self.retries, headers=headers
+            self.base_url, timeout=self.timeout_s, retries=self.retries, token=self.token or None
         ) as c:
             yield c

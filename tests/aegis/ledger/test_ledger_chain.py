@@ -31,18 +31,26 @@ def test_append_chain_and_verify(
 ) -> None:
     url = request.getfixturevalue("pg_url") if backend == "postgres" else None
     ledger = Ledger(url)
+    assert ledger.records() == []  # opening a writer writes nothing
     first = ledger.append("note", "cs-1", {"n": 1, "when": "now"}, actor="tester")
     second = ledger.record_transition(
         "cs-1", PromotionState.PROPOSED, PromotionState.POLICY_CHECKED, "lifecycle"
     )
-    assert (first.seq, second.seq) == (1, 2)
-    assert first.prev_hash == GENESIS_HASH and second.prev_hash == first.hash
+    genesis = ledger.records()[0]
+    # the first append starts the chain with a genesis record pinning the signing key
+    assert (genesis.seq, genesis.kind, genesis.subject) == (1, "genesis", "ledger")
+    assert genesis.prev_hash == GENESIS_HASH and genesis.payload["trusted_keys"] == {
+        ledger.key_id: ledger.public_key_pem
+    }
+    assert (first.seq, second.seq) == (2, 3)
+    assert first.prev_hash == genesis.hash and second.prev_hash == first.hash
     assert record_hash(second.model_dump()) == second.hash
     assert verify_signature(load_public_pem(ledger.public_key_pem), second.hash, second.signature)
-    assert [r.model_dump() for r in ledger.records()] == [first.model_dump(), second.model_dump()]
+    assert [r.model_dump() for r in ledger.records()][1:] == [first.model_dump(), second.model_dump()]
     assert ledger.records("cs-other") == []
     report = ledger.verify()
-    assert report.ok and report.records_checked == 2 and report.key_ids == [ledger.key_id]
+    assert report.ok and report.records_checked == 3 and report.key_ids == [ledger.key_id]
+    assert report.witnessed_seq == 3 and report.unwitnessed == 0
     ledger.dispose()
 
 
@@ -85,9 +93,11 @@ def test_append_only_is_enforced_by_the_database(aegis_home: AegisPaths) -> None
 
 
 def test_key_is_private_and_exported(aegis_home: AegisPaths) -> None:
+    os.chmod(aegis_home.keys, 0o755)  # as AegisPaths.ensure() makes it under a common umask
     ledger = Ledger()
     private = aegis_home.keys / PRIVATE_KEY_FILE
     assert oct(os.stat(private).st_mode & 0o777) == oct(0o600)
+    assert oct(os.stat(aegis_home.keys).st_mode & 0o777) == oct(0o700)  # the writer tightens its directory
     assert (aegis_home.keys / PUBLIC_KEY_FILE).read_text() == ledger.public_key_pem
     assert Ledger().key_id == ledger.key_id  # the same key is reused
     os.chmod(private, 0o644)
@@ -102,7 +112,7 @@ def test_cli_verify_show_export(aegis_home: AegisPaths) -> None:
     ledger.record_transition(changeset.id, "proposed", "rejected", "lifecycle", reason="policy denied")
     runner = CliRunner()
     result = runner.invoke(cli, ["audit", "verify"])
-    assert result.exit_code == 0 and "2 record(s)" in result.output
+    assert result.exit_code == 0 and "3 record(s)" in result.output  # genesis + the two
     shown = runner.invoke(cli, ["audit", "show", "--changeset", changeset.id]).output
     assert (
         "DENY" in shown
@@ -119,5 +129,5 @@ def test_param_change_payloads_roundtrip(aegis_home: AegisPaths) -> None:
         target="eu-1", diff={"spawn_rate": ParamChange(before=[1.0] * 6, after=[1.1] * 6)}
     )
     rec = ledger.append("proposal", cs.id, {"changeset": cs}, actor="proposer")
-    assert ledger.records()[0].payload == rec.payload
+    assert ledger.records()[-1].payload == rec.payload
     assert ledger.verify().ok

@@ -16,6 +16,7 @@ from aegis.world.landing import CORRUPT_MODES, UNKNOWN_KIND, LandingWriter, corr
 from aegis.world.runner import run_world
 from aegis.world.sim import World
 
+INSTANCE = "0123abcd"  # two writers landing the same world: the same instance
 LAYOUT = re.compile(
     r"date=\d{4}-\d{2}-\d{2}/hour=\d{2}/shard=[a-z]+-[a-z]+-\d/\d{8}T\d{6}-[0-9a-f]{12}\.parquet"
 )
@@ -154,8 +155,8 @@ def test_add_step_lands_what_add_lands(tmp_path):
         w.shards["us-east-1"].inject(
             Fault(kind=FaultKind.CORRUPT_TELEMETRY, shard_id="us-east-1", magnitude=2), w.game_time
         )
-    slow = LandingWriter(tmp_path / "slow" / "telemetry", batch_minutes=5)
-    fast = LandingWriter(tmp_path / "fast" / "telemetry", batch_minutes=5)
+    slow = LandingWriter(tmp_path / "slow" / "telemetry", batch_minutes=5, instance_id=INSTANCE)
+    fast = LandingWriter(tmp_path / "fast" / "telemetry", batch_minutes=5, instance_id=INSTANCE)
     land(slow, slow_world, 12)
     for _ in range(12):
         now = fast_world.game_time
@@ -197,8 +198,8 @@ def test_add_group_step_lands_what_add_step_lands(tmp_path):
         w.shards["eu-west-1"].inject(
             Fault(kind=FaultKind.CORRUPT_TELEMETRY, shard_id="eu-west-1", magnitude=3), w.game_time
         )
-    by_shard = LandingWriter(tmp_path / "a" / "telemetry", batch_minutes=5)
-    fused = LandingWriter(tmp_path / "b" / "telemetry", batch_minutes=5)
+    by_shard = LandingWriter(tmp_path / "a" / "telemetry", batch_minutes=5, instance_id=INSTANCE)
+    fused = LandingWriter(tmp_path / "b" / "telemetry", batch_minutes=5, instance_id=INSTANCE)
     for t in range(13):
         for w in worlds:
             if t == 4:

@@ -31,8 +31,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture
 def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30.0) as c:
+    """A raw client with the control token (read + control); fault calls pass the faults token."""
+    auth = {"Authorization": f"Bearer {server.token('control')}"}
+    with httpx.Client(base_url=server.url, timeout=30.0, headers=auth) as c:
         yield c
+
+
+def _faults(server: Server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.token('faults')}"}
 
 
 def _wait_ticks(http: httpx.Client, n: int) -> None:
@@ -131,9 +137,11 @@ def test_snapshot_change_restore_with_client(server: Server) -> None:
     ],
 )  # fmt: skip
 def test_bad_input_is_a_helpful_4xx(
-    http: httpx.Client, method: str, path: str, kwargs: dict, status: int, needles: list[str]
+    http: httpx.Client, server: Server, method: str, path: str, kwargs: dict, status: int, needles: list[str]
 ) -> None:
     before = http.get("/v1/shards/eu-west-1/config").json()["version"]
+    if path == "/v1/faults":
+        kwargs = {**kwargs, "headers": _faults(server)}
     r = http.request(method.upper(), path, **kwargs)
     assert r.status_code == status, r.text
     body = r.json()
@@ -144,9 +152,11 @@ def test_bad_input_is_a_helpful_4xx(
     assert http.get("/v1/shards/eu-west-1/config").json()["version"] == before  # nothing applied
 
 
-def test_fault_injection_is_accepted(http: httpx.Client) -> None:
+def test_fault_injection_is_accepted(http: httpx.Client, server: Server) -> None:
     r = http.post(
-        "/v1/faults", json={"kind": "latency_spike", "shard_id": "us-east-3", "duration_minutes": 5}
+        "/v1/faults",
+        json={"kind": "latency_spike", "shard_id": "us-east-3", "duration_minutes": 5},
+        headers=_faults(server),
     )
     assert r.status_code == 202
     assert r.json()["fault"]["kind"] == "latency_spike"

@@ -1,0 +1,1 @@
+"""Alerts in: the durable inbox, the receiver, and the Prometheus/Alertmanager rules and config."""

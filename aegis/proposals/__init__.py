@@ -1,0 +1,1 @@
+"""The evolution engine: goals the operator writes, hypotheses from the marts, ranked proposals."""

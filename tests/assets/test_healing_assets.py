@@ -1,0 +1,108 @@
+"""The healing sensor, job and incidents asset through Dagster (in-process instance, real stores,
+a real world server for the healing run)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+
+from aegis.alerts.inbox import AlertInbox
+from aegis.config import AegisPaths
+from aegis.domain import Alert, Fault, FaultKind
+from aegis.healing.models import IncidentStatus
+from aegis.healing.store import IncidentStore
+from aegis.world.client import GameBackendClient
+from assets.healing import GROUP_ASSET, healing_alert_sensor, healing_job, incidents
+from pipelines.resources.game import GameBackendResource
+from tests.support import WorldServer
+
+SHARD = "eu-west-1"
+
+
+@pytest.fixture
+def world(aegis_home: AegisPaths) -> Iterator[WorldServer]:
+    srv = WorldServer(aegis_home.home, speed="600").start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _alert(name: str, shard: str, n: int = 0) -> Alert:
+    return Alert(source="alertmanager", name=name, target=shard, labels={"shard": shard, "n": str(n)})
+
+
+@pytest.fixture(autouse=True)
+def _no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests feed the inbox themselves: the sensor's Alertmanager stand-in stays off."""
+    monkeypatch.setenv("AEGIS_HEALING_PROBE", "off")
+
+
+def _ctx(instance: dg.DagsterInstance, url: str = "http://127.0.0.1:9") -> dg.SensorEvaluationContext:
+    return dg.build_sensor_context(instance=instance, resources={"game": GameBackendResource(base_url=url)})
+
+
+def test_sensor_launches_one_run_per_incident(aegis_home: AegisPaths) -> None:
+    inbox = AlertInbox()
+    inbox.put([_alert("ShardDown", SHARD, n) for n in range(50)] + [_alert("TickLatencyHigh", "us-east-1")])
+    with dg.instance_for_test() as instance:
+        result = healing_alert_sensor(_ctx(instance))
+        keys = sorted(r.run_key for r in result.run_requests)
+        stored = {i.id: i for i in IncidentStore().incidents()}
+        assert keys == sorted(stored)  # one run per incident, keyed by its id
+        assert {(i.target, i.kind, i.alert_count) for i in stored.values()} == {
+            (SHARD, "shard_down", 50),
+            ("us-east-1", "latency", 1),
+        }
+        for r in result.run_requests:
+            assert r.run_config["ops"]["heal_incident"]["config"]["incident_id"] == r.run_key
+            assert r.tags["aegis/incident"] == r.run_key
+        again = healing_alert_sensor(_ctx(instance))
+        assert again.run_requests == [] and again.skip_reason
+
+
+def test_healing_job_heals_and_materializes_the_timeline(world: WorldServer) -> None:
+    with GameBackendClient(world.url, token=world.token("faults")) as c:
+        c.inject_fault(Fault(kind=FaultKind.SHARD_CRASH, shard_id=SHARD, duration_minutes=24 * 60))
+    AlertInbox().put([_alert("ShardDown", SHARD)])
+    with dg.instance_for_test() as instance:
+        request = healing_alert_sensor(_ctx(instance)).run_requests[0]
+        result = healing_job.execute_in_process(
+            run_config=request.run_config,
+            resources={"game": GameBackendResource(base_url=world.url, token=world.token("control"))},
+            instance=instance,
+        )
+        assert result.success
+        mats = [
+            e.event_specific_data.materialization
+            for e in result.all_events
+            if e.event_type_value == "ASSET_MATERIALIZATION"
+        ]
+        assert [m.asset_key for m in mats] == [GROUP_ASSET]
+        meta = mats[0].metadata
+        assert "| id | target |" in meta["incidents"].value and request.run_key in meta["incidents"].value
+        assert meta["timeline"].value.startswith("![timeline](data:image/png;base64,")
+        assert meta["resolved_count"].value == 1
+    inc = IncidentStore().get(request.run_key)
+    assert inc.status == IncidentStatus.RESOLVED
+
+
+def test_incidents_asset_materializes(aegis_home: AegisPaths) -> None:
+    result = dg.materialize([incidents])
+    assert result.success
+    meta = result.asset_materializations_for_node("incidents")[0].metadata
+    assert meta["open_count"].value == 0
+
+
+def test_probe_fallback_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aegis.alerts.config import alertmanager_binary
+    from assets.healing import probe_enabled
+
+    monkeypatch.setenv("AEGIS_HEALING_PROBE", "on")
+    assert probe_enabled()
+    monkeypatch.setenv("AEGIS_HEALING_PROBE", "off")
+    assert not probe_enabled()
+    monkeypatch.setenv("AEGIS_HEALING_PROBE", "auto")
+    assert probe_enabled() == (alertmanager_binary() is None)
