@@ -16,7 +16,8 @@ the sensors would wait on them for ever.
 
 Ctrl-C / SIGTERM stop every child (each in its own process group, so nothing
 is left behind); if one child dies, the others are stopped and ``aegis up``
-exits non-zero.
+exits non-zero. A stop by the operator is recorded (:data:`STOP_MARKER` in
+DAGSTER_HOME), so the next start marks the runs it interrupted canceled, not failed.
 
 No Dagster import here (``aegis/`` stays free of it): Dagster runs as a child.
 """

@@ -78,9 +78,9 @@ def _pre_period_start(starts: list[Any]) -> Any:
 def _md_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "_none_"
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(out)
 
 
@@ -183,7 +183,8 @@ class LaunchConfig(dg.Config):
     group_name=GROUP,
     ins={"proposals": dg.AssetIn(PROPOSALS_KEY)},
     deps=[KPI_KEY],
-    automation_condition=dg.AutomationCondition.eager(),
+    # a new ranking starts a canary; a new mart alone does not (the ranking follows the marts)
+    automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(KPI_KEY)),
     retry_policy=RETRY,
     description="Starts a canary for the best proposal that may start now: policy, simulation gate, apply, fair controls.",
 )

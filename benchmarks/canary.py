@@ -14,6 +14,7 @@ instead (e.g. tests/data/kpis_world.parquet, in sample).
 * harmful: an effect of each kind (deaths, abandons, completions, tick latency,
   reconnects, currency inflow, churn) at 1.5x, 2x and 3x its guardrail's margin,
   injected on placebo canaries from their start.
+* tolerable: the same kinds at 0.5x the margin (inside it; a rollback is a cost).
 * good: fewer deaths / fewer abandons / more completions (the target) by 2x and
   3x its margin, nothing harmed.
 * good but breaks a guardrail: fewer abandons (target) with more deaths,
@@ -26,7 +27,9 @@ budget) used to decide. The Kayenta-style judge compares the canary's buckets
 with the control shards' buckets over the same window with a Mann-Whitney U
 test at 98% confidence at fixed hourly looks, fails a metric that differs in the
 harmful direction by more than its margin, rolls back at the first failing look
-and promotes at the budget.
+and promotes at the budget; it runs twice, against the same controls as the
+sequential judge and against only the controls of the canary's region (the
+baseline Kayenta would deploy beside the canary).
 """
 
 from __future__ import annotations
@@ -61,11 +64,13 @@ WARMUP_HOURS = 6.0  # the world's first hours (players logging in) are not histo
 HISTORY_HOURS = 24.0
 K_CONTROLS = 4
 HARM_MULTIPLES = (1.5, 2.0, 3.0)
+TOLERABLE_MULTIPLE = 0.5  # harm inside the margin: a rollback of these is a cost, not a catch
 GOOD_MULTIPLES = (2.0, 3.0)
 HARM_KINDS = ("deaths", "abandons", "completions", "latency", "reconnects", "inflow", "churn")
 GOOD_KINDS = ("fewer_deaths", "fewer_abandons", "more_completions")
 BREAKS = ("deaths", "inflow", "latency")
 SPECS_PER_EFFECT = 8
+JUDGES = ("sequential", "kayenta", "kayenta_region")
 KAYENTA_CONFIDENCE = 0.98
 KAYENTA_LOOK_BUCKETS = 12  # hourly
 REAL_CHANGES: dict[str, dict[str, Any]] = {
@@ -157,6 +162,13 @@ def build(
                         expect=f"{EFFECT_METRIC[kind]} {mult}x margin",
                     )
                 )
+        for s in pick():
+            size = column_size(kpis, s, kind, TOLERABLE_MULTIPLE * margin)
+            out.append(
+                Scenario(
+                    f"tolerable/{kind}/{s.canary}", "tolerable", s, {kind: size}, expect="inside the margin"
+                )
+            )
     for kind in GOOD_KINDS:
         metric = EFFECT_METRIC[kind]
         margin = settings.kpis[metric].margin
@@ -244,7 +256,7 @@ def kayenta(kpis: pd.DataFrame, spec: CanarySpec, settings: JudgeSettings) -> Ou
 
 def summarize(results: list[dict[str, Any]], budget: int) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for judge_name in ("sequential", "kayenta"):
+    for judge_name in JUDGES:
         by: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in results:
             by[r["kind"]].append(r[judge_name])
@@ -266,6 +278,12 @@ def summarize(results: list[dict[str, Any]], budget: int) -> dict[str, dict[str,
         s["good_promoted"] = np.mean([o["verdict"] == "promote" for o in good])
         promoted = [o["buckets"] for o in good if o["verdict"] == "promote"]
         s["good_exposure_buckets"] = float(np.mean(promoted)) if promoted else float("nan")
+        tol = by["tolerable"]
+        s["tolerable_runs"] = len(tol)
+        s["tolerable_rolled_back"] = (
+            np.mean([o["verdict"] == "rollback" for o in tol]) if tol else float("nan")
+        )
+        s["tolerable_promoted"] = np.mean([o["verdict"] == "promote" for o in tol]) if tol else float("nan")
         brk = by["good_breaks_guardrail"]
         s["breaks_runs"] = len(brk)
         s["breaks_rolled_back"] = np.mean([o["verdict"] == "rollback" for o in brk])
@@ -319,6 +337,9 @@ def main() -> int:
         t = time.perf_counter()
         k = kayenta(data, sc.spec, settings)
         kay_seconds += time.perf_counter() - t
+        region = sc.spec.canary.rsplit("-", 1)[0]
+        same = [c for c in sc.spec.controls if c.rsplit("-", 1)[0] == region] or sc.spec.controls
+        k_region = kayenta(data, sc.spec.model_copy(update={"controls": same}), settings)
         verdict = "inconclusive" if j.verdict == "continue" else j.verdict
         results.append(
             {
@@ -326,6 +347,7 @@ def main() -> int:
                 "kind": sc.kind,
                 "sequential": {"verdict": verdict, "buckets": j.buckets_observed, "reason": j.reason},
                 "kayenta": {"verdict": k.verdict, "buckets": k.buckets},
+                "kayenta_region": {"verdict": k_region.verdict, "buckets": k_region.buckets},
             }
         )
     summary = summarize(results, settings.default_max_buckets)
@@ -334,6 +356,7 @@ def main() -> int:
             "sequential": r["sequential"]["verdict"],
             "buckets": r["sequential"]["buckets"],
             "kayenta": r["kayenta"]["verdict"],
+            "kayenta_region": r["kayenta_region"]["verdict"],
         }
         for r in results
         if r["kind"] == "real"
@@ -360,7 +383,7 @@ def main() -> int:
 
 
 def print_report(r: dict[str, Any]) -> None:
-    s, k = r["summary"]["sequential"], r["summary"]["kayenta"]
+    s, k, kr = r["summary"]["sequential"], r["summary"]["kayenta"], r["summary"]["kayenta_region"]
     budget = r["budget_buckets"]
     print(
         f"canary judge benchmark: {r['data']}, {r['scenarios']} scenarios, budget {budget} buckets, {r['seconds']} s"
@@ -380,36 +403,45 @@ def print_report(r: dict[str, Any]) -> None:
         ("good runs", "good_runs", "{:.0f}", ""),
         ("good promoted", "good_promoted", "{:.1%}", ">= 85%"),
         ("mean exposure to promote good (buckets)", "good_exposure_buckets", "{:.1f}", ""),
+        ("tolerable harm (0.5x margin) runs", "tolerable_runs", "{:.0f}", ""),
+        ("tolerable harm rolled back", "tolerable_rolled_back", "{:.1%}", ""),
+        ("tolerable harm promoted", "tolerable_promoted", "{:.1%}", ""),
         ("good-but-breaks-a-guardrail rolled back", "breaks_rolled_back", "{:.1%}", ""),
         ("good-but-breaks-a-guardrail promoted", "breaks_promoted", "{:.1%}", "0"),
         ("mean exposure, all scenarios (buckets)", "all_exposure_buckets", "{:.1f}", ""),
     ]
     print()
-    print("| figure | sequential judge | Kayenta-style (MWU 98%, hourly) | goal |")
-    print("|---|---|---|---|")
+    print(
+        "| figure | sequential judge | Kayenta-style (MWU 98%, hourly) | Kayenta-style, same-region baseline | goal |"
+    )
+    print("|---|---|---|---|---|")
     for label, key, fmt, goal in rows:
-        print(f"| {label} | {fmt.format(s[key])} | {fmt.format(k[key])} | {goal} |")
+        print(f"| {label} | {fmt.format(s[key])} | {fmt.format(k[key])} | {fmt.format(kr[key])} | {goal} |")
     print()
     print("| harm (kind x margin) | caught | promoted | mean buckets |")
     print("|---|---|---|---|")
     for name, v in r["harm_by_size"].items():
         print(f"| {name} | {v['caught']:.0%} | {v['promoted']:.0%} | {v['buckets']:.1f} |")
     print()
-    print("| real change | sequential | buckets | Kayenta-style |")
-    print("|---|---|---|---|")
+    print("| real change | sequential | buckets | Kayenta-style | Kayenta-style, same region |")
+    print("|---|---|---|---|---|")
     for name, v in r["real"].items():
-        print(f"| {name} | {v['sequential']} | {v['buckets']} | {v['kayenta']} |")
+        print(f"| {name} | {v['sequential']} | {v['buckets']} | {v['kayenta']} | {v['kayenta_region']} |")
     if "calibration" in r:
         c = r["calibration"]
         print()
         print(
             f"placebo calibration over {c['runs']} A/A runs (target {c['target']:.0%} of runs excluding zero):"
         )
-        print("| metric | placebo runs excluding zero | ratio quantile | suggested variance_inflation |")
-        print("|---|---|---|---|")
+        print(
+            "| metric | placebo runs excluding zero | false rollbacks on this metric | ratio quantile |"
+            " suggested variance_inflation |"
+        )
+        print("|---|---|---|---|---|")
         for m in c["kpis"]:
             print(
-                f"| {m['name']} | {m['exclusion_rate']:.1%} | {m['ratio_quantile']:.2f} | {m['variance_inflation']} |"
+                f"| {m['name']} | {m['exclusion_rate']:.1%} | {m['false_rollback_rate']:.1%} |"
+                f" {m['ratio_quantile']:.2f} | {m['variance_inflation']} |"
             )
 
 

@@ -239,8 +239,9 @@ def one_case(env: dict[str, Any], kind: str, mode: str, shard: str) -> dict[str,
     finally:
         loop.close()
         probe.close()
-        # Let the shard settle between cases (a crash leaves a reconnect wave behind).
-        time.sleep(2.0)
+        # Cases run back to back: keep the launches under the sensor's rate limit
+        # (max_launches_per_minute) so no case waits for another's slot, and let the shard settle.
+        time.sleep(max(2.0, 60.0 / loop.book.limits.max_launches_per_minute))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -324,7 +325,13 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     modes = ("sensor", "push") if args.mode == "both" else (args.mode,)
-    out: dict[str, Any] = {"speed": args.speed, "players_per_shard": args.players, "cases": []}
+    out: dict[str, Any] = {
+        "speed": args.speed,
+        "players_per_shard": args.players,
+        "load_before": os.getloadavg()[0],
+        "cores": os.cpu_count(),
+        "cases": [],
+    }
     with (
         tempfile.TemporaryDirectory(prefix="aegis-bench-healing-") as tmp,
         stack(Path(tmp), args.speed, args.players) as env,
@@ -359,7 +366,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"speed {args.speed}, {args.players} players/shard, {args.repeats} repeats; p50 / p95 seconds")
+    print(
+        f"speed {args.speed}, {args.players} players/shard, {args.repeats} repeats, load {out['load_before']:.1f} "
+        f"on {out['cores']} cores; p50 / p95 seconds"
+    )
     print(
         f"{'mode':<7} {'fault':<20} {'n':>2} {'detect':>13} {'contain':>13} {'alert->contain':>15} {'recover':>13}"
     )

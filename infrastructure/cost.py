@@ -1,6 +1,7 @@
 """The budget guard's cost model (re-exported; the implementation is ``aegis_infra.cost``).
 
-``python infrastructure/cost.py dev`` prints the estimate of a stack from its stack file.
+``python infrastructure/cost.py dev`` prints the estimate of a stack from its stack file,
+read through ``pulumi.Config`` exactly as ``pulumi up`` reads it (``aegis_infra.stack_file``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from aegis_infra.cost import CostEstimate
 
 
 def estimate_stack(stack: str) -> CostEstimate:
-    from aegis_infra.config import parse_settings
-    from aegis_infra.offline import stack_settings_values
+    import pulumi
+    from aegis_infra.config import load_settings
     from aegis_infra.program import estimate_cost
+    from aegis_infra.stack_file import cli_config
 
-    return estimate_cost(parse_settings(stack_settings_values(stack)))
+    pulumi.runtime.set_all_config(cli_config(stack), [])
+    return estimate_cost(load_settings())
 
 
 if __name__ == "__main__":

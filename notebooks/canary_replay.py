@@ -87,7 +87,7 @@ def from_changeset_store() -> tuple[pd.DataFrame, CanarySpec, str] | None:
     except WarehouseUnavailable as exc:
         print(f"Canary {record.id} found, but its KPIs cannot be read: {exc}")
         return None
-    what = "finished" if finished else "still running"
+    what = "finished" if finished else "not finished yet"
     return kpis, spec, f"changeset {record.id} ({what}, state {record.state.value}) on {spec.canary}"
 
 

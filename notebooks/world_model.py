@@ -32,6 +32,7 @@
 
 # %%
 import os
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -42,6 +43,9 @@ if "AEGIS_HOME" not in os.environ:
     # The default AEGIS_HOME (./.aegis) is relative to where `make up` runs: the repository root.
     root = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").exists()), Path.cwd())
     os.chdir(root)
+
+warnings.filterwarnings("ignore", message=".*IProgress not found.*")  # no widgets needed here
+warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")  # MLflow, on load
 
 from aegis.config import paths
 from aegis.worldmodel.dataset import TARGET_KPIS, DatasetError, SplitConfig, build_dataset, read_warehouse
@@ -160,7 +164,7 @@ if dataset is not None:
     levels = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98])
     from scipy import stats
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
     y = np.arange(len(coverage))
     for k, split in enumerate(EVAL_SPLITS):
         ax1.barh(y + (k - 0.5) * 0.4, coverage[split], height=0.4, label=split.replace("_", " "))
@@ -168,7 +172,7 @@ if dataset is not None:
     ax1.set_yticks(y, coverage.index)
     ax1.set_xlim(0, 1)
     ax1.set_xlabel("share of held-out targets inside the 90% interval")
-    ax1.legend(frameon=False, loc="lower left")
+    ax1.legend(frameon=False, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=3)
     ax1.set_title("Coverage of the 90% interval, per KPI")
     for split in EVAL_SPLITS:
         w = dataset[split]
@@ -245,7 +249,8 @@ if pairs:
     ax2.plot(x, rolling, marker="o")
     ax2.axhline(0.9, color="k", ls="--", lw=1, label="nominal 90%")
     ax2.set_ylim(0, 1.05)
-    ax2.set_title(f"Interval coverage so far (scale in force x{delta.interval_scale:.2f})")
+    ax2.set_title(f"Interval coverage so far (interval scale from now on: x{delta.interval_scale:.2f})")
+    ax2.set_xlabel("pairs, oldest first")
     ax2.legend(frameon=False)
     plt.tight_layout()
     plt.show()

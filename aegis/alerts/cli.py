@@ -86,3 +86,68 @@ def check(world_port: int) -> None:
         failed |= code not in (0, 127)
     if failed:
         sys.exit(1)
+
+
+@alerts.command(name="list")
+@click.option(
+    "--all", "show_all", is_flag=True, help="Resolved alerts and unknown names too (default: firing only)."
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of inbox entries.")
+def list_alerts(show_all: bool, limit: int, as_json: bool) -> None:
+    """The alert inbox: what Alertmanager, CloudWatch and the SLO marts raised."""
+    import json
+
+    from aegis.alerts.inbox import AlertInbox, InboxEntry
+
+    entries: list[InboxEntry] = []
+    if not paths().alerts_db.is_file():
+        pass
+    else:
+        inbox = AlertInbox()
+        try:
+            entries = inbox.all() if show_all else inbox.firing()
+        finally:
+            inbox.close()
+    entries = entries[-limit:]
+    if as_json:
+        click.echo(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo("no firing alerts" if not show_all else "the alert inbox is empty")
+        return
+    for e in entries:
+        a = e.alert
+        flag = "" if e.known else "  (unknown name: recorded, ignored)"
+        click.echo(
+            f"{e.seq:>6}  {e.status:<8} {a.name:<26} {a.target:<18} {a.source:<12} "
+            f"x{e.count:<4} last {e.last_seen:%Y-%m-%d %H:%M:%S}  {a.summary}{flag}"
+        )
+
+
+@alerts.command(name="pull-sqs")
+@click.option("--queue-url", required=True, help="The alarm queue (Pulumi output queueUrl).")
+@click.option("--region", required=True, help="The queue's AWS region.")
+@click.option("--once", is_flag=True, help="One receive (up to 10 messages), then exit.")
+def pull_sqs(queue_url: str, region: str, once: bool) -> None:
+    """Move CloudWatch alarms from the production SQS queue into the alert inbox (until Ctrl-C)."""
+    import boto3
+
+    from aegis.alerts.inbox import AlertInbox
+    from aegis.alerts.sqs import pull_once
+
+    client = boto3.client("sqs", region_name=region)
+    inbox = AlertInbox()
+    try:
+        while True:
+            result = pull_once(client, queue_url, inbox, region, wait_s=0 if once else 20)
+            if result.received:
+                click.echo(
+                    f"received {result.received}, stored {result.stored}, left {len(result.skipped)} for the DLQ"
+                )
+            if once:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        inbox.close()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml  # type: ignore[import-untyped]
 
-from aegis.alerts.rules import RECEIVER_JOB, WORLD_JOB, load_slo_spec, write_rules
+from aegis.alerts.rules import RECEIVER_JOB, WORLD_JOB, RulesError, load_slo_spec, write_rules
 from aegis.config import ALERTMANAGER_PORT, ALERTS_PORT, PROMETHEUS_PORT, AegisPaths
 
 if TYPE_CHECKING:
@@ -307,7 +307,13 @@ def alerting_children(p: AegisPaths, world_port: int) -> list[Child]:
 
     from aegis.stack import Child
 
-    services, notes = alerting_services(p, AlertingPorts(world=world_port))
+    ports = AlertingPorts(world=world_port)
+    try:
+        services, notes = alerting_services(p, ports)
+    except RulesError as exc:  # a broken SLO declaration must not stop the game: receiver only
+        url = f"http://{ports.host}:{ports.receiver}"
+        services = [Service("alerts", receiver_argv(ports), url, "/v1/health")]
+        notes = [f"alerting runs without Prometheus and Alertmanager: {exc}"]
     for note in notes:
         click.echo(note, err=True)
     return [Child(s.name, s.argv, s.url, s.ready_path) for s in services]

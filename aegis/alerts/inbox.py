@@ -41,6 +41,7 @@ SQLITE_BUSY_TIMEOUT_S = 60.0
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 10_000
 WRITE_OPTION = "inbox_write"
+BULK_CHUNK = 500  # fingerprints per IN (...) query: under SQLite's variable limit
 
 # The alert names Aegis acts on (labels ``alertname``); the healing playbooks key on these.
 KNOWN_ALERTS: frozenset[str] = frozenset(
@@ -147,6 +148,45 @@ def _naive(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
+def _next_row(
+    row: dict[str, Any] | None, fp: str, alert: Alert, now: datetime, head: int
+) -> tuple[dict[str, Any], int]:
+    """The row of ``fp`` after ``alert`` arrives, and the new change-sequence head."""
+    status = alert.status.value
+    if row is None:
+        head += 1
+        return {
+            "fingerprint": fp,
+            "seq": head,
+            "name": alert.name,
+            "target": alert.target,
+            "status": status,
+            "known": is_known(alert.name),
+            "source": alert.source,
+            "alert": alert.model_dump_json(),
+            "received_at": now,
+            "last_seen": now,
+            "resolved_at": now if status == AlertStatus.RESOLVED else None,
+            "count": 1,
+        }, head
+    stored = Alert.model_validate_json(row["alert"])
+    body = alert.model_copy(update={"id": stored.id}).model_dump_json()  # one id per fingerprint
+    new = {**row, "last_seen": now, "count": int(row["count"]) + 1}
+    if status != row["status"]:
+        if status == AlertStatus.RESOLVED and _utc(alert.starts_at) < _utc(stored.starts_at):
+            return new, head  # a late "resolved" for an older firing: the newer firing stands
+        head += 1
+        new |= {
+            "seq": head,
+            "status": status,
+            "alert": body,
+            "resolved_at": now if status == AlertStatus.RESOLVED else None,
+        }
+    elif status == AlertStatus.FIRING:
+        new["alert"] = body  # latest value and annotations
+    return new, head
+
+
 class AlertInbox:
     """The durable alert inbox; safe to share between threads and processes."""
 
@@ -195,9 +235,12 @@ class AlertInbox:
         """Store ``alerts`` (and the delivery they came in) in one committed transaction.
 
         Returns the entry for each input alert, in input order, as it stands after
-        the write.  Returning means the alerts are on disk.
+        the write.  Returning means the alerts are on disk.  A batch costs a few
+        statements, whatever its size (rows are read and written in bulk).
         """
         now = _naive(utcnow())
+        fps = [fingerprint_of(a) for a in alerts]
+        c = alerts_table.c
         with self._write() as conn:
             if source_payload is not None:
                 conn.execute(
@@ -208,78 +251,44 @@ class AlertInbox:
                         payload=json.dumps(source_payload, sort_keys=True, default=str),
                     )
                 )
-            head = conn.execute(sa.select(sa.func.max(alerts_table.c.seq))).scalar() or 0
-            fingerprints: list[str] = []
-            for alert in alerts:
-                fp = fingerprint_of(alert)
-                fingerprints.append(fp)
-                head = self._apply(conn, fp, alert, now, head)
-            rows = {
-                r.fingerprint: r
-                for r in conn.execute(
-                    sa.select(alerts_table).where(alerts_table.c.fingerprint.in_(set(fingerprints)))
+            head = conn.execute(sa.select(sa.func.max(c.seq))).scalar() or 0
+            state: dict[str, dict[str, Any]] = {}
+            unique = list(dict.fromkeys(fps))
+            for i in range(0, len(unique), BULK_CHUNK):
+                query = sa.select(alerts_table).where(c.fingerprint.in_(unique[i : i + BULK_CHUNK]))
+                state.update({r.fingerprint: dict(r._mapping) for r in conn.execute(query)})
+            existed = set(state)
+            for fp, alert in zip(fps, alerts, strict=True):
+                state[fp], head = _next_row(state.get(fp), fp, alert, now, head)
+            inserts = [state[fp] for fp in unique if fp not in existed]
+            updates = [{**state[fp], "b_fp": fp} for fp in unique if fp in existed]
+            if inserts:
+                conn.execute(alerts_table.insert(), inserts)
+            if updates:
+                columns = [col.name for col in alerts_table.columns if col.name != "fingerprint"]
+                stmt = (
+                    alerts_table.update()
+                    .where(c.fingerprint == sa.bindparam("b_fp"))
+                    .values({name: sa.bindparam(name) for name in columns})
                 )
-            }
-        return [self._entry(rows[fp]) for fp in fingerprints]
-
-    @staticmethod
-    def _apply(conn: sa.Connection, fp: str, alert: Alert, now: datetime, head: int) -> int:
-        row = conn.execute(sa.select(alerts_table).where(alerts_table.c.fingerprint == fp)).first()
-        status = alert.status.value
-        body = alert.model_dump_json()
-        if row is None:
-            head += 1
-            conn.execute(
-                alerts_table.insert().values(
-                    fingerprint=fp,
-                    seq=head,
-                    name=alert.name,
-                    target=alert.target,
-                    status=status,
-                    known=is_known(alert.name),
-                    source=alert.source,
-                    alert=body,
-                    received_at=now,
-                    last_seen=now,
-                    resolved_at=now if status == AlertStatus.RESOLVED else None,
-                    count=1,
-                )
-            )
-            return head
-        stored = Alert.model_validate_json(row.alert)
-        body = alert.model_copy(update={"id": stored.id}).model_dump_json()  # one id per fingerprint
-        values: dict[str, Any] = {"last_seen": now, "count": int(row._mapping["count"]) + 1}
-        if status != row.status:
-            if status == AlertStatus.RESOLVED and _utc(alert.starts_at) < _utc(stored.starts_at):
-                # A late "resolved" for an older firing of this alert: the newer firing stands.
-                conn.execute(alerts_table.update().where(alerts_table.c.fingerprint == fp).values(**values))
-                return head
-            head += 1
-            values |= {
-                "seq": head,
-                "status": status,
-                "alert": body,
-                "resolved_at": now if status == AlertStatus.RESOLVED else None,
-            }
-        elif status == AlertStatus.FIRING:
-            values["alert"] = body  # latest value and annotations
-        conn.execute(alerts_table.update().where(alerts_table.c.fingerprint == fp).values(**values))
-        return head
+                conn.execute(stmt, [{k: u[k] for k in [*columns, "b_fp"]} for u in updates])
+        return [self._entry(state[fp]) for fp in fps]
 
     # ------------------------------------------------------------------- reads
 
     @staticmethod
-    def _entry(row: Any) -> InboxEntry:
+    def _entry(raw: Any) -> InboxEntry:
+        row = raw if isinstance(raw, dict) else dict(raw._mapping)
         return InboxEntry(
-            seq=row.seq,
-            fingerprint=row.fingerprint,
-            alert=Alert.model_validate_json(row.alert),
-            status=row.status,
-            received_at=_aware(row.received_at),
-            last_seen=_aware(row.last_seen),
-            count=int(row._mapping["count"]),
-            known=bool(row.known),
-            resolved_at=_aware(row.resolved_at),
+            seq=row["seq"],
+            fingerprint=row["fingerprint"],
+            alert=Alert.model_validate_json(row["alert"]),
+            status=row["status"],
+            received_at=_aware(row["received_at"]),
+            last_seen=_aware(row["last_seen"]),
+            count=int(row["count"]),
+            known=bool(row["known"]),
+            resolved_at=_aware(row["resolved_at"]),
         )
 
     def since(self, seq: int, limit: int = DEFAULT_LIMIT, include_unknown: bool = False) -> list[InboxEntry]:

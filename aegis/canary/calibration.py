@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from aegis.canary.judge import CanarySpec, JudgeSettings, metric_paths
+from aegis.canary.judge import CanarySpec, JudgeSettings, metric_paths, status_of
 
 
 class KpiCalibration(BaseModel):
     name: str
     runs: int
     exclusion_rate: float  # share of placebo runs whose interval ever excluded zero (settings as given)
+    false_rollback_rate: float  # share of placebo runs in which this metric alone would have rolled back
     ratio_quantile: float  # the (1 - target) quantile of max |effect| / half-width
     variance_inflation: float  # suggested: current inflation x quantile^2 (>= current, >= 1)
 
@@ -48,13 +49,33 @@ def _max_ratio(effect: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     return float(np.max(np.abs(e) / np.maximum(half, 1e-12)))
 
 
-def placebo_ratios(kpis: pd.DataFrame, specs: Iterable[CanarySpec], settings: JudgeSettings) -> pd.DataFrame:
-    """One row per placebo run, one column per metric: the run's largest |effect| / half-width."""
-    rows = []
+def placebo_ratios(
+    kpis: pd.DataFrame, specs: Iterable[CanarySpec], settings: JudgeSettings
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per placebo run (rows) and metric (columns): the largest |effect| / half-width over the looks,
+    and whether the metric was ever ``regressed`` from ``min_buckets`` on (a false rollback)."""
+    ratios, rollbacks = [], []
     for spec in specs:
         paths = metric_paths(kpis, spec, settings, list(settings.kpis))
-        rows.append({name: _max_ratio(p.effect, p.lo, p.hi) for name, p in paths.items()})
-    return pd.DataFrame(rows)
+        ratios.append({name: _max_ratio(p.effect, p.lo, p.hi) for name, p in paths.items()})
+        rollbacks.append(
+            {
+                name: any(
+                    status_of(
+                        float(p.effect[i]),
+                        float(p.lo[i]),
+                        float(p.hi[i]),
+                        settings.kpis[name],
+                        False,
+                        settings.rollback_on,
+                    )
+                    == "regressed"
+                    for i in range(min(settings.min_buckets, len(p.effect)) - 1, len(p.effect))
+                )
+                for name, p in paths.items()
+            }
+        )
+    return pd.DataFrame(ratios), pd.DataFrame(rollbacks)
 
 
 def calibrate(
@@ -62,7 +83,7 @@ def calibrate(
 ) -> Calibration:
     """Per metric: how often placebos exclude zero now, and the variance inflation that brings it to ``target``."""
     target = settings.alpha if target is None else target
-    ratios = placebo_ratios(kpis, specs, settings)
+    ratios, rollbacks = placebo_ratios(kpis, specs, settings)
     out = []
     for name in settings.kpis:
         r = ratios[name].to_numpy(float) if name in ratios else np.zeros(0)
@@ -73,6 +94,7 @@ def calibrate(
                 name=name,
                 runs=len(r),
                 exclusion_rate=float(np.mean(r > 1.0)) if len(r) else math.nan,
+                false_rollback_rate=float(rollbacks[name].mean()) if name in rollbacks else math.nan,
                 ratio_quantile=q,
                 variance_inflation=round(max(current * max(q, 1.0) ** 2, 1.0), 2),
             )

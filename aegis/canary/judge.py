@@ -27,16 +27,19 @@ Per metric (``aegis.canary.metrics``):
    residuals' long-run (autocorrelation-robust, Newey-West) variance, times a
    per-KPI factor calibrated on placebo canaries (``aegis.canary.calibration``).
    The pre-period fit's own uncertainty is added with a fixed interval; alpha is
-   split between the two and, Bonferroni, across the metrics, so the chance that
-   ANY metric's interval ever misses over ALL looks is at most ``alpha``.
+   split between the two and, Bonferroni, across the metrics (see
+   :func:`alpha_per_metric`: each decision is one-sided), so the chance of ANY
+   false rollback over ALL looks, and of promoting a change that harms any
+   guardrail beyond its margin, is each at most ``alpha``.
 
 Verdicts: ``rollback`` as soon as a metric's harm beyond its margin is
 significant; ``promote`` once every guardrail is shown non-inferior (harm below
 its margin) and every target improved, or at the exposure budget with every
 guardrail non-inferior; ``inconclusive`` at the budget otherwise; ``continue``
 while the data ends before any of these. An exposure (sample-ratio) check stops
-a canary whose share of the players drifts from its pre-change share, or whose
-buckets go missing: its comparison is no longer fair.
+a canary (``inconclusive``) whose players are significantly more than a
+tolerance off their counterfactual from the controls (players moved to or from
+the canary: its comparison is no longer fair), or whose buckets go missing.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from aegis.domain import CanaryResult, CanaryVerdict, ShardInfo
 Verdict = Literal["promote", "rollback", "inconclusive", "continue"]
 MetricStatus = Literal["ok", "regressed", "improved", "non_inferior", "undecided"]
 Direction = Literal["lower", "higher", "two_sided"]
+RollbackRule = Literal["interval", "estimate"]
 
 POLICY_KEY = "canary"
 EXPOSURE_METRIC = "exposure"
@@ -112,6 +116,9 @@ class JudgeSettings(BaseModel):
         gt=0, lt=1, description="Allowed drift of the canary's players against their counterfactual"
     )
     max_missing_share: float = Field(ge=0, lt=1, description="Allowed share of canary buckets missing")
+    rollback_on: RollbackRule = Field(
+        "interval", description="What a significant regression beyond the margin takes (see status_of)"
+    )
     kpis: dict[str, KpiPolicy]
 
     @field_validator("kpis")
@@ -357,11 +364,37 @@ def harm_bounds(lo: float, hi: float, direction: Direction) -> tuple[float, floa
     return smallest, max(abs(lo), abs(hi))
 
 
-def status_of(lo: float, hi: float, policy: KpiPolicy, target: bool) -> MetricStatus:
-    """Regressed: harm beyond the margin is significant; improved (targets): benefit significant;
-    non-inferior: all plausible harm is inside the margin; undecided otherwise."""
+def exposure_broken(path: MetricPath | None, i: int, tolerance: float) -> bool:
+    """Sample-ratio check: the canary's players are SIGNIFICANTLY more than ``tolerance`` off their counterfactual."""
+    if path is None or not 0 <= i < len(path.effect):
+        return False
+    return harm_bounds(float(path.lo[i]), float(path.hi[i]), "two_sided")[0] > tolerance
+
+
+def status_of(
+    effect: float,
+    lo: float,
+    hi: float,
+    policy: KpiPolicy,
+    target: bool,
+    rollback_on: RollbackRule = "interval",
+) -> MetricStatus:
+    """Regressed: a regression beyond the margin is significant; improved (targets): benefit significant;
+    non-inferior: all plausible harm is inside the margin; undecided otherwise.
+
+    ``rollback_on`` says what "a regression beyond its margin is significant" takes:
+    ``interval``, the whole interval beyond the margin (harm > margin shown);
+    ``estimate``, a significant regression (harm > 0 shown) whose estimate is
+    beyond the margin. Both keep a false rollback under no change at most alpha
+    (each needs harm > 0 shown); ``estimate`` catches harm just past the margin
+    far sooner, at the price of sometimes rolling back a change whose true harm
+    is just inside it.
+    """
     least_harm, most_harm = harm_bounds(lo, hi, policy.direction)
-    if least_harm > policy.margin:
+    point_harm = harm_bounds(effect, effect, policy.direction)[1] if math.isfinite(effect) else 0.0
+    if least_harm > policy.margin or (
+        rollback_on == "estimate" and least_harm > 0 and point_harm > policy.margin
+    ):
         return "regressed"
     if target and policy.direction != "two_sided" and most_harm < 0:
         return "improved"
@@ -444,8 +477,10 @@ def _paths(
     df: pd.DataFrame, spec: CanarySpec, settings: JudgeSettings, names: list[str], alpha_each: float | None
 ) -> tuple[dict[str, MetricPath], pd.DatetimeIndex, ShardTable]:
     start = pd.Timestamp(spec.start).tz_convert("UTC")
-    canary_times = df.loc[df["shard_id"] == spec.canary, "bucket_start"]
-    post_index = pd.DatetimeIndex(sorted(canary_times[canary_times >= start].unique()))[: spec.max_buckets]
+    # Looks are the buckets any of the canary and its controls reported from ``start`` on: a canary
+    # that stops reporting still spends its budget (and fails the exposure check), never stalls.
+    times = df.loc[df["shard_id"].isin([spec.canary, *spec.controls]), "bucket_start"]
+    post_index = pd.DatetimeIndex(sorted(times[times >= start].unique()))[: spec.max_buckets]
     alpha_each = alpha_per_metric(settings, names) if alpha_each is None else alpha_each
     table = ShardTable(df, _value_columns([*names, EXPOSURE_SOURCE]))
     paths: dict[str, MetricPath] = {}
@@ -498,14 +533,22 @@ def judge(
         settings,
         alpha_each,
     )
-    drift = exposure.effect if exposure is not None else np.zeros(len(post_index))
-    bucket = pd.Timedelta(minutes=_bucket_minutes(df))
+    drift = exposure
+    canary_times = pd.DatetimeIndex(df.loc[df["shard_id"] == spec.canary, "bucket_start"].unique())
+    reported = np.cumsum(post_index.isin(canary_times))
     looks = len(post_index)
     steps: list[dict[str, Any]] = []
     for i in range(looks):
         n = i + 1
         statuses = {
-            name: status_of(float(p.lo[i]), float(p.hi[i]), settings.kpis[name], name in spec.targets)
+            name: status_of(
+                float(p.effect[i]),
+                float(p.lo[i]),
+                float(p.hi[i]),
+                settings.kpis[name],
+                name in spec.targets,
+                settings.rollback_on,
+            )
             for name, p in paths.items()
         }
         if trace:
@@ -515,8 +558,7 @@ def judge(
                     **{k: (float(p.effect[i]), float(p.lo[i]), float(p.hi[i])) for k, p in paths.items()},
                 }
             )
-        expected = int((post_index[i] - start) / bucket) + 1
-        missing_share = 1.0 - n / expected if expected > 0 else 0.0
+        missing_share = 1.0 - reported[i] / n
         at_budget = n >= spec.max_buckets
         if n < settings.min_buckets and not at_budget:
             continue
@@ -529,11 +571,16 @@ def judge(
             return _judgement(
                 "rollback", n, post_index[i], paths, statuses, settings, spec, i, drift, reason, steps
             )
-        if abs(drift[i]) > settings.exposure_tolerance or missing_share > settings.max_missing_share:
-            reason = (
-                f"inconclusive: exposure check failed (canary's players moved {_pct(drift[i])} against their counterfactual, "
-                f"tolerance {_pct(settings.exposure_tolerance)}; {_pct(missing_share)} of its buckets missing): the comparison is no longer fair"
+        moved = exposure_broken(drift, i, settings.exposure_tolerance)
+        if moved or missing_share > settings.max_missing_share:
+            what = (
+                f"the canary's players moved {_pct(drift.effect[i])} (interval {_pct(drift.lo[i])}..{_pct(drift.hi[i])}) "
+                f"against their counterfactual, beyond the tolerance of {_pct(settings.exposure_tolerance)}"
+                if moved and drift is not None
+                else f"{_pct(missing_share)} of the canary's buckets are missing "
+                f"(tolerance {_pct(settings.max_missing_share)})"
             )
+            reason = f"inconclusive: exposure check failed: {what}; the comparison is no longer fair"
             return _judgement(
                 "inconclusive", n, post_index[i], paths, statuses, settings, spec, i, drift, reason, steps
             )
@@ -560,7 +607,14 @@ def judge(
     last = looks - 1
     statuses = (
         {
-            name: status_of(float(p.lo[last]), float(p.hi[last]), settings.kpis[name], name in spec.targets)
+            name: status_of(
+                float(p.effect[last]),
+                float(p.lo[last]),
+                float(p.hi[last]),
+                settings.kpis[name],
+                name in spec.targets,
+                settings.rollback_on,
+            )
             for name, p in paths.items()
         }
         if looks
@@ -570,12 +624,6 @@ def judge(
     return _judgement(
         "continue", looks, None, paths, statuses, settings, spec, last, drift, reason, steps, decided=False
     )
-
-
-def _bucket_minutes(df: pd.DataFrame) -> float:
-    from aegis.telemetry import KPI_BUCKET_MINUTES
-
-    return float(KPI_BUCKET_MINUTES)
 
 
 def _pct(x: float) -> str:
@@ -591,7 +639,7 @@ def _judgement(
     settings: JudgeSettings,
     spec: CanarySpec,
     i: int,
-    drift: np.ndarray,
+    drift: MetricPath | None,
     reason: str,
     steps: list[dict[str, Any]],
     decided: bool = True,
@@ -612,14 +660,14 @@ def _judgement(
                 baseline=p.baseline,
             )
         )
-    if i >= 0 and len(drift) > i:
+    if drift is not None and 0 <= i < len(drift.effect):
         tol = settings.exposure_tolerance
         metrics.append(
             MetricResult(
                 name=EXPOSURE_METRIC,
-                effect=float(drift[i]),
-                interval=(-tol, tol),
-                status="ok" if abs(drift[i]) <= tol else "regressed",
+                effect=float(drift.effect[i]),
+                interval=(float(drift.lo[i]), float(drift.hi[i])),
+                status="regressed" if exposure_broken(drift, i, tol) else "ok",
                 role="exposure",
                 direction="two_sided",
                 margin=tol,
@@ -717,5 +765,6 @@ __all__ = [
     "judge",
     "metric_paths",
     "mixture_half_width",
+    "status_of",
     "to_canary_result",
 ]

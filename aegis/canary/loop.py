@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from aegis.changes.lifecycle import finite
 from aegis.changes.store import CanarySpecRecord, ChangeSetNotFound, ChangeSetRecord
 from aegis.domain import (
     PARAM_BOUNDS,
@@ -73,6 +74,8 @@ WAVE_FRACTIONS: tuple[float, ...] = (0.25, 0.5, 1.0)
 PROMOTER_MAX_CHANGES_PER_HOUR = 64
 DEFAULT_CONTROLS = 3
 DEFAULT_DAILY_BUDGET = 6
+# Candidates one launch tries when the gates reject the best ones.
+MAX_LAUNCH_ATTEMPTS = 3
 # Buckets of pre-change history read with the canary data (the judge's pre-period and the
 # control choice); 2 game days of 5-minute buckets.
 PRE_PERIOD_BUCKETS = 576
@@ -314,7 +317,9 @@ class CanaryLoop:
 
     def rollouts_running(self) -> list[str]:
         return [
-            s.changeset_id for s in self.store.canary_specs() if (s.rollout or {}).get("status") == "running"
+            s.changeset_id
+            for s in self.store.canary_specs()
+            if (s.rollout or {}).get("status") in ("pending", "running")
         ]
 
     def busy_shards(self) -> set[str]:
@@ -325,8 +330,9 @@ class CanaryLoop:
         return busy
 
     def changes_today(self) -> int:
+        """Canaries applied in the last 24 hours (a candidate the gates rejected changed nothing)."""
         since = utcnow() - timedelta(days=1)
-        return sum(1 for s in self.store.canary_specs() if s.created_at >= since)
+        return sum(1 for s in self.store.canary_specs() if s.created_at >= since and s.start is not None)
 
     # ------------------------------------------------------------- launch
 
@@ -340,19 +346,50 @@ class CanaryLoop:
         n_controls: int = DEFAULT_CONTROLS,
         max_buckets: int | None = None,
     ) -> LaunchOutcome:
-        """Start a canary for the best proposal that may start now (or say why none)."""
+        """Start a canary for the best proposal that may start now (or say why none).
+
+        A candidate the policy or the simulation gate rejects (or whose config
+        went stale) is recorded and reflected on, and the next best is tried, up
+        to :data:`MAX_LAUNCH_ATTEMPTS` in one call; a proposal already tried
+        (its id is in the store) is never tried again.
+        """
+        running = self.rollouts_running()
+        if running:
+            return LaunchOutcome(f"promotion rollout of {', '.join(running)} in progress; no new canary")
+        tried = {r.id for r in self.store.changesets()}
+        outcome = LaunchOutcome("no proposal tried")
+        reasons: list[str] = []
+        for _ in range(MAX_LAUNCH_ATTEMPTS):
+            left = [p for p in proposals if p.changeset.id not in tried]
+            outcome = self._launch_one(left, kpis, shards, daily_budget, n_controls, max_buckets)
+            if outcome.record is None or outcome.record.state == S.CANARY:
+                break
+            tried.add(outcome.record.id)
+            reasons.append(outcome.reason)
+        if reasons and (outcome.record is None or outcome.record.state != S.CANARY):
+            outcome.reason = "; ".join([*reasons, outcome.reason] if outcome.record is None else reasons)
+        elif reasons:
+            outcome.reason = f"{outcome.reason} (after {len(reasons)} rejected: {'; '.join(reasons)})"
+        return outcome
+
+    def _launch_one(
+        self,
+        proposals: list[Proposal],
+        kpis: pd.DataFrame,
+        shards: list[ShardInfo],
+        daily_budget: int,
+        n_controls: int,
+        max_buckets: int | None,
+    ) -> LaunchOutcome:
         from aegis.canary.judge import choose_controls
         from aegis.proposals.model import select_next
         from aegis.reflection.records import relative_predictions
 
-        running = self.rollouts_running()
-        if running:
-            return LaunchOutcome(f"promotion rollout of {', '.join(running)} in progress; no new canary")
         busy = self.busy_shards()
         proposal = select_next(proposals, busy, self.changes_today(), daily_budget)
         if proposal is None:
             return LaunchOutcome(
-                f"no proposal may start: {len(proposals)} proposal(s), busy shards {sorted(busy)}, "
+                f"no proposal may start: {len(proposals)} untried proposal(s), busy shards {sorted(busy)}, "
                 f"{self.changes_today()} of {daily_budget} changes today"
             )
         cs = proposal.changeset
@@ -376,15 +413,16 @@ class CanaryLoop:
             utility=proposal.utility,
             predicted=[p.model_dump(mode="json") for p in proposal.predicted],
         )
-        doc = {
+        predicted = [p.model_dump(mode="json") for p in proposal.predicted]
+        doc: dict[str, Any] = {
             "hypothesis": proposal.hypothesis,
             "goal_id": proposal.goal_id,
             "utility": proposal.utility,
             "rank": proposal.rank,
             "evidence": proposal.evidence,
-            "predicted": [p.model_dump(mode="json") for p in proposal.predicted],
+            "predicted": predicted,
+            "predicted_relative": relative_predictions(predicted, kpis, cs.target),
         }
-        doc["predicted_relative"] = relative_predictions(doc["predicted"], kpis, cs.target)
         rec = self.lifecycle.launch_canary(cs, controls, budget, doc)
         if rec.state in TERMINAL_STATES:
             self.reflect(rec.id)
@@ -409,8 +447,14 @@ class CanaryLoop:
             j = judge(kpis, spec, self.settings, trace=trace)
         except JudgeInputError as exc:
             log.warning("canary %s cannot be judged yet: %s", canary.id, exc)
+            waiting = {"verdict": "continue", "buckets_observed": 0, "decided_at": None, "metrics": []}
+            self.store.update_canary_spec(
+                canary.id, judgement={**waiting, "reason": f"cannot be judged yet: {exc}"}, judged_at=utcnow()
+            )
             return None
-        self.store.update_canary_spec(canary.id, judgement=j.model_dump(mode="json"), judged_at=utcnow())
+        self.store.update_canary_spec(
+            canary.id, judgement=finite(j.model_dump(mode="json")), judged_at=utcnow()
+        )
         return j
 
     def judge_live(self, kpis: pd.DataFrame) -> dict[str, Judgement]:
@@ -440,7 +484,7 @@ class CanaryLoop:
         verdict = j.verdict if j.verdict != "continue" else "inconclusive"
         if rec.state == S.CANARY:  # the judgement that decides is the one the reflection reads
             self.store.update_canary_spec(
-                changeset_id, judgement=j.model_dump(mode="json"), judged_at=utcnow()
+                changeset_id, judgement=finite(j.model_dump(mode="json")), judged_at=utcnow()
             )
         self.lifecycle.record_event(
             changeset_id,
@@ -498,7 +542,15 @@ class CanaryLoop:
             js = judge_spec(spec)
             if j is not None and js is not None:
                 result = to_canary_result(j, js)
-            self.lifecycle.promote(changeset_id, result)
+            if spec.rollout is None:
+                # marked before the promotion: a kill between the two still leaves a rollout to finish
+                self.store.update_canary_spec(changeset_id, rollout={"status": "pending"})
+            try:
+                self.lifecycle.promote(changeset_id, result)
+            except Exception:
+                if self.store.get(changeset_id).state != S.PROMOTED:
+                    self.store.update_canary_spec(changeset_id, rollout=None)
+                raise
             if by != "judge":
                 self.lifecycle.record_event(
                     changeset_id,
@@ -523,7 +575,7 @@ class CanaryLoop:
         rollout = dict(spec.rollout or {})
         if rollout.get("status") in ("done", "stopped"):
             return rollout
-        if not rollout:
+        if rollout.get("status", "pending") == "pending":
             # shards under another live experiment (its canary or its controls) are left out: a
             # wave there would change that experiment's shards under it
             busy = self.busy_shards()

@@ -27,6 +27,7 @@ def _bad(message: str) -> None:
 def canary_view(store: Any, changeset_id: str, live: bool = True) -> dict[str, Any]:
     """Everything ``status`` shows about one canary, as JSON-able data."""
     from aegis.canary.loop import PRE_PERIOD_BUCKETS, WarehouseUnavailable, judge_spec, read_kpis
+    from aegis.changes.lifecycle import finite
     from aegis.domain import PromotionState
 
     rec = store.get(changeset_id)
@@ -46,7 +47,7 @@ def canary_view(store: Any, changeset_id: str, live: bool = True) -> dict[str, A
         since = pd.Timestamp(js.start) - pd.Timedelta(minutes=KPI_BUCKET_MINUTES * PRE_PERIOD_BUCKETS)
         try:
             kpis = read_kpis(paths().warehouse, [spec.canary, *spec.controls], since.to_pydatetime())
-            judgement = judge(kpis, js).model_dump(mode="json")
+            judgement = finite(judge(kpis, js).model_dump(mode="json"))
             source = "live"
         except (WarehouseUnavailable, JudgeInputError, ValueError) as exc:
             note = f"live judgement unavailable ({exc}); showing the last stored one"
@@ -76,6 +77,10 @@ def canary_view(store: Any, changeset_id: str, live: bool = True) -> dict[str, A
     }
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2%}"
+
+
 def _print_view(v: dict[str, Any]) -> None:
     click.echo(
         f"{v['changeset_id']}  {v['state']}  canary {v['canary']} vs {', '.join(v['controls']) or '-'}"
@@ -90,7 +95,7 @@ def _print_view(v: dict[str, Any]) -> None:
         click.echo(f"  note: {v['note']}")
     for m in v["metrics"]:
         lo, hi = m["interval"]
-        click.echo(f"  {m['name']:<22} {m['effect']:+8.2%}  [{lo:+.2%}, {hi:+.2%}]  {m['status']}")
+        click.echo(f"  {m['name']:<22} {_pct(m['effect']):>8}  [{_pct(lo)}, {_pct(hi)}]  {m['status']}")
     if v["rollout"]:
         r = v["rollout"]
         click.echo(f"  rollout {r.get('status')}: waves done {r.get('done')} of {len(r.get('waves') or [])}")

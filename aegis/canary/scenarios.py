@@ -30,7 +30,7 @@ import pandas as pd
 
 from aegis.canary.judge import CanarySpec, choose_controls
 
-Kind = Literal["aa", "harmful", "good", "good_breaks_guardrail", "real"]
+Kind = Literal["aa", "harmful", "tolerable", "good", "good_breaks_guardrail", "real"]
 
 # What an injected effect does to the KPI columns (each multiplied by 1 + size * sign).
 EFFECT_COLUMNS: dict[str, tuple[tuple[str, ...], int]] = {

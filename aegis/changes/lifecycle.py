@@ -19,6 +19,7 @@ not a silent no-op.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -155,6 +156,22 @@ class LifecycleConfig:
 def warehouse_slo_alerts(aegis_paths: AegisPaths | None = None) -> WarehouseSloAlerts:
     """The default firing-alerts provider: SLO burn pages from ``fct_slo_burn`` in the local warehouse."""
     return WarehouseSloAlerts((aegis_paths or paths()).warehouse)
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (recursively).
+
+    The ledger refuses non-finite numbers (they have no JSON form), and a judge
+    metric without data has a NaN effect and an infinite interval; an event
+    carrying one would block the outbox for every later record.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def bucket_ceil(t: datetime) -> datetime:
@@ -510,7 +527,7 @@ class Lifecycle:
         The event goes to the store's outbox first (unique ``key``), then to the
         ledger; a crash in between is repaired by the next flush, never duplicated.
         """
-        created = self.store.add_event(changeset_id, kind, key, {"summary": summary, **payload})
+        created = self.store.add_event(changeset_id, kind, key, finite({"summary": summary, **payload}))
         self._flush_ledger()
         return created
 

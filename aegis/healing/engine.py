@@ -225,24 +225,24 @@ class Healer:
             return False
         try:
             changeset, extra = self._changeset(inc, action)
-        except StepFailed as exc:
+            decision = self.policy.decide(changeset, self._context(inc, changeset, recent))
+        except Exception as exc:  # no changeset or no decision (backend unreachable, ...): never act blind
             self._record(
                 inc,
                 IncidentAction(
                     name=action.name,
                     outcome=ActionOutcome.FAILED,
                     operation=action.operation.value,
-                    detail={"error": str(exc)},
+                    detail={"error": f"{type(exc).__name__}: {exc}"},
                 ),
             )
             self._ledger(
                 inc,
                 "action",
-                f"{action.name} on {inc.target} could not be prepared: {exc}",
+                f"{action.name} on {inc.target} could not be prepared or judged: {exc}",
                 action=action.name,
             )
             return False
-        decision = self.policy.decide(changeset, self._context(inc, changeset, recent))
         try:
             self.ledger.record_decision(decision, changeset, HEALER)
         except Exception:

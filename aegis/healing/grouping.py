@@ -37,6 +37,8 @@ from aegis.healing.store import CURSOR_KEY, IncidentStore, incidents_t
 MAX_ENTRIES_PER_TICK = 20_000
 PAGE = 1_000
 BREAKER_NOTE = "circuit breaker open"
+SECURITY_PROBLEM = "security"
+SECURITY_SUBJECTS = ("token:", "caller:")
 
 
 @dataclass
@@ -153,6 +155,11 @@ def sensor_tick(
                 continue
             linked.add(_episode(e))
             target = alert.labels.get("shard") or alert.target
+            if playbook.problem == SECURITY_PROBLEM and not target.startswith(SECURITY_SUBJECTS):
+                # SecurityRefusals counts refusals per reason, not per caller: the refusal scan of the
+                # same tick opens one incident per credential or address, which containment needs.
+                result.ignored += 1
+                continue
             absorb(
                 store,
                 conn,

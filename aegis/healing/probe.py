@@ -28,6 +28,9 @@ DEFAULT_TICK_MS = 500.0
 # watch gold created per online player; the bound is the same number, a stricter test here).
 DEFAULT_GOLD_RATE_ALERT = 10.0
 WEBHOOK_PATH = "/v1/alerts/alertmanager"
+# Consecutive polls a symptom must hold before it is reported: one slow tick is noise, two in a
+# row is the shard (the generated rule waits tick_latency_for on a p99 instead).
+CONFIRM = {"TickLatencyHigh": 2}
 
 
 def _direct_thresholds() -> dict[str, Any]:
@@ -56,6 +59,7 @@ class Probe:
     _gold: dict[str, tuple[datetime, float]] = field(default_factory=dict)
     _fired: dict[str, tuple[str, str]] = field(default_factory=dict)  # fingerprint -> (alertname, shard)
     sent: list[tuple[str, str, datetime]] = field(default_factory=list)
+    _streak: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         d = _direct_thresholds()
@@ -102,7 +106,10 @@ class Probe:
     def poll(self) -> list[tuple[str, str]]:
         """One evaluation: post newly firing symptoms, resolve the ones gone; returns those posted."""
         now = utcnow()
-        present = set(self.symptoms())
+        seen = set(self.symptoms())
+        # A symptom counts once it held on CONFIRM[name] consecutive polls (the rules' ``for:``).
+        self._streak = {ns: self._streak.get(ns, 0) + 1 for ns in seen}
+        present = {ns for ns in seen if self._streak[ns] >= CONFIRM.get(ns[0], 1)}
         new = {f"{n}|{s}|{now.timestamp()}": (n, s) for n, s in present if (n, s) not in self._fired.values()}
         gone = {fp: ns for fp, ns in self._fired.items() if ns not in present}
         new = {hashlib.sha256(k.encode()).hexdigest()[:16]: ns for k, ns in new.items()}

@@ -91,7 +91,7 @@ def scan_refusals(
         for inc in result.opened + result.breaker:
             sec = SecurityIncident(
                 actor=inc.target,
-                kind="scope_violation",
+                kind=_incident_kind(tokens, inc.target),
                 severity=Severity.CRITICAL,
                 detail=f"{inc.note}; incident {inc.id}",
             )
@@ -105,6 +105,19 @@ def scan_refusals(
                 actor="aegis-healer",
             )
     return result
+
+
+def _incident_kind(tokens: Any, subject: str) -> Any:
+    """The SecurityIncident kind for the subject's refusals: a forged secret is a signature failure,
+    calls beyond the credential's scope a scope violation, anything else (a revoked or rotated-out
+    credential, unknown tokens) a policy violation."""
+    reasons = {r.reason for r in tokens.refusals(since=utcnow() - timedelta(seconds=REFUSAL_WINDOW_S))
+               if _subject(r) == subject}  # fmt: skip
+    if "forged" in reasons:
+        return "signature_failure"
+    if reasons == {"scope"}:
+        return "scope_violation"
+    return "policy_violation"
 
 
 def _last_ended(store: IncidentStore, subjects: set[str]) -> dict[str, Any]:

@@ -116,18 +116,33 @@ def show(ctx: click.Context, changeset_id: str | None) -> None:
 )
 @click.pass_context
 def export_key(ctx: click.Context, out: Path | None) -> None:
-    """Print the ledger's public key (PEM), to verify records elsewhere."""
+    """Print the public key the ledger trusts now (PEM), to verify records elsewhere or pin it.
+
+    The key comes from the chain (genesis or the latest rotation), not from
+    keys/: a public key file there may have been replaced. Keep its fingerprint
+    apart from this machine and pass it to 'aegis audit verify --pin'.
+    """
     ledger = _ledger(ctx)
-    if ledger.public_key_pem is None:
+    pinned = ledger.pinned_keys()
+    if pinned:
+        key_id, pem = sorted(pinned.items())[-1]
+        if ledger.key_id is not None and ledger.key_id not in pinned:
+            click.echo(
+                f"warning: {ledger.key_dir} holds public key {ledger.key_id}, which the ledger does not trust",
+                err=True,
+            )
+    elif ledger.public_key_pem is not None and ledger.key_id is not None:
+        key_id, pem = ledger.key_id, ledger.public_key_pem
+    else:
         click.echo(
             f"error: no ledger public key in {ledger.key_dir} (nothing has been signed here yet)", err=True
         )
         sys.exit(1)
     if out is None:
-        click.echo(ledger.public_key_pem, nl=False)
+        click.echo(pem, nl=False)
     else:
-        out.write_text(ledger.public_key_pem)
-        click.echo(f"wrote public key {ledger.key_id} to {out}")
+        out.write_text(pem)
+        click.echo(f"wrote public key {key_id} to {out}")
 
 
 KIND_WORDS: dict[str, str] = {

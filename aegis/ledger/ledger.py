@@ -187,7 +187,10 @@ class Ledger:
         self._genesis_hash: str | None = None
         self.public_key_pem: str | None = None
         self.key_id: str | None = None
-        self.witness: Witness = witness if witness is not None else default_witness(self.url)
+        try:
+            self.witness: Witness = witness if witness is not None else default_witness(self.url)
+        except WitnessError as exc:
+            raise LedgerError(f"the ledger's witness is not configured: {exc}") from exc
         self.last_witness_error: str | None = None
         if read_only:
             current = signing.current_public_key(self.key_dir)
@@ -532,6 +535,16 @@ class Ledger:
         self._install(new)
         self._set_key(new)
         return record
+
+    def pinned_keys(self) -> dict[str, str]:
+        """key_id -> PEM of the keys the chain trusts now ({} for an empty ledger); read-only."""
+        try:
+            with self._engine.connect() as conn:
+                return self._trusted_now(conn)
+        except LedgerError:
+            return {}
+        except DBAPIError as exc:
+            raise LedgerError(f"cannot read the audit ledger: {exc.orig}") from exc
 
     def records_exist(self) -> bool:
         return self.head()[0] > 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -128,3 +129,18 @@ class PolicyContext(_Strict):
     def policy_input(self) -> dict[str, Any]:
         """The context as the Rego policies read it (``input.context``)."""
         return self.model_dump(mode="json")
+
+
+def load_given_context(path: Path) -> PolicyContext | None:
+    """The ``context`` an example-shaped file (``{"changeset", "context"}``) states, or None if it has none.
+
+    Read with the strict loader; for ``aegis changeset run`` to merge into the
+    measured context with :meth:`PolicyContext.merged_with`. Raises
+    StrictJsonError (a ValueError) or pydantic's ValidationError for bad input.
+    """
+    from aegis.policy.strict_json import load_strict
+
+    doc = load_strict(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("context"), dict):
+        return None
+    return PolicyContext.model_validate(doc["context"])

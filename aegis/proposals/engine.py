@@ -372,7 +372,11 @@ def score(
         parts["evidence"] = round(bonus, 4)
         total += bonus
         if bonus > best_gain:
-            best_goal = credited[1]
+            best_goal, best_gain = credited[1], bonus
+    if best_gain <= 0 and primary is not None:  # nothing gained: name the goal the move is made for
+        aimed = [g for g in goals.goals if goals.applies(g, region) and g.kpi in primary]
+        if aimed:
+            best_goal = min(aimed, key=lambda g: g.priority).id
     for kpi, band in guardrails.items():
         eff = effects.get(kpi)
         if eff is None or kpi not in stats.level:

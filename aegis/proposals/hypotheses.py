@@ -139,7 +139,8 @@ def abandonment_hypotheses(frame: pd.DataFrame, th: EvidenceThresholds) -> list[
     """Stages whose abandon rate in a region stands out against the same stage elsewhere.
 
     Reference: the stage's rate over the other regions (attempt-weighted); with a
-    single region, the region's rate over its other stages.
+    single region, the region's rate over its other stages. The excess must be
+    both large (``abandon_excess``) and significant (two-proportion z >= ``abandon_z``).
     """
     if frame.empty:
         return []
@@ -158,9 +159,16 @@ def abandonment_hypotheses(frame: pd.DataFrame, th: EvidenceThresholds) -> list[
             ref_label = f"the other stages in {region}"
         if ref_rows.empty or ref_rows["left"].sum() <= 0:
             continue
-        ref = float(ref_rows["abandonments"].sum() / ref_rows["left"].sum())
+        n_ref = float(ref_rows["left"].sum())
+        ref = float(ref_rows["abandonments"].sum() / n_ref)
         rate = float(row["abandon_rate"])
         if ref <= 0 or rate <= ref * (1 + th.abandon_excess):
+            continue
+        # two-proportion z (pooled): a few percent of a few hundred attempts is noise, not a finding
+        pooled = (float(row["abandonments"]) + ref * n_ref) / (float(row["left"]) + n_ref)
+        se = np.sqrt(pooled * (1 - pooled) * (1 / float(row["left"]) + 1 / n_ref))
+        z = (rate - ref) / se if se > 0 else np.inf
+        if z < th.abandon_z:
             continue
         excess = rate / ref - 1
         band = _band_of(STAGE_BANDS, stage)
@@ -181,6 +189,7 @@ def abandonment_hypotheses(frame: pd.DataFrame, th: EvidenceThresholds) -> list[
                     "reference_rate": round(ref, 4),
                     "abandonments": int(row["abandonments"]),
                     "attempts_left": int(row["left"]),
+                    "z": round(float(z), 2),
                 },
                 strength=min(1.0, excess),
                 moves=[Move("quest_difficulty", -1, stage - 1), Move("quest_pacing", -1)],

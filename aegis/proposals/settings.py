@@ -24,6 +24,7 @@ class EvidenceThresholds(BaseModel):
     abandon_excess: float = Field(
         0.15, ge=0, description="Stage abandon rate above its reference by this share"
     )
+    abandon_z: float = Field(2.0, ge=0, description="Two-proportion z of that excess, at least")
     min_stage_attempts: int = Field(30, ge=1, description="Attempts that left a stage before it counts")
     death_share_ratio: float = Field(1.25, gt=1, description="Zone's share of deaths vs its reference share")
     min_zone_deaths: int = Field(20, ge=1)

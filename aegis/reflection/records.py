@@ -99,8 +99,15 @@ def _observed(
     spec: CanarySpecRecord | None,
 ) -> tuple[dict[str, float], dict[str, tuple[float, float]], list[dict[str, Any]]]:
     metrics = ((spec.judgement or {}).get("metrics") or []) if spec else []
-    effects = {m["name"]: float(m["effect"]) for m in metrics}
-    intervals = {m["name"]: (float(m["interval"][0]), float(m["interval"][1])) for m in metrics}
+    effects: dict[str, float] = {}
+    intervals: dict[str, tuple[float, float]] = {}
+    for m in metrics:
+        if m.get("role") == "exposure" or m.get("effect") is None:
+            continue  # the exposure check is not an effect of the change; None: no data for the metric
+        effects[m["name"]] = float(m["effect"])
+        lo, hi = (m.get("interval") or [None, None])[:2]
+        if lo is not None and hi is not None:
+            intervals[m["name"]] = (float(lo), float(hi))
     return effects, intervals, metrics
 
 
@@ -174,8 +181,9 @@ def build_reflection(
     elif cause == "inconclusive":
         lessons.append("the budget ran out before a decision: the effect is smaller than the judge can see")
     why = reason
-    if judgement.get("reason") and judgement.get("reason") not in why:
-        why = f"{why} (judge: {judgement['reason']})" if why else judgement["reason"]
+    judge_reason = str(judgement.get("reason") or "")
+    if judge_reason and judge_reason not in why:
+        why = f"{why} (judge: {judge_reason})" if why else judge_reason
     return ReflectionRecord(
         changeset_id=rec.id,
         outcome=rec.state,

@@ -79,6 +79,14 @@ class WorldMetrics:
             ["shard", "kind"],
             registry=r,
         )
+        # The AMOUNT of currency created (faucets), not the event count: a duplication exploit
+        # shows in the amount per player (the EconomyInflation alert rule reads it).
+        self.currency_created = Counter(
+            "aegis_world_currency_created",
+            "Currency created (faucets: loot, quests, vendor sales), by shard and currency",
+            ["shard", "currency"],
+            registry=r,
+        )
         self.events_landed = Counter(
             "aegis_world_events_landed", "Telemetry events landed as Parquet in the lake", registry=r
         )

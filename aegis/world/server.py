@@ -301,7 +301,7 @@ def create_app(
         tags=["shards"],
     )
     def put_role(shard_id: str, body: Annotated[RoleUpdate, Body()]) -> ShardInfo:
-        """Make a shard the canary (never explored) or a control shard."""
+        """Make a shard the canary or a control shard; while any shard is a canary, none explores."""
         return svc().set_role(shard_id, body.role)
 
     @reads.get(

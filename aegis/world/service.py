@@ -426,6 +426,16 @@ class WorldService:
             return
         for item in pc.value_counts(table.column("kind")).to_pylist():
             self.metrics.events.labels(shard=sid, kind=item["values"]).inc(item["counts"])
+        sources = table.filter(pc.equal(table.column("kind"), "currency_source"))
+        if sources.num_rows:
+            by_currency = sources.group_by("currency").aggregate([("amount", "sum")])
+            for cur, amount in zip(
+                by_currency.column("currency").to_pylist(),
+                by_currency.column("amount_sum").to_pylist(),
+                strict=True,
+            ):
+                if cur and amount:
+                    self.metrics.currency_created.labels(shard=sid, currency=cur).inc(amount)
         ticks = table.filter(pc.equal(table.column("kind"), "server_tick"))
         for ms in ticks.column("tick_ms").to_pylist():
             if ms is not None:
@@ -435,12 +445,15 @@ class WorldService:
     def _explore_locked(self, now: datetime) -> list[ConfigRecord]:
         """Live-ops exploration, exactly as :func:`aegis.world.runner.run_world` schedules it:
         when a shard enters a new exploration epoch it gets new params inside the safe
-        bands. Canary shards are skipped (their epoch is not consumed)."""
+        bands. While any shard is a canary, no shard explores (epochs are not consumed, so
+        exploration resumes where it was): the canary's judge compares it with control
+        shards, and a control re-tuned mid-experiment would bias that comparison, just as
+        a studio freezes design changes on the shards of a running experiment."""
         out: list[ConfigRecord] = []
+        if any(role == ShardRole.CANARY for role in self._roles.values()):
+            return out
         every = self.options.explore_every_hours
         for sid, shard in self.world.shards.items():
-            if self._roles.get(sid) == ShardRole.CANARY:
-                continue
             epoch = exploration_epoch(now, sid, every)
             if epoch == self._epochs.get(sid):
                 continue

@@ -18,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 
 from aegis_infra.common import child, policy_document, tags
+from aegis_infra.data_plane import REPLICATOR_LAG_THRESHOLD_MS
 
 # Alarm when a secondary lags by a minute: far inside RPO 5 minutes, time to act.
 REPLICA_LAG_THRESHOLD_MS = 60_000
@@ -34,6 +35,7 @@ class AlarmTargets:
 
     replica_clusters: dict[str, pulumi.Input[str]] = field(default_factory=dict)  # region -> cluster id
     firehose: tuple[str, pulumi.Input[str]] | None = None  # (region, delivery stream name)
+    stream_replicator: tuple[str, pulumi.Input[str]] | None = None  # (region, Lambda function name)
     gpu_asgs: dict[str, list[tuple[str, pulumi.Input[str]]]] = field(
         default_factory=dict
     )  # region -> [(pool, asg)]
@@ -185,6 +187,27 @@ class Alerting(pulumi.ComponentResource):
                 evaluation_periods=1,
                 threshold=FIREHOSE_FRESHNESS_THRESHOLD_S,
                 comparison_operator="GreaterThanThreshold",
+                treat_missing_data="notBreaching",
+            )
+        if t.stream_replicator is not None:
+            region, function = t.stream_replicator
+            self._alarm(
+                f"{name}-stream-replica-lag",
+                region,
+                providers,
+                env,
+                alarm_description=(
+                    f"Telemetry stream copy more than {REPLICATOR_LAG_THRESHOLD_MS} ms behind (telemetry RPO at risk)"
+                ),
+                namespace="AWS/Lambda",
+                metric_name="IteratorAge",
+                dimensions={"FunctionName": function},
+                statistic="Maximum",
+                period=60,
+                evaluation_periods=2,
+                threshold=REPLICATOR_LAG_THRESHOLD_MS,
+                comparison_operator="GreaterThanThreshold",
+                # No traffic, no age: quiet; a replicator that stopped reading shows a growing age.
                 treat_missing_data="notBreaching",
             )
         for region, pools in t.gpu_asgs.items():

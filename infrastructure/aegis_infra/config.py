@@ -3,12 +3,19 @@
 Every value the program needs is validated here, once, with pydantic, so a typo
 in a stack file is a readable error at preview time, not a half-created cloud.
 Code holds what does not differ between stacks (encryption, IMDSv2, taints...).
+
+The values are read through ``pulumi.Config`` exactly as the CLI hands them to
+the program: every value is a string (``PULUMI_CONFIG``, a JSON object of
+``"aegis:key" -> string``); structured values are JSON text. Each key therefore
+has one declared kind (:data:`SETTING_KINDS`) and is read with the matching
+getter: ``get`` for strings (``aegis:kubernetesVersion: "1.33"`` stays the
+string ``"1.33"``), ``get_int``/``get_float`` for numbers, ``get_object`` for
+lists and maps. Nothing is JSON-decoded on a guess.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -80,12 +87,6 @@ class DnsSpec(_Model):
     health_path: str = Field(default="/v1/health", alias="healthPath")
 
 
-class Images(_Model):
-    # One image built from this repository runs user code, MLflow and the alert receiver.
-    platform: str
-    alert_receiver_command: list[str] = Field(alias="alertReceiverCommand", min_length=1)
-
-
 class StackSettings(_Model):
     environment: Literal["dev", "prod"]
     regions: list[RegionSpec] = Field(min_length=1, max_length=6)
@@ -100,8 +101,15 @@ class StackSettings(_Model):
     lake_replica_region: str | None = Field(default=None, alias="lakeReplicaRegion")
     platform_region: str | None = Field(default=None, alias="platformRegion")
     dns: DnsSpec
-    images: Images
+    # The one image built from this repository (Dockerfile) runs the Dagster code
+    # location, MLflow and the alert receiver: ``<imageRepository>:<imageTag>``.
+    image_repository: str = Field(alias="imageRepository", pattern=r"^[a-z0-9][a-z0-9./_:-]*[a-z0-9]$")
+    image_tag: str = Field(alias="imageTag", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
     monthly_budget_usd: float = Field(alias="monthlyBudgetUsd", gt=0)
+
+    @property
+    def image(self) -> str:
+        return f"{self.image_repository}:{self.image_tag}"
 
     @property
     def primary_region(self) -> str:
@@ -169,35 +177,90 @@ class StackConfigError(ValueError):
     """The stack file is wrong; the message lists every problem at once."""
 
 
-def _coerce(raw: str | None) -> Any:
-    """Pulumi hands structured config over as JSON text; scalars stay strings for pydantic."""
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
 def parse_settings(values: dict[str, Any]) -> StackSettings:
     """Validate a ``{key-without-namespace: value}`` mapping into settings, or raise readable errors."""
     try:
         return StackSettings.model_validate(values)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(stack)"
-            lines.append(f"  {CONFIG_NAMESPACE}:{where}: {err['msg']}")
-        raise StackConfigError("invalid stack configuration:\n" + "\n".join(lines)) from None
+        raise StackConfigError("invalid stack configuration:\n" + "\n".join(_error_lines(exc))) from None
 
+
+def _error_lines(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(stack)"
+        lines.append(f"  {CONFIG_NAMESPACE}:{where}: {err['msg']}")
+    return lines
+
+
+SettingKind = Literal["string", "int", "float", "object"]
+
+# How the CLI's string for each key is read (see the module docstring).
+SETTING_KINDS: dict[str, SettingKind] = {
+    "environment": "string",
+    "regions": "object",
+    "availabilityZones": "object",
+    "kubernetesVersion": "string",
+    "apiPublicCidrs": "object",
+    "systemNodes": "object",
+    "gpuNodeGroups": "object",
+    "aurora": "object",
+    "kinesisShards": "int",
+    "auditRetentionDays": "int",
+    "lakeReplicaRegion": "string",
+    "platformRegion": "string",
+    "dns": "object",
+    "imageRepository": "string",
+    "imageTag": "string",
+    "monthlyBudgetUsd": "float",
+}
 
 SETTING_KEYS = tuple(f.alias or name for name, f in StackSettings.model_fields.items())
+if set(SETTING_KEYS) != set(SETTING_KINDS):  # pragma: no cover - a programming error, caught on import
+    raise RuntimeError(f"SETTING_KINDS and StackSettings disagree: {set(SETTING_KEYS) ^ set(SETTING_KINDS)}")
+
+
+def _configured_keys() -> set[str]:
+    """Every ``aegis:*`` key the CLI handed over (explicit config and ``PULUMI_CONFIG``), namespace stripped.
+
+    ``pulumi.Config`` has no listing call; the runtime's own config map and the
+    ``PULUMI_CONFIG`` bag are where ``Config.get`` looks, so they are what a typo
+    must be found in.
+    """
+    from pulumi.runtime import config as runtime_config
+
+    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    prefix = f"{CONFIG_NAMESPACE}:"
+    return {k[len(prefix) :] for k in keys if k.startswith(prefix)}
 
 
 def load_settings() -> StackSettings:
-    """Read the ``aegis:*`` keys of the current stack through ``pulumi.Config``."""
+    """Read the ``aegis:*`` keys of the current stack through ``pulumi.Config``, each with its kind's getter.
+
+    Every problem is reported at once: a key that is not a setting, a value the
+    getter cannot read (``aegis:kinesisShards: four``), then pydantic's checks.
+    """
     import pulumi
 
     cfg = pulumi.Config(CONFIG_NAMESPACE)
-    values = {key: _coerce(cfg.get(key)) for key in SETTING_KEYS}
-    return parse_settings({k: v for k, v in values.items() if v is not None})
+    problems = [
+        f"  {CONFIG_NAMESPACE}:{key}: not a setting of this program (known: {', '.join(SETTING_KEYS)})"
+        for key in sorted(_configured_keys() - set(SETTING_KEYS))
+    ]
+    values: dict[str, Any] = {}
+    getters = {"string": cfg.get, "int": cfg.get_int, "float": cfg.get_float, "object": cfg.get_object}
+    for key, kind in SETTING_KINDS.items():
+        try:
+            value = getters[kind](key)
+        except pulumi.ConfigTypeError as exc:
+            problems.append(f"  {CONFIG_NAMESPACE}:{key}: {exc}")
+            continue
+        if value is not None:
+            values[key] = value
+    try:
+        settings = StackSettings.model_validate(values)
+    except ValidationError as exc:
+        problems.extend(_error_lines(exc))
+    if problems:
+        raise StackConfigError("invalid stack configuration:\n" + "\n".join(problems))
+    return settings

@@ -6,12 +6,15 @@ What it buys (docs/infrastructure.md, "Recovery objectives", has the whole story
   converts them to Parquet against a Glue table of telemetry schema v1 and writes
   them, partitioned by event date/hour/shard, under ``landing/telemetry/`` of a
   versioned, KMS-encrypted bucket that replicates (with Replication Time Control)
-  to the lake replica region;
-* audit: a bucket with Object Lock in COMPLIANCE mode, for the ledger's export;
-  nobody, root included, can delete a locked record before it expires;
-* state: Aurora PostgreSQL Global Database (Dagster, MLflow, ledger), primary in
-  the primary region and a secondary cluster in every other region, storage
-  encrypted, PITR backups, deletion protection;
+  to the lake replica region; a replicator keeps a copy of the stream in that
+  region, from which landing objects the replica lacks are re-derived (RPO);
+* audit: a bucket with Object Lock in COMPLIANCE mode, for the ledger's witness
+  checkpoints; nobody, root included, can delete a locked record before it
+  expires; replicated, locked alike, to the replica region;
+* state: Aurora PostgreSQL Global Database (Dagster, MLflow, ledger, changesets,
+  alert inbox), primary in the primary region and a secondary cluster in every
+  other region, managed RPO (``rds.global_db_rpo``), storage encrypted, PITR
+  backups, deletion protection;
 * AWS Backup: hourly and daily recovery points of Aurora and the audit bucket,
   copied to the replica region's vault.
 """
@@ -30,10 +33,20 @@ from aegis_infra.config import AuroraSpec
 
 LANDING_PREFIX = "landing/telemetry/"
 FIREHOSE_ERROR_PREFIX = "landing/firehose-errors/"
-# Firehose flushes at least every 300 s: an event reaches the lake within RPO 5 minutes.
+# Firehose flushes at least every 300 s: the lake's freshness. The RPO does not rest on it: an
+# event is durable once on the stream, and the stream is copied to the replica region.
 FIREHOSE_BUFFER_SECONDS = 300
 FIREHOSE_BUFFER_MIB = 128
+# The primary stream keeps 48 h: Firehose (or a replay) can re-read anything not yet in the lake.
 KINESIS_RETENTION_HOURS = 48
+# The stream's copy in the replica region keeps a week: after losing the primary region,
+# landing objects that had not replicated yet are re-derived from it (RPO: the copy's lag).
+REPLICA_STREAM_RETENTION_HOURS = 168
+# S3 Replication Time Control's bound (99.99% of objects); typical replication takes seconds.
+REPLICATION_SLA_MINUTES = 15
+# Aurora managed RPO (rds.global_db_rpo): the primary pauses commits rather than let every
+# secondary fall further behind than this. Seconds; Aurora's minimum is 20.
+GLOBAL_DB_RPO_SECONDS = 60
 PARTITION_KEYS = ("date", "hour", "shard")
 # jq over the JSON event: the landing layout's partitions come from the event, not arrival time.
 PARTITION_QUERY = "{date: .ts[0:10], hour: .ts[11:13], shard: .shard_id}"
@@ -200,6 +213,8 @@ class Storage(pulumi.ComponentResource):
             opts=child(self.audit, providers[primary]),
         )
         self.replica: aws.s3.Bucket | None = None
+        self.platform_replica: aws.s3.Bucket | None = None
+        self.audit_replica: aws.s3.Bucket | None = None
         if args.replica_region:
             self._replicate(name, args, providers)
         self.register_outputs(
@@ -207,15 +222,48 @@ class Storage(pulumi.ComponentResource):
         )
 
     def _replicate(self, name: str, args: StorageArgs, providers: dict[str, aws.Provider]) -> None:
+        """Replicate the lake, the platform bucket and the audit bucket to the replica region (RTC).
+
+        What each copy is for (docs/infrastructure.md, "Recovery objectives"): the lake
+        replica serves reads after a failover (landing gaps are re-derived from the
+        telemetry stream's replica, :class:`StreamReplica`); the platform replica
+        keeps MLflow's models and Dagster's compute logs; the audit replica keeps the
+        ledger witness's checkpoints, under the same COMPLIANCE Object Lock.
+        """
         env, primary, replica_region = args.env, args.primary_region, args.replica_region
         assert replica_region is not None
+        ro = child(self, providers[replica_region])
+        replica_key = args.kms_key_arns[replica_region]
         self.replica = secure_bucket(
-            f"{name}-lake-replica",
-            env=env,
-            component="lake-replica",
-            kms_key_arn=args.kms_key_arns[replica_region],
-            opts=child(self, providers[replica_region]),
+            f"{name}-lake-replica", env=env, component="lake-replica", kms_key_arn=replica_key, opts=ro
         )
+        self.platform_replica = secure_bucket(
+            f"{name}-platform-replica",
+            env=env,
+            component="platform-replica",
+            kms_key_arn=replica_key,
+            opts=ro,
+        )
+        self.audit_replica = secure_bucket(
+            f"{name}-audit-replica",
+            env=env,
+            component="audit-replica",
+            kms_key_arn=replica_key,
+            opts=ro,
+            object_lock=True,
+        )
+        aws.s3.BucketObjectLockConfiguration(
+            f"{name}-audit-replica-lock",
+            bucket=self.audit_replica.id,
+            object_lock_enabled="Enabled",
+            rule={"default_retention": {"mode": "COMPLIANCE", "days": args.audit_retention_days}},
+            opts=child(self.audit_replica, providers[replica_region]),
+        )
+        pairs = [
+            ("lake", self.lake, self.replica),
+            ("platform", self.platform, self.platform_replica),
+            ("audit", self.audit, self.audit_replica),
+        ]
         po = child(self, providers[primary])
         role = aws.iam.Role(
             f"{name}-replication-role",
@@ -223,11 +271,16 @@ class Storage(pulumi.ComponentResource):
             tags=tags(env, "lake"),
             opts=po,
         )
+        sources = [src.arn for _, src, _ in pairs]
+        targets = [dst.arn for _, _, dst in pairs]
         aws.iam.RolePolicy(
             f"{name}-replication-policy",
             role=role.name,
             policy=pulumi.Output.all(
-                self.lake.arn, self.replica.arn, args.kms_key_arns[primary], args.kms_key_arns[replica_region]
+                pulumi.Output.all(*sources),
+                pulumi.Output.all(*targets),
+                args.kms_key_arns[primary],
+                replica_key,
             ).apply(
                 lambda a: policy_document(
                     [
@@ -242,13 +295,21 @@ class Storage(pulumi.ComponentResource):
                                 "s3:GetObjectVersionForReplication",
                                 "s3:GetObjectVersionAcl",
                                 "s3:GetObjectVersionTagging",
+                                # Object Lock: the replica keeps each checkpoint's retention.
+                                "s3:GetObjectRetention",
+                                "s3:GetObjectLegalHold",
                             ],
-                            "Resource": f"{a[0]}/*",
+                            "Resource": [f"{arn}/*" for arn in a[0]],
                         },
                         {
                             "Effect": "Allow",
-                            "Action": ["s3:ReplicateObject", "s3:ReplicateDelete", "s3:ReplicateTags"],
-                            "Resource": f"{a[1]}/*",
+                            "Action": [
+                                "s3:ReplicateObject",
+                                "s3:ReplicateDelete",
+                                "s3:ReplicateTags",
+                                "s3:ObjectOwnerOverrideToBucketOwner",
+                            ],
+                            "Resource": [f"{arn}/*" for arn in a[1]],
                         },
                         {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": a[2]},
                         {
@@ -261,30 +322,40 @@ class Storage(pulumi.ComponentResource):
             ),
             opts=child(role, providers[primary]),
         )
-        aws.s3.BucketReplicationConfig(
-            f"{name}-lake-replication",
-            bucket=self.lake.id,
-            role=role.arn,
-            rules=[
-                {
-                    "id": "lake-to-replica",
-                    "status": "Enabled",
-                    "priority": 1,
-                    "filter": {},
-                    "delete_marker_replication": {"status": "Enabled"},
-                    "source_selection_criteria": {"sse_kms_encrypted_objects": {"status": "Enabled"}},
-                    "destination": {
-                        "bucket": self.replica.arn,
-                        "storage_class": "STANDARD",
-                        "encryption_configuration": {"replica_kms_key_id": args.kms_key_arns[replica_region]},
-                        # Replication Time Control: 99.99% of objects within 15 minutes, with metrics.
-                        "replication_time": {"status": "Enabled", "time": {"minutes": 15}},
-                        "metrics": {"status": "Enabled", "event_threshold": {"minutes": 15}},
-                    },
-                }
-            ],
-            opts=child(self.lake, providers[primary]),
-        )
+        for component, source, target in pairs:
+            aws.s3.BucketReplicationConfig(
+                f"{name}-{component}-replication",
+                bucket=source.id,
+                role=role.arn,
+                rules=[
+                    {
+                        "id": f"{component}-to-replica",
+                        "status": "Enabled",
+                        "priority": 1,
+                        "filter": {},
+                        # The audit trail never replicates a delete marker (nothing there is deleted).
+                        "delete_marker_replication": {
+                            "status": "Disabled" if component == "audit" else "Enabled"
+                        },
+                        "source_selection_criteria": {"sse_kms_encrypted_objects": {"status": "Enabled"}},
+                        "destination": {
+                            "bucket": target.arn,
+                            "storage_class": "STANDARD",
+                            "encryption_configuration": {"replica_kms_key_id": replica_key},
+                            # Replication Time Control: 99.99% of objects within 15 minutes, with metrics.
+                            "replication_time": {
+                                "status": "Enabled",
+                                "time": {"minutes": REPLICATION_SLA_MINUTES},
+                            },
+                            "metrics": {
+                                "status": "Enabled",
+                                "event_threshold": {"minutes": REPLICATION_SLA_MINUTES},
+                            },
+                        },
+                    }
+                ],
+                opts=child(source, providers[primary]),
+            )
 
 
 @dataclass(frozen=True)
@@ -463,6 +534,157 @@ class TelemetryIngest(pulumi.ComponentResource):
         self.register_outputs({"streamName": self.stream.name, "firehoseName": self.firehose.name})
 
 
+# The replicator: Lambda reads the primary stream (event source mapping) and puts every record,
+# unchanged, on the stream in the replica region. A batch that cannot be put is retried until
+# it succeeds (the mapping never skips records); a retried batch may repeat records, which the
+# lake drops by event_id.
+STREAM_REPLICATOR_CODE = """\
+import base64
+import os
+import time
+
+import boto3
+
+KINESIS = boto3.client("kinesis", region_name=os.environ["TARGET_REGION"])
+STREAM = os.environ["TARGET_STREAM"]
+MAX_PUT = 500
+ATTEMPTS = 5
+
+
+def handler(event, context):
+    records = [
+        {"Data": base64.b64decode(r["kinesis"]["data"]), "PartitionKey": r["kinesis"]["partitionKey"]}
+        for r in event["Records"]
+    ]
+    for start in range(0, len(records), MAX_PUT):
+        pending = records[start : start + MAX_PUT]
+        for attempt in range(ATTEMPTS):
+            result = KINESIS.put_records(StreamName=STREAM, Records=pending)
+            if not result["FailedRecordCount"]:
+                break
+            pending = [rec for rec, out in zip(pending, result["Records"]) if "ErrorCode" in out]
+            time.sleep(0.2 * 2**attempt)
+        else:
+            raise RuntimeError(f"{len(pending)} records not replicated to {STREAM}; the batch is retried")
+    return {"replicated": len(records)}
+"""
+STREAM_REPLICATOR_RUNTIME = "python3.12"
+REPLICATOR_LAG_THRESHOLD_MS = 60_000
+
+
+@dataclass(frozen=True)
+class StreamReplicaArgs:
+    env: str
+    primary_region: str
+    replica_region: str
+    shards: int
+    source_stream_arn: pulumi.Input[str]
+    kms_key_arns: dict[str, pulumi.Input[str]]
+
+
+class StreamReplica(pulumi.ComponentResource):
+    """The telemetry stream's copy in the replica region, kept within seconds by a replicator.
+
+    Why (docs/infrastructure.md, "Recovery objectives"): the lake replicates with S3
+    RTC, bounded at 15 minutes, and Firehose buffers up to 5 minutes; both live in
+    the primary region with the stream. Losing that region would lose what had not
+    reached the replica bucket yet. This copy keeps every event in the replica
+    region a week, so those landing objects are re-derived from it: telemetry's RPO
+    becomes the replicator's lag (``IteratorAge``, alarmed at 60 s), not 15 minutes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        args: StreamReplicaArgs,
+        providers: dict[str, aws.Provider],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("aegis:infra:StreamReplica", name, None, opts)
+        env, primary, replica = args.env, args.primary_region, args.replica_region
+        po = child(self, providers[primary])
+        self.stream = aws.kinesis.Stream(
+            f"{name}-stream",
+            shard_count=args.shards,
+            retention_period=REPLICA_STREAM_RETENTION_HOURS,
+            encryption_type="KMS",
+            kms_key_id=args.kms_key_arns[replica],
+            stream_mode_details={"stream_mode": "PROVISIONED"},
+            tags=tags(env, "ingest", role="replica"),
+            opts=child(self, providers[replica]),
+        )
+        role = aws.iam.Role(
+            f"{name}-replicator-role",
+            assume_role_policy=assume_role_policy("lambda.amazonaws.com"),
+            tags=tags(env, "ingest"),
+            opts=po,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-replicator-policy",
+            role=role.name,
+            policy=pulumi.Output.all(
+                args.source_stream_arn,
+                self.stream.arn,
+                args.kms_key_arns[primary],
+                args.kms_key_arns[replica],
+            ).apply(
+                lambda a: policy_document(
+                    [
+                        {
+                            "Effect": "Allow",
+                            "Action": [
+                                "kinesis:DescribeStream",
+                                "kinesis:DescribeStreamSummary",
+                                "kinesis:GetRecords",
+                                "kinesis:GetShardIterator",
+                                "kinesis:ListShards",
+                            ],
+                            "Resource": a[0],
+                        },
+                        {"Effect": "Allow", "Action": ["kinesis:ListStreams"], "Resource": "*"},
+                        {"Effect": "Allow", "Action": ["kinesis:PutRecords"], "Resource": a[1]},
+                        {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": a[2]},
+                        {"Effect": "Allow", "Action": ["kms:GenerateDataKey"], "Resource": a[3]},
+                        {
+                            "Effect": "Allow",
+                            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                            "Resource": "arn:aws:logs:*:*:log-group:/aws/lambda/*",
+                        },
+                    ]
+                )
+            ),
+            opts=child(role, providers[primary]),
+        )
+        self.function = aws.lambda_.Function(
+            f"{name}-replicator",
+            runtime=STREAM_REPLICATOR_RUNTIME,
+            handler="index.handler",
+            role=role.arn,
+            code=pulumi.AssetArchive({"index.py": pulumi.StringAsset(STREAM_REPLICATOR_CODE)}),
+            timeout=60,
+            memory_size=256,
+            environment={"variables": {"TARGET_REGION": replica, "TARGET_STREAM": self.stream.name}},
+            kms_key_arn=args.kms_key_arns[primary],
+            tags=tags(env, "ingest"),
+            opts=po,
+        )
+        self.mapping = aws.lambda_.EventSourceMapping(
+            f"{name}-replicator-source",
+            event_source_arn=args.source_stream_arn,
+            function_name=self.function.arn,
+            starting_position="TRIM_HORIZON",
+            batch_size=500,
+            maximum_batching_window_in_seconds=1,
+            parallelization_factor=2,
+            # Never skip: a failing batch is retried until it succeeds or its records expire (48 h).
+            maximum_retry_attempts=-1,
+            maximum_record_age_in_seconds=-1,
+            bisect_batch_on_function_error=False,
+            opts=po,
+        )
+        self.register_outputs({"streamName": self.stream.name, "function": self.function.name})
+
+
 @dataclass(frozen=True)
 class DatabaseArgs:
     env: str
@@ -529,10 +751,30 @@ class AuroraGlobal(pulumi.ComponentResource):
         )
         self.clusters: dict[str, aws.rds.Cluster] = {}
         self.instances: dict[str, list[aws.rds.ClusterInstance]] = {}
+        self.parameter_groups: dict[str, aws.rds.ClusterParameterGroup] = {}
         previous: list[pulumi.Resource] = []
         for region in [primary, *args.secondary_regions]:
             ro = child(self, providers[region])
             is_primary = region == primary
+            managed_rpo: dict[str, pulumi.Input[str]] = {}
+            if args.secondary_regions:
+                # Managed RPO on every cluster, so a promoted secondary keeps enforcing it.
+                pg = aws.rds.ClusterParameterGroup(
+                    f"{name}-{region}-params",
+                    family=f"aurora-postgresql{spec.engine_version.split('.')[0]}",
+                    description=f"Aegis {env}: managed RPO {GLOBAL_DB_RPO_SECONDS}s for the global database",
+                    parameters=[
+                        {
+                            "name": "rds.global_db_rpo",
+                            "value": str(GLOBAL_DB_RPO_SECONDS),
+                            "apply_method": "immediate",
+                        }
+                    ],
+                    tags=tags(env, "database"),
+                    opts=ro,
+                )
+                self.parameter_groups[region] = pg
+                managed_rpo["db_cluster_parameter_group_name"] = pg.name
             subnet_group = aws.rds.SubnetGroup(
                 f"{name}-{region}-subnets",
                 subnet_ids=args.private_subnet_ids[region],
@@ -571,6 +813,7 @@ class AuroraGlobal(pulumi.ComponentResource):
                 "final_snapshot_identifier": f"aegis-{env}-{region}-final",
                 "port": DB_PORT,
                 "tags": tags(env, "database", role="primary" if is_primary else "secondary"),
+                **managed_rpo,
             }
             if is_primary:
                 cluster = aws.rds.Cluster(

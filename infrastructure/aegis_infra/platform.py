@@ -10,7 +10,12 @@
   (``pipelines.definitions``) with every stack output in its environment under
   the names of ``pipelines/stack_outputs.py``.
 * MLflow tracking server: Aurora backend store, S3 artifacts, behind a ClusterIP service.
-* The alert receiver: Alertmanager webhooks in, onto the healing queue.
+* The alert receiver: ``aegis alerts serve`` (Alertmanager webhooks and SNS in,
+  into the alert inbox the healing sensor reads); its own service token comes
+  from Secrets Manager as ``AEGIS_TOKEN_ALERTS``.
+
+Every container runs the one platform image built from the repository's
+``Dockerfile``, ``<aegis:imageRepository>:<aegis:imageTag>``.
 """
 
 from __future__ import annotations
@@ -38,8 +43,13 @@ MASTER_DB_SECRET = "aurora-master"
 MLFLOW_DB_SECRET = "mlflow-db"
 MLFLOW_PORT = 5000
 MLFLOW_URL = f"http://mlflow.{NAMESPACE}.svc.cluster.local:{MLFLOW_PORT}"
-ALERT_RECEIVER_PORT = 9095
+# The receiver's port is the platform's alerts port (aegis.config.ALERTS_PORT's default).
+ALERT_RECEIVER_PORT = 8766
+ALERT_RECEIVER_COMMAND = ("aegis", "alerts", "serve", "--host", "0.0.0.0", "--port", str(ALERT_RECEIVER_PORT))
+SERVICE_TOKENS_SECRET = "aegis-service-tokens"
+# The Dagster code location: the module the image's CMD serves and the Helm user deployment names.
 USER_CODE_MODULE = "pipelines.definitions"
+USER_CODE_PORT = 3030
 BOOTSTRAP_IMAGE = "public.ecr.aws/docker/library/postgres:16-alpine"
 STACK_OUTPUTS_FILE = Path(__file__).resolve().parents[2] / "pipelines" / "stack_outputs.py"
 
@@ -85,9 +95,10 @@ def run_pod_spec_config() -> dict:
 class PlatformArgs:
     env: str
     region: str
-    image: str
-    alert_receiver_command: list[str]
-    kms_key_arn: pulumi.Input[str]
+    image_repository: str
+    image_tag: str
+    kms_key_arn: pulumi.Input[str]  # the primary region's key (the buckets')
+    region_kms_key_arn: pulumi.Input[str]  # the platform region's key (its own secrets)
     lake_bucket: aws.s3.Bucket
     platform_bucket: aws.s3.Bucket
     audit_bucket: aws.s3.Bucket
@@ -119,6 +130,16 @@ class Platform(pulumi.ComponentResource):
             {"name": var, "value": args.stack_outputs[out]} for out, var in contract.STACK_OUTPUT_ENV.items()
         ]
         self.namespace = k8s.core.v1.Namespace(f"{name}-ns", metadata={"name": NAMESPACE}, opts=self.ko)
+        # The platform's own service tokens (``aegis token issue``), put here by the operator:
+        # {"alerts": "<token>"}. Never a literal in the program or the state.
+        self.tokens_secret = aws.secretsmanager.Secret(
+            f"{name}-service-tokens",
+            name=f"aegis/{args.env}/service-tokens",
+            kms_key_id=args.region_kms_key_arn,
+            recovery_window_in_days=30,
+            tags={"project": "aegis", "environment": args.env, "component": "platform"},
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+        )
         roles = self._roles(name)
         self._external_secrets(name, roles["external-secrets"])
         self._db_bootstrap(name)
@@ -196,15 +217,15 @@ class Platform(pulumi.ComponentResource):
             )
 
         def eso_policy(v: list[str]) -> str:
-            *_, secret, key = v
+            secret, tokens, key = v
             return policy_document(
                 [
                     {
                         "Effect": "Allow",
                         "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-                        "Resource": secret,
+                        "Resource": [secret, tokens],
                     },
-                    {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": key},
+                    {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": sorted(set(key))},
                 ]
             )
 
@@ -212,11 +233,15 @@ class Platform(pulumi.ComponentResource):
             _, _, _, queue, _, _ = v
             return policy_document([{"Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": queue}])
 
+        # External Secrets reads exactly the two secrets it materialises, nothing else.
+        eso_arns = pulumi.Output.all(
+            a.db_secret.arn, self.tokens_secret.arn, [a.kms_key_arn, a.region_kms_key_arn]
+        )
         specs = {
-            "dagster": (NAMESPACE, "dagster", dagster_policy),
-            "mlflow": (NAMESPACE, "mlflow", mlflow_policy),
-            "alert-receiver": (NAMESPACE, "alert-receiver", receiver_policy),
-            "external-secrets": (ESO_NAMESPACE, "external-secrets", eso_policy),
+            "dagster": (NAMESPACE, "dagster", arns.apply(dagster_policy)),
+            "mlflow": (NAMESPACE, "mlflow", arns.apply(mlflow_policy)),
+            "alert-receiver": (NAMESPACE, "alert-receiver", arns.apply(receiver_policy)),
+            "external-secrets": (ESO_NAMESPACE, "external-secrets", eso_arns.apply(eso_policy)),
         }
         return {
             key: irsa_role(
@@ -226,10 +251,10 @@ class Platform(pulumi.ComponentResource):
                 oidc_issuer=self.cluster.oidc_issuer,
                 namespace=ns,
                 service_account=sa,
-                policy=arns.apply(fn),
+                policy=policy,
                 opts=pulumi.ResourceOptions(parent=self, provider=self.aws_provider),
             )
-            for key, (ns, sa, fn) in specs.items()
+            for key, (ns, sa, policy) in specs.items()
         }
 
     # --------------------------------------------------------------- secrets
@@ -276,7 +301,12 @@ class Platform(pulumi.ComponentResource):
         secret_name = self.args.db_secret.name
         host = self.args.db_writer_endpoint
 
-        def external_secret(rname: str, target: str, template: dict[str, pulumi.Input[str]]) -> None:
+        def external_secret(
+            rname: str,
+            target: str,
+            template: dict[str, pulumi.Input[str]],
+            source: pulumi.Input[str] = secret_name,
+        ) -> None:
             k8s.apiextensions.CustomResource(
                 f"{name}-{rname}",
                 api_version="external-secrets.io/v1",
@@ -290,12 +320,18 @@ class Platform(pulumi.ComponentResource):
                         "creationPolicy": "Owner",
                         "template": {"engineVersion": "v2", "data": template},
                     },
-                    "dataFrom": [{"extract": {"key": secret_name}}],
+                    "dataFrom": [{"extract": {"key": source}}],
                 },
                 opts=deps,
             )
 
         external_secret("dagster-db-secret", DAGSTER_DB_SECRET, {"postgresql-password": "{{ .password }}"})
+        external_secret(
+            "service-tokens",
+            SERVICE_TOKENS_SECRET,
+            {"AEGIS_TOKEN_ALERTS": "{{ .alerts }}"},
+            source=self.tokens_secret.name,
+        )
         external_secret(
             "master-db-secret",
             MASTER_DB_SECRET,
@@ -351,7 +387,6 @@ class Platform(pulumi.ComponentResource):
     # --------------------------------------------------------------- Dagster
     def dagster_values(self, role_arn: pulumi.Input[str]) -> dict:
         a = self.args
-        repo, _, tag = a.image.rpartition(":")
         return {
             "global": {"serviceAccountName": "dagster", "postgresqlSecretName": DAGSTER_DB_SECRET},
             "serviceAccount": {
@@ -393,9 +428,15 @@ class Platform(pulumi.ComponentResource):
                 "deployments": [
                     {
                         "name": "aegis",
-                        "image": {"repository": repo, "tag": tag or "latest", "pullPolicy": "IfNotPresent"},
+                        "image": {
+                            "repository": a.image_repository,
+                            "tag": a.image_tag,
+                            "pullPolicy": "IfNotPresent",
+                        },
+                        # The chart runs `dagster api grpc -h 0.0.0.0 -p <port> <these args>`,
+                        # the same server the image's CMD starts.
                         "dagsterApiGrpcArgs": ["--module-name", USER_CODE_MODULE],
-                        "port": 3030,
+                        "port": USER_CODE_PORT,
                         "env": self.env_vars,
                         "includeConfigInLaunchedRuns": {"enabled": True},
                         "nodeSelector": {POOL_LABEL: "system"},
@@ -458,7 +499,7 @@ class Platform(pulumi.ComponentResource):
                         "containers": [
                             {
                                 "name": app,
-                                "image": self.args.image,
+                                "image": f"{self.args.image_repository}:{self.args.image_tag}",
                                 "ports": [{"containerPort": port, "name": "http"}],
                                 "securityContext": {
                                     "allowPrivilegeEscalation": False,
@@ -520,11 +561,14 @@ class Platform(pulumi.ComponentResource):
             "alert-receiver",
             sa,
             {
-                "command": self.args.alert_receiver_command,
+                "command": list(ALERT_RECEIVER_COMMAND),
                 "env": [
                     *self.env_vars,
-                    {"name": "AEGIS_ALERT_RECEIVER_PORT", "value": str(ALERT_RECEIVER_PORT)},
+                    {"name": "AEGIS_ALERTS_PORT", "value": str(ALERT_RECEIVER_PORT)},
                 ],
+                # AEGIS_TOKEN_ALERTS: the receiver's own token (aegis.security.secrets.service_token).
+                "envFrom": [{"secretRef": {"name": SERVICE_TOKENS_SECRET}}],
+                "readinessProbe": {"httpGet": {"path": "/v1/health", "port": "http"}, "periodSeconds": 10},
                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
             },
             ALERT_RECEIVER_PORT,

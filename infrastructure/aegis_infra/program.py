@@ -29,6 +29,8 @@ from aegis_infra.data_plane import (
     IngestArgs,
     Storage,
     StorageArgs,
+    StreamReplica,
+    StreamReplicaArgs,
     TelemetryIngest,
 )
 from aegis_infra.dns import GameDns, GameDnsArgs
@@ -69,6 +71,17 @@ def estimate_cost(s: StackSettings) -> cost.CostEstimate:
             s.primary_region, "kinesis", "shard", "telemetry-stream", s.kinesis_shards, s.kinesis_shards
         )
     )
+    if s.lake_replica_region:
+        items.append(
+            cost.LineItem(
+                s.lake_replica_region,
+                "kinesis",
+                "shard",
+                "telemetry-stream-replica",
+                s.kinesis_shards,
+                s.kinesis_shards,
+            )
+        )
     return cost.estimate(items)
 
 
@@ -147,6 +160,17 @@ def build(settings: StackSettings | None = None) -> dict[str, object]:
         IngestArgs(env, primary, key_arns[primary], storage.lake.arn, s.kinesis_shards),
         providers[primary],
     )
+    stream_replica = (
+        StreamReplica(
+            "ingest-replica",
+            StreamReplicaArgs(
+                env, primary, s.lake_replica_region, s.kinesis_shards, ingest.stream.arn, key_arns
+            ),
+            providers,
+        )
+        if s.lake_replica_region
+        else None
+    )
     db = AuroraGlobal(
         "aurora",
         DatabaseArgs(
@@ -182,6 +206,7 @@ def build(settings: StackSettings | None = None) -> dict[str, object]:
             targets=AlarmTargets(
                 replica_clusters={r: db.clusters[r].cluster_identifier for r in s.secondary_regions},
                 firehose=(primary, ingest.firehose.name),
+                stream_replicator=(primary, stream_replica.function.name) if stream_replica else None,
                 gpu_asgs=gpu_asgs,
             ),
         ),
@@ -205,9 +230,15 @@ def build(settings: StackSettings | None = None) -> dict[str, object]:
         "lakeLandingPrefix": LANDING_PREFIX,
         "lakeReplicaBucket": storage.replica.bucket if storage.replica is not None else None,
         "auditBucket": storage.audit.bucket,
+        "auditReplicaBucket": storage.audit_replica.bucket if storage.audit_replica is not None else None,
+        "platformReplicaBucket": (
+            storage.platform_replica.bucket if storage.platform_replica is not None else None
+        ),
         "platformBucket": storage.platform.bucket,
         "telemetryStreamName": ingest.stream.name,
         "firehoseName": ingest.firehose.name,
+        "telemetryReplicaStreamName": stream_replica.stream.name if stream_replica else None,
+        "telemetryReplicaRegion": s.lake_replica_region,
         "glueDatabase": ingest.glue_db.name,
         "glueTable": ingest.glue_table.name,
         "alertQueueUrl": alerting.queue.url,
@@ -233,9 +264,10 @@ def build(settings: StackSettings | None = None) -> dict[str, object]:
         PlatformArgs(
             env=env,
             region=control,
-            image=s.images.platform,
-            alert_receiver_command=s.images.alert_receiver_command,
+            image_repository=s.image_repository,
+            image_tag=s.image_tag,
             kms_key_arn=key_arns[primary],
+            region_kms_key_arn=key_arns[control],
             lake_bucket=storage.lake,
             platform_bucket=storage.platform,
             audit_bucket=storage.audit,

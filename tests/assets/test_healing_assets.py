@@ -106,3 +106,34 @@ def test_probe_fallback_follows_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert not probe_enabled()
     monkeypatch.setenv("AEGIS_HEALING_PROBE", "auto")
     assert probe_enabled() == (alertmanager_binary() is None)
+
+
+def test_sensor_probe_reports_a_crash_without_alertmanager(
+    world: WorldServer, aegis_home: AegisPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Alertmanager: the sensor's own probe posts ShardDown to the receiver, then opens the incident."""
+    import time
+
+    import aegis.config
+    from assets import healing as healing_assets
+    from tests.aegis.alerts.alerting_support import start_receiver, stop_receiver
+
+    receiver = start_receiver(aegis_home)
+    monkeypatch.setattr(aegis.config, "ALERTS_PORT", int(receiver.url.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AEGIS_HEALING_PROBE", "on")
+    monkeypatch.setattr(healing_assets, "_PROBES", {})
+    try:
+        with GameBackendClient(world.url, token=world.token("faults")) as c:
+            c.inject_fault(Fault(kind=FaultKind.SHARD_CRASH, shard_id=SHARD, duration_minutes=24 * 60))
+        with dg.instance_for_test() as instance:
+            deadline = time.monotonic() + 30
+            launched: list = []
+            while not launched:
+                assert time.monotonic() < deadline, "the sensor's probe never reported the crash"
+                launched = healing_alert_sensor(_ctx(instance, world.url)).run_requests
+                time.sleep(0.5)
+        assert [e.alert.name for e in receiver.inbox.firing(SHARD)] == ["ShardDown"]
+        inc = IncidentStore().get(launched[0].run_key)
+        assert (inc.target, inc.kind) == (SHARD, "shard_down")
+    finally:
+        stop_receiver(receiver)

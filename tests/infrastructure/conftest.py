@@ -1,14 +1,14 @@
-"""Fixtures for the infrastructure tests: each stack evaluated once, under mocks, in its own process.
+"""Fixtures for the infrastructure tests: each stack evaluated once per session, through the real entry.
 
-Pulumi keeps runtime state in module globals, so each stack runs in a fresh
-interpreter (``python -m aegis_infra.offline <stack>``) and the tests read the
-recorded resource graph.
+``stack_runner.py`` runs ``infrastructure/__main__.py`` under Pulumi mocks with the
+stack file's config in ``PULUMI_CONFIG``, as the language host passes it. Pulumi
+keeps runtime state in module globals, so each stack runs in its own interpreter;
+both stacks start together on first use (the machine's cores work in parallel)
+and every test reads the recorded graphs.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,33 +18,36 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infrastructure"
 PACK = REPO / "policies" / "infrastructure"
-for _p in (INFRA, PACK):
+HERE = Path(__file__).resolve().parent
+for _p in (INFRA, PACK, HERE):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-
-def evaluate_stack(stack: str, out: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "aegis_infra.offline", stack, "--out", str(out)],
-        cwd=INFRA,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"stack {stack} failed under mocks:\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(out.read_text())
+from stack_runner import STACKS, finish, start_stack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def dev_graph(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return evaluate_stack("dev", tmp_path_factory.mktemp("dev") / "graph.json")
+def graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    base = tmp_path_factory.mktemp("graphs")
+    procs = {s: start_stack(s, base / f"{s}.json") for s in STACKS}
+    result: dict[str, dict[str, Any]] = {}
+    for stack, proc in procs.items():
+        code, err, graph = finish(proc, base / f"{stack}.json")
+        assert code == 0 and graph is not None, f"stack {stack} failed under mocks:\n{err}"
+        result[stack] = graph
+    return result
 
 
 @pytest.fixture(scope="session")
-def prod_graph(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return evaluate_stack("prod", tmp_path_factory.mktemp("prod") / "graph.json")
+def dev_graph(graphs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return graphs["dev"]
 
 
-@pytest.fixture(scope="session", params=["dev", "prod"])
-def graph(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return request.getfixturevalue(f"{request.param}_graph")
+@pytest.fixture(scope="session")
+def prod_graph(graphs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return graphs["prod"]
+
+
+@pytest.fixture(scope="session", params=STACKS)
+def graph(request: pytest.FixtureRequest, graphs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return graphs[request.param]

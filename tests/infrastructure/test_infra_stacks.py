@@ -182,35 +182,73 @@ def test_buckets_are_kms_encrypted_versioned_and_private(graph: dict[str, Any]) 
         assert sse["inputs"]["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "aws:kms"
 
 
+def bucket_of(graph: dict[str, Any], component: str) -> dict[str, Any]:
+    (bucket,) = [
+        b for b in of_type(graph, "aws:s3/bucket:Bucket") if b["inputs"]["tags"]["component"] == component
+    ]
+    return bucket
+
+
+def lock_of(graph: dict[str, Any], bucket: dict[str, Any]) -> dict[str, Any]:
+    (lock,) = [
+        r
+        for r in of_type(graph, "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration")
+        if r["propertyDependencies"]["bucket"] == [bucket["urn"]]
+    ]
+    return lock
+
+
 def test_audit_bucket_has_compliance_object_lock(graph: dict[str, Any]) -> None:
-    audit = one(graph, "aws:s3/bucket:Bucket", "audit")
+    audit = bucket_of(graph, "audit")
     assert audit["inputs"]["objectLockEnabled"] is True
-    lock = one(graph, "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration")
-    assert lock["propertyDependencies"]["bucket"] == [audit["urn"]]
+    lock = lock_of(graph, audit)
     assert lock["inputs"]["rule"]["defaultRetention"]["mode"] == "COMPLIANCE"
 
 
-def test_prod_lake_replicates_to_the_replica_region_with_kms_and_rtc(prod_graph: dict[str, Any]) -> None:
-    rep = one(prod_graph, "aws:s3/bucketReplicationConfig:BucketReplicationConfig")
-    replica = one(prod_graph, "aws:s3/bucket:Bucket", "replica")
-    assert replica["region"] == "eu-west-1" and rep["region"] == "us-east-1"
-    (rule,) = rep["inputs"]["rules"]
-    dest = rule["destination"]
-    assert dest["bucket"] == replica["outputs"]["arn"]
-    assert ":eu-west-1:" in dest["encryptionConfiguration"]["replicaKmsKeyId"]
-    assert dest["replicationTime"]["status"] == "Enabled"
-    assert rule["sourceSelectionCriteria"]["sseKmsEncryptedObjects"]["status"] == "Enabled"
+def test_prod_buckets_replicate_to_the_replica_region_with_kms_and_rtc(prod_graph: dict[str, Any]) -> None:
+    configs = of_type(prod_graph, "aws:s3/bucketReplicationConfig:BucketReplicationConfig")
+    assert len(configs) == 3
+    for component in ("lake", "platform", "audit"):
+        source, replica = bucket_of(prod_graph, component), bucket_of(prod_graph, f"{component}-replica")
+        (rep,) = [c for c in configs if c["propertyDependencies"]["bucket"] == [source["urn"]]]
+        assert replica["region"] == "eu-west-1" and rep["region"] == source["region"] == "us-east-1"
+        (rule,) = rep["inputs"]["rules"]
+        dest = rule["destination"]
+        assert dest["bucket"] == replica["outputs"]["arn"]
+        assert ":eu-west-1:" in dest["encryptionConfiguration"]["replicaKmsKeyId"]
+        assert dest["replicationTime"] == {"status": "Enabled", "time": {"minutes": 15}}
+        assert rule["sourceSelectionCriteria"]["sseKmsEncryptedObjects"]["status"] == "Enabled"
+    # The witness's copy is as immutable as the original, and no delete marker reaches it.
+    audit, audit_replica = bucket_of(prod_graph, "audit"), bucket_of(prod_graph, "audit-replica")
+    assert audit_replica["inputs"]["objectLockEnabled"] is True
+    assert (
+        lock_of(prod_graph, audit_replica)["inputs"]["rule"] == lock_of(prod_graph, audit)["inputs"]["rule"]
+    )
+    (audit_rep,) = [c for c in configs if c["propertyDependencies"]["bucket"] == [audit["urn"]]]
+    assert audit_rep["inputs"]["rules"][0]["deleteMarkerReplication"]["status"] == "Disabled"
     lifecycle = one(prod_graph, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
     assert any(r.get("noncurrentVersionExpiration") for r in lifecycle["inputs"]["rules"])
+    out = prod_graph["outputs"]
+    assert out["auditReplicaBucket"] == audit_replica["outputs"]["bucket"]
+    assert out["platformReplicaBucket"] == bucket_of(prod_graph, "platform-replica")["outputs"]["bucket"]
 
 
 def test_dev_has_no_cross_region_replication(dev_graph: dict[str, Any]) -> None:
     assert of_type(dev_graph, "aws:s3/bucketReplicationConfig:BucketReplicationConfig") == []
-    assert dev_graph["outputs"]["lakeReplicaBucket"] is None
+    assert of_type(dev_graph, "aws:lambda/function:Function") == []
+    assert of_type(dev_graph, "aws:rds/clusterParameterGroup:ClusterParameterGroup") == []
+    for key in (
+        "lakeReplicaBucket",
+        "auditReplicaBucket",
+        "platformReplicaBucket",
+        "telemetryReplicaStreamName",
+    ):
+        assert dev_graph["outputs"][key] is None, key
 
 
 def test_telemetry_ingest_kinesis_kms_firehose_parquet_schema_v1(graph: dict[str, Any]) -> None:
-    stream = one(graph, "aws:kinesis/stream:Stream")
+    stream = one(graph, "aws:kinesis/stream:Stream", "ingest-stream")
+    assert stream["inputs"]["retentionPeriod"] >= 24  # Firehose and a replay can re-read a day at least
     assert stream["inputs"]["encryptionType"] == "KMS" and stream["inputs"]["kmsKeyId"].startswith(
         "arn:aws:kms:"
     )
@@ -229,7 +267,7 @@ def test_telemetry_ingest_kinesis_kms_firehose_parquet_schema_v1(graph: dict[str
     conv = s3["dataFormatConversionConfiguration"]
     assert "parquetSerDe" in conv["outputFormatConfiguration"]["serializer"]
     assert conv["schemaConfiguration"]["tableName"] == table["inputs"]["name"]
-    assert s3["bufferingInterval"] <= 300  # RPO 5 minutes
+    assert s3["bufferingInterval"] <= 300  # lake freshness; the RPO rests on the stream (see below)
     assert s3["kmsKeyArn"].startswith("arn:aws:kms:")
 
 
@@ -251,7 +289,7 @@ def test_aurora_global_database_encrypted_protected_and_backed_up(graph: dict[st
         not r["inputs"]["publiclyAccessible"]
         for r in of_type(graph, "aws:rds/clusterInstance:ClusterInstance")
     )
-    secret = one(graph, "aws:secretsmanager/secret:Secret")
+    secret = one(graph, "aws:secretsmanager/secret:Secret", "master")
     assert {r["region"] for r in secret["inputs"].get("replicas", [])} == expected_regions - {"us-east-1"}
 
 
@@ -347,7 +385,7 @@ def test_user_code_gets_every_stack_output_under_its_contract_name(graph: dict[s
 
 
 def test_secrets_come_from_secrets_manager_never_literals(graph: dict[str, Any]) -> None:
-    from aegis_infra.offline import MOCK_PASSWORD
+    from stack_runner import MOCK_PASSWORD
 
     holders = [r["type"] for r in graph["resources"] if MOCK_PASSWORD in repr(r["inputs"])]
     assert sorted(holders) == ["aws:rds/cluster:Cluster", "aws:secretsmanager/secretVersion:SecretVersion"]
@@ -359,6 +397,22 @@ def test_secrets_come_from_secrets_manager_never_literals(graph: dict[str, Any])
     assert kinds == {"ExternalSecret"}
     store = one(graph, "kubernetes:external-secrets.io/v1:ClusterSecretStore")
     assert store["inputs"]["spec"]["provider"]["aws"]["service"] == "SecretsManager"
+    # The alert receiver's own token: a Secrets Manager secret with no value in the program or state.
+    tokens = one(graph, "aws:secretsmanager/secret:Secret", "service-tokens")
+    control = graph["outputs"]["controlRegion"]
+    assert tokens["region"] == control and f":kms:{control}:" in tokens["inputs"]["kmsKeyId"]
+    assert not [
+        v
+        for v in of_type(graph, "aws:secretsmanager/secretVersion:SecretVersion")
+        if tokens["urn"] in v["propertyDependencies"].get("secretId", [])
+    ]
+    (ext,) = [
+        e
+        for e in of_type(graph, "kubernetes:external-secrets.io/v1:ExternalSecret")
+        if e["inputs"]["metadata"]["name"] == "aegis-service-tokens"
+    ]
+    assert ext["inputs"]["spec"]["dataFrom"] == [{"extract": {"key": tokens["outputs"]["name"]}}]
+    assert ext["inputs"]["spec"]["target"]["template"]["data"] == {"AEGIS_TOKEN_ALERTS": "{{ .alerts }}"}
 
 
 def test_mlflow_and_alert_receiver_run_with_their_own_service_accounts(graph: dict[str, Any]) -> None:
@@ -411,3 +465,93 @@ def test_cost_read_from_resources_equals_the_programs_estimate(graph: dict[str, 
     est = cost_model.estimate(stack_cost_items(policy_resources(graph)))
     assert est.monthly_ceiling_usd == pytest.approx(graph["outputs"]["monthlyCostEstimateUsd"], abs=0.05)
     assert est.monthly_baseline_usd == pytest.approx(graph["outputs"]["monthlyCostBaselineUsd"], abs=0.05)
+
+
+# ------------------------------------------------------------------ RPO 5 minutes
+def test_prod_aurora_enforces_a_managed_rpo_on_every_cluster(prod_graph: dict[str, Any]) -> None:
+    """rds.global_db_rpo turns Aurora's typical sub-second lag into a bound: commits wait instead."""
+    from aegis_infra.data_plane import GLOBAL_DB_RPO_SECONDS
+
+    assert 20 <= GLOBAL_DB_RPO_SECONDS <= 120  # Aurora's minimum; well inside RPO 5 minutes
+    groups = {g["urn"]: g for g in of_type(prod_graph, "aws:rds/clusterParameterGroup:ClusterParameterGroup")}
+    clusters = of_type(prod_graph, "aws:rds/cluster:Cluster")
+    assert len(clusters) == 3
+    for c in clusters:
+        (urn,) = c["propertyDependencies"]["dbClusterParameterGroupName"]
+        g = groups[urn]
+        assert g["region"] == c["region"]
+        assert g["inputs"]["family"] == "aurora-postgresql" + c["inputs"]["engineVersion"].split(".")[0]
+        (param,) = g["inputs"]["parameters"]
+        assert param["name"] == "rds.global_db_rpo" and int(param["value"]) == GLOBAL_DB_RPO_SECONDS
+
+
+def test_prod_telemetry_stream_is_copied_to_the_replica_region(prod_graph: dict[str, Any]) -> None:
+    """Landing objects the lake replica lacks after losing us-east-1 are re-derived from this copy."""
+    from aegis_infra.data_plane import FIREHOSE_BUFFER_SECONDS, REPLICATION_SLA_MINUTES
+
+    primary = one(prod_graph, "aws:kinesis/stream:Stream", "ingest-stream")
+    copy = one(prod_graph, "aws:kinesis/stream:Stream", "ingest-replica-stream")
+    assert (primary["region"], copy["region"]) == ("us-east-1", "eu-west-1")
+    assert copy["inputs"]["shardCount"] == primary["inputs"]["shardCount"]
+    assert copy["inputs"]["encryptionType"] == "KMS" and ":eu-west-1:" in copy["inputs"]["kmsKeyId"]
+    # The copy outlives the window it must fill (Firehose buffer + RTC bound) many times over.
+    window_h = (FIREHOSE_BUFFER_SECONDS + REPLICATION_SLA_MINUTES * 60) / 3600
+    assert copy["inputs"]["retentionPeriod"] >= 168 > 24 * window_h
+    fn = one(prod_graph, "aws:lambda/function:Function", "replicator")
+    assert fn["region"] == "us-east-1"
+    assert fn["inputs"]["environment"]["variables"] == {
+        "TARGET_REGION": "eu-west-1",
+        "TARGET_STREAM": copy["outputs"]["name"],
+    }
+    esm = one(prod_graph, "aws:lambda/eventSourceMapping:EventSourceMapping")
+    assert esm["inputs"]["eventSourceArn"] == primary["outputs"]["arn"]
+    assert esm["inputs"]["functionName"] == fn["outputs"]["arn"]
+    assert esm["inputs"]["maximumRetryAttempts"] == -1 and esm["inputs"]["maximumRecordAgeInSeconds"] == -1
+    assert esm["inputs"]["maximumBatchingWindowInSeconds"] <= 5
+    (lag,) = [
+        a
+        for a in of_type(prod_graph, "aws:cloudwatch/metricAlarm:MetricAlarm")
+        if a["inputs"]["metricName"] == "IteratorAge"
+    ]
+    assert lag["region"] == "us-east-1" and lag["inputs"]["threshold"] <= 60_000
+    assert lag["inputs"]["dimensions"] == {"FunctionName": fn["outputs"]["name"]}
+    assert prod_graph["outputs"]["telemetryReplicaStreamName"] == copy["outputs"]["name"]
+
+
+def test_the_replicator_copies_every_record_to_the_replica_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Lambda's own code, against Kinesis in moto: every record arrives, bytes and keys unchanged."""
+    import base64
+    import types
+
+    import boto3
+    from aegis_infra.data_plane import STREAM_REPLICATOR_CODE
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("TARGET_REGION", "eu-west-1")
+    monkeypatch.setenv("TARGET_STREAM", "copy")
+    with mock_aws():
+        kinesis = boto3.client("kinesis", region_name="eu-west-1")
+        kinesis.create_stream(StreamName="copy", ShardCount=1)
+        module = types.ModuleType("replicator")
+        exec(compile(STREAM_REPLICATOR_CODE, "index.py", "exec"), module.__dict__)
+        sent = [(f'{{"event_id": "e{i}"}}'.encode(), f"shard-{i % 3}") for i in range(1203)]
+        event = {
+            "Records": [
+                {"kinesis": {"data": base64.b64encode(data).decode(), "partitionKey": key}}
+                for data, key in sent
+            ]
+        }
+        assert module.handler(event, None) == {"replicated": len(sent)}
+        shard = kinesis.list_shards(StreamName="copy")["Shards"][0]["ShardId"]
+        it = kinesis.get_shard_iterator(StreamName="copy", ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+        got: list[tuple[bytes, str]] = []
+        iterator = it["ShardIterator"]
+        while True:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            got += [(r["Data"], r["PartitionKey"]) for r in page["Records"]]
+            if not page["Records"]:
+                break
+            iterator = page["NextShardIterator"]
+        assert got == sent

@@ -1,7 +1,7 @@
-"""Run the pack over a resource graph offline (``aegis_infra.offline``): no CLI, no cloud.
+"""Run the pack over a resource graph offline (``tests/infrastructure/stack_runner.py``): no CLI, no cloud.
 
-    python -m aegis_infra.offline prod --out /tmp/prod.json      # in infrastructure/
-    python -m aegis_guard.offline /tmp/prod.json --budget 110000  # in policies/infrastructure/
+    python tests/infrastructure/stack_runner.py prod --out /tmp/prod.json  # at the repository root
+    python -m aegis_guard.offline /tmp/prod.json --budget 110000           # in policies/infrastructure/
 
 Prints every violation and exits 1 when there is one. This is how the tests
 prove the program's own resources pass the whole pack.

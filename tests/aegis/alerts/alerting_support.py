@@ -41,11 +41,13 @@ class Receiver:
         return httpx.post(self.url + path, json=body, headers=hdrs, timeout=10.0)
 
 
-def start_receiver(home: AegisPaths, verifier: SnsVerifier | None = None) -> Receiver:
+def start_receiver(
+    home: AegisPaths, verifier: SnsVerifier | None = None, sns_skip_verify: bool = False
+) -> Receiver:
     ensure_service_tokens(home)
     inbox = AlertInbox(f"sqlite:///{home.alerts_db}")
     store = TokenStore(aegis_paths=home)
-    app = create_app(inbox, store, verifier=verifier, aegis_paths=home)
+    app = create_app(inbox, store, verifier=verifier, sns_skip_verify=sns_skip_verify, aegis_paths=home)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -3,11 +3,16 @@ unknown names recorded but not handed to consumers, durable settings, concurrent
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from click.testing import CliRunner
+
+from aegis.alerts.cli import alerts
 from aegis.alerts.inbox import AlertInbox, fingerprint_of
+from aegis.config import AegisPaths
 from aegis.domain import Alert, AlertStatus
 
 T0 = datetime(2026, 12, 6, tzinfo=UTC)
@@ -107,3 +112,20 @@ def test_concurrent_writers_lose_nothing_and_never_share_a_seq(tmp_path: Path) -
     entries = inboxes[0].since(0)
     assert len(entries) == 100
     assert sorted(e.seq for e in entries) == list(range(1, 101))
+
+
+def test_cli_lists_the_inbox(aegis_home: AegisPaths) -> None:
+    assert CliRunner().invoke(alerts, ["list"]).output.strip() == "no firing alerts"
+    inbox = AlertInbox()
+    inbox.put([_alert(fingerprint="a"), _alert(name="Mystery", target="eu-9")])
+    inbox.put([_alert(status="resolved", fingerprint="a")])
+    inbox.close()
+    firing = CliRunner().invoke(alerts, ["list"])
+    assert firing.exit_code == 0 and "Mystery" not in firing.output and "no firing alerts" in firing.output
+    everything = CliRunner().invoke(alerts, ["list", "--all"])
+    assert "resolved" in everything.output and "unknown name: recorded, ignored" in everything.output
+    doc = json.loads(CliRunner().invoke(alerts, ["list", "--all", "--json"]).output)
+    assert [(e["alert"]["name"], e["status"], e["known"]) for e in doc] == [
+        ("Mystery", "firing", False),
+        ("ShardDown", "resolved", True),
+    ]

@@ -237,12 +237,15 @@ def test_unauthenticated_and_malformed_sns_posts(sns_receiver: Receiver, aws: Fa
 
 
 def test_skipping_verification_is_local_only(aegis_home: AegisPaths, monkeypatch: pytest.MonkeyPatch) -> None:
-    r = start_receiver(aegis_home)
-    r.server.should_exit = True
-    r.thread.join()
-    app = create_app(r.inbox, r.store, sns_skip_verify=True, aegis_paths=aegis_home)
-    assert app.title
-    monkeypatch.setenv("AEGIS_PROFILE", "prod")
-    with pytest.raises(ValueError, match="cannot be skipped"):
-        create_app(r.inbox, r.store, sns_skip_verify=True, aegis_paths=aegis_home)
-    stop_receiver(r)
+    r = start_receiver(aegis_home, sns_skip_verify=True)
+    try:
+        unsigned = {**alarm_message(), "SignatureVersion": "1", "Signature": "bm90IHNpZ25lZA==",
+                    "SigningCertURL": "https://evil.example/cert.pem"}  # fmt: skip
+        assert _post(r, unsigned).status_code == 200  # accepted unsigned: local testing only
+        assert [e.alert.name for e in r.inbox.firing("eu-1")] == ["ShardDown"]
+        assert _post(r, unsigned, auth=None).status_code == 401  # the token is still required
+        monkeypatch.setenv("AEGIS_PROFILE", "prod")
+        with pytest.raises(ValueError, match="cannot be skipped"):
+            create_app(r.inbox, r.store, sns_skip_verify=True, aegis_paths=aegis_home)
+    finally:
+        stop_receiver(r)

@@ -56,7 +56,7 @@ def test_judge_json_rolls_back_a_harmful_change(tmp_path: Path) -> None:
     assert 1 <= out["buckets_observed"] <= 72
     assert pd.Timestamp(out["decided_at"]) >= START
     deaths = next(m for m in out["metrics"] if m["name"] == "deaths_per_player")
-    assert deaths["status"] == "regressed" and deaths["interval"][0] > 0.1
+    assert deaths["status"] == "regressed" and deaths["interval"][0] > 0 and deaths["effect"] > 0.15
     assert all(set(m) == {"name", "effect", "interval", "status"} for m in out["metrics"])
 
 
@@ -118,3 +118,17 @@ def test_missing_files_exit_2(tmp_path: Path) -> None:
     (tmp_path / "canary.json").write_text("{}")
     proc = _run(str(tmp_path), "--json")
     assert proc.returncode == 2
+
+
+def test_real_parameter_change_in_the_world_run_is_rolled_back(tmp_path: Path) -> None:
+    """eu-west-1 got NPC aggression 1.6 at the fixture's change time: the command finds the deaths."""
+    meta = json.loads((DATA / "kpis_world.json").read_text())
+    controls = ["eu-west-2", "eu-west-3", "us-east-1", "ap-southeast-1"]
+    pd.read_parquet(DATA / "kpis_world.parquet").to_parquet(tmp_path / "kpis.parquet", index=False)
+    spec = {"canary": "eu-west-1", "controls": controls, "start": meta["change_start"], "max_buckets": 144}
+    (tmp_path / "canary.json").write_text(json.dumps(spec))
+    res = CliRunner().invoke(judge_cmd, [str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["verdict"] == "rollback"
+    assert {m["name"]: m["status"] for m in out["metrics"]}["deaths_per_player"] == "regressed"

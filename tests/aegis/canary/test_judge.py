@@ -13,12 +13,16 @@ from aegis.canary.judge import (
     CanarySpec,
     JudgeInputError,
     JudgeSettings,
+    KpiPolicy,
     choose_controls,
     judge,
+    status_of,
     to_canary_result,
 )
+from aegis.canary.metrics import LEVEL_COLUMNS
 from aegis.canary.scenarios import inject, placebo_specs
 from aegis.domain import CanaryVerdict, ShardInfo
+from aegis.telemetry import KPI_COLUMNS
 from tests.support import REPO
 
 DATA = REPO / "tests" / "data"
@@ -183,7 +187,9 @@ def test_to_canary_result_names_the_regressed_metric() -> None:
     assert result.verdict == CanaryVerdict.ROLL_BACK
     assert result.metric == "currency_inflow_per_player"
     assert result.canary_shard == "eu-west-2" and result.control_shards == sp.controls
-    assert result.interval is not None and result.interval[0] > result.threshold
+    # A significant regression (interval above zero) whose estimate is beyond the margin (rollback_on "estimate").
+    assert result.threshold is not None and result.effect > result.threshold
+    assert result.interval is not None and result.interval[0] > 0
 
 
 def test_choose_controls_prefers_the_canary_region() -> None:
@@ -233,3 +239,79 @@ def test_settings_come_from_policy_data() -> None:
     data["aegis"]["config"]["canary"]["kpis"]["nonsense"] = {"direction": "lower", "margin": 0.1}
     with pytest.raises(ValueError, match="unknown canary metrics"):
         JudgeSettings.from_policy_data(data)
+
+
+def test_status_rules_for_each_direction() -> None:
+    lower = KpiPolicy(direction="lower", margin=0.1)
+    higher = KpiPolicy(direction="higher", margin=0.05)
+    both = KpiPolicy(direction="two_sided", margin=0.1)
+    # Significant, estimate beyond the margin, interval not wholly beyond it: the two rules differ.
+    assert status_of(0.15, 0.02, 0.28, lower, False, "estimate") == "regressed"
+    assert status_of(0.15, 0.02, 0.28, lower, False, "interval") == "undecided"
+    assert status_of(0.15, 0.11, 0.19, lower, False, "interval") == "regressed"
+    # Not significant: never a rollback, whatever the estimate.
+    assert status_of(0.15, -0.01, 0.31, lower, False, "estimate") == "undecided"
+    assert status_of(0.0, -0.05, 0.05, lower, False) == "non_inferior"
+    assert status_of(-0.2, -0.3, -0.1, lower, True) == "improved"
+    assert status_of(-0.2, -0.3, -0.1, lower, False) == "non_inferior"
+    assert status_of(-0.1, -0.15, -0.06, higher, False, "interval") == "regressed"
+    assert status_of(0.1, 0.06, 0.15, higher, True) == "improved"
+    assert status_of(-0.2, -0.25, -0.15, both, False, "interval") == "regressed"
+    assert status_of(0.02, -0.05, 0.08, both, False) == "non_inferior"
+
+
+def test_integer_counts_and_split_buckets_judge_alike() -> None:
+    """Counts may be integers; a bucket split in two rows (a config change inside it) is merged back."""
+    sp = spec_for("eu-west-2", AA_FIRST + timedelta(hours=12))
+    data = inject(kpis(), sp.canary, sp.start, {"deaths": 0.3})
+    j = judge(data, sp, settings())
+    ints = data.copy()
+    for col in ("deaths_early", "deaths_mid", "deaths_late", "quest_completions", "churned", "reconnects"):
+        ints[col] = ints[col].round().astype("int64")
+    assert judge(ints, sp, settings()).verdict == j.verdict
+    first = data[
+        (data["shard_id"] == sp.canary)
+        & (pd.to_datetime(data["bucket_start"], utc=True) == pd.Timestamp(sp.start))
+    ]
+    half = first.copy()
+    counts = [c for c in KPI_COLUMNS if c not in LEVEL_COLUMNS]  # levels stay, counts split in two
+    half[counts] = half[counts].astype(float) / 2
+    split = pd.concat([data.drop(first.index), half, half.assign(config_version=half["config_version"] + 1)])
+    again = judge(split, sp, settings())
+    assert (again.verdict, again.buckets_observed, again.decided_at) == (
+        j.verdict,
+        j.buckets_observed,
+        j.decided_at,
+    )
+
+
+def test_placebo_calibration_reports_each_metric() -> None:
+    from aegis.canary.calibration import calibrate
+
+    specs = list(
+        placebo_specs(
+            kpis(),
+            unchanged()[:3],
+            AA_FIRST,
+            AA_FIRST + timedelta(hours=6),
+            timedelta(hours=6),
+            144,
+            K_CONTROLS,
+            set(META["changes"]),
+        )
+    )
+    cal = calibrate(kpis(), specs, settings())
+    assert cal.runs == len(specs) == 6
+    assert {k.name for k in cal.kpis} == set(settings().kpis)
+    for k in cal.kpis:
+        assert 0.0 <= k.false_rollback_rate <= k.exclusion_rate <= 1.0  # a rollback needs harm > 0 shown
+        assert k.variance_inflation >= settings().kpis[k.name].variance_inflation
+
+
+def test_a_canary_that_stops_reporting_fails_the_exposure_check() -> None:
+    sp = spec_for("ap-southeast-1", AA_FIRST + timedelta(hours=6))
+    when = pd.to_datetime(kpis()["bucket_start"], utc=True)
+    silent = (kpis()["shard_id"] == sp.canary) & (when >= pd.Timestamp(sp.start) + timedelta(hours=1))
+    j = judge(kpis()[~silent], sp, settings())
+    assert j.verdict == "inconclusive", j.reason
+    assert "missing" in j.reason and j.decided_at is not None

@@ -200,6 +200,29 @@ def test_loop_rollback_verdict_restores_snapshot_and_reflects(make_loop, world) 
     assert any(s.startswith("Reflection on cs-loop-rb") and "model error" in s for s in summaries)
     assert loop.lifecycle.ledger.verify().ok
 
+    # the CLI: the judgement that decided, the exposure used of the budget, per-metric effects
+    from click.testing import CliRunner
+
+    from aegis.canary.ops_cli import list_canaries, status
+
+    runner = CliRunner()
+    out = runner.invoke(status, ["cs-loop-rb", "--json"])
+    assert out.exit_code == 0, out.output
+    view = json.loads(out.output)
+    assert view["state"] == "rolled_back" and view["verdict"] == "rollback" and view["source"] == "stored"
+    assert view["buckets_observed"] == 6 and view["max_buckets"] == 12 and view["exposure_used"] == 0.5
+    [metric] = view["metrics"]
+    assert metric["name"] == "abandon_rate" and metric["status"] == "regressed" and metric["effect"] == 0.2
+    assert metric["interval"] == pytest.approx([0.19, 0.21])
+    text = runner.invoke(status, ["cs-loop-rb"])
+    assert "exposure 6/12 buckets (50%)" in text.output and "abandon_rate" in text.output
+    listed = json.loads(runner.invoke(list_canaries, ["--json"]).output)
+    assert [(r["changeset_id"], r["state"], r["verdict"]) for r in listed] == [
+        ("cs-loop-rb", "rolled_back", "rollback")
+    ]
+    missing = runner.invoke(status, ["cs-nope"])
+    assert missing.exit_code == 2 and "cs-nope" in missing.output
+
 
 def test_loop_promote_verdict_rolls_out_in_guarded_waves(make_loop, world) -> None:
     loop = make_loop()
@@ -301,3 +324,30 @@ def test_loop_failing_wave_is_rolled_back_and_stops_the_rollout(make_loop, world
     ]
     assert "FAILED" in summary[-1] and "stopped the rollout" in summary[-1]
     assert loop.lifecycle.ledger.verify().ok
+
+
+def test_loop_rollout_resumes_after_a_kill_between_promotion_and_waves(make_loop, world) -> None:
+    loop = make_loop()
+    client = GameBackendClient(world.url)
+    before = {s.id: client.get_config(s.id).params.map_event_frequency for s in client.shards()}
+    _launch(loop, client, "eu-west-3", "map_event_frequency", 0.25, "cs-loop-kill")
+    # what a run killed right after promoting leaves: the rollout marked pending, the canary promoted
+    loop.store.update_canary_spec("cs-loop-kill", rollout={"status": "pending"})
+    loop.lifecycle.promote("cs-loop-kill")
+    assert loop.rollouts_running() == ["cs-loop-kill"]
+    # no new canary while a rollout is pending
+    blocked = loop.launch(
+        [_proposal(client, "us-east-3", "map_event_frequency", 0.25, "cs-loop-blocked")],
+        _regions(client),
+        client.shards(),
+        max_buckets=12,
+    )
+    assert blocked.record is None and "rollout" in blocked.reason
+    # the next run (a fresh process) finishes it
+    again = make_loop()
+    again.resume_rollouts()
+    rollout = again.store.canary_spec("cs-loop-kill").rollout
+    assert rollout["status"] == "done" and not again.rollouts_running()
+    for sid, old in before.items():
+        assert client.get_config(sid).params.map_event_frequency == pytest.approx(old + 0.25), sid
+    assert again.lifecycle.ledger.verify().ok

@@ -172,3 +172,57 @@ class _EmptyInbox:
 
     def since(self, seq: int, limit: int = 500) -> list[Any]:
         return []
+
+
+def test_a_suspect_changeset_is_rolled_back_first(aegis_home: AegisPaths) -> None:
+    """A change in canary minutes before a latency incident is the first suspect: the playbook rolls it
+    back through the lifecycle (config restored, state rolled_back), then goes on when that is not it."""
+    from aegis.changes.lifecycle import Lifecycle, LifecycleConfig
+    from aegis.changes.store import ChangeSetStore
+    from aegis.domain import AutonomousChangeSet, ParamChange, PromotionState
+    from tests.support import CANARY_WORLD_ARGS
+
+    world = WorldServer(aegis_home.home, speed="600", args=CANARY_WORLD_ARGS).start()
+    try:
+        client = GameBackendClient(world.url)
+        before = client.get_config(SHARD)
+        in_band = {"inflation": 0.0, "velocity": 1.0, "abandon_rate": 0.1, "deaths": 1.0}
+        lc = Lifecycle(client, store=ChangeSetStore(), config=LifecycleConfig(predict=lambda cs: in_band))
+        cs = AutonomousChangeSet(
+            target=SHARD,
+            diff={"sink_multiplier": ParamChange(before=before.params.sink_multiplier, after=1.01)},
+            rationale="test: the change right before the incident",
+        )
+        assert lc.run(cs).state == PromotionState.CANARY
+        _inject(world, FaultKind.LATENCY_SPIKE, magnitude=30)
+        store = IncidentStore()
+        inc = store.save(Incident(target=SHARD, kind="latency", alerts=["TickLatencyHigh"], alert_count=1))
+        with RemediationBackend(world.url) as backend:
+            done = Healer(backend, store=store, changes_store=lc.store, lifecycle_factory=lambda: lc).heal(
+                inc.id
+            )
+        assert done.diagnosis is not None and done.diagnosis.suspect_changeset == cs.id
+        assert done.diagnosis.probable_cause == "changeset"
+        applied = [a.name for a in done.actions if a.outcome == ActionOutcome.APPLIED]
+        assert applied[0] == "rollback" and applied[-1] == "restart"
+        assert done.status == IncidentStatus.RESOLVED
+        assert lc.get(cs.id).state == PromotionState.ROLLED_BACK
+        assert client.get_config(SHARD).params.sink_multiplier == before.params.sink_multiplier
+        client.close()
+    finally:
+        world.stop()
+
+
+def test_an_unreachable_backend_escalates_instead_of_crashing(aegis_home: AegisPaths, pager: _Pager) -> None:
+    store = IncidentStore()
+    inc = store.save(Incident(target=SHARD, kind="shard_down", alerts=["ShardDown"], alert_count=1))
+    with RemediationBackend("http://127.0.0.1:9", token="none") as backend:  # nothing listens there
+        done = Healer(backend, store=store, escalation_url=pager.url).heal(inc.id)
+    assert done.status == IncidentStatus.ESCALATED
+    assert [a.outcome for a in done.actions] == [
+        ActionOutcome.FAILED,
+        ActionOutcome.FAILED,
+        ActionOutcome.ESCALATED,
+    ]
+    assert done.diagnosis is not None and "faults_error" in done.diagnosis.evidence
+    assert len(pager.received) == 1

@@ -126,3 +126,10 @@ def test_every_playbook_has_its_runbook() -> None:
         text = page.read_text()
         for action in pb.actions:
             assert action.name in text, f"{pb.runbook} does not describe {action.name}"
+
+
+def test_security_alert_defers_to_the_refusal_scan(inbox: AlertInbox, store: IncidentStore) -> None:
+    alert = Alert(source="alertmanager", name="SecurityRefusals", target="world", labels={"reason": "scope"})
+    inbox.put([alert])
+    tick = sensor_tick(store, inbox, load_playbooks())
+    assert tick.opened == [] and tick.ignored == 1

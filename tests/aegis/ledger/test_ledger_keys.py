@@ -51,13 +51,24 @@ def test_verify_without_private_key_is_read_only_and_passes(aegis_home: AegisPat
 
 
 def test_verify_needs_no_key_files_the_chain_pins_them(aegis_home: AegisPaths) -> None:
-    _filled().dispose()
+    ledger = _filled()
+    key_id = str(ledger.key_id)
+    ledger.dispose()
     shutil.rmtree(aegis_home.keys)
     result = CliRunner().invoke(cli, ["audit", "verify"])
     assert result.exit_code == 0, result.output
     assert not aegis_home.keys.exists()  # verifying did not make a key directory either
+    export = CliRunner().invoke(cli, ["audit", "export-key"])  # the trusted key comes from the chain
+    assert export.exit_code == 0 and export.output == Ledger(read_only=True).pinned_keys()[key_id]
+
+
+def test_export_key_prints_the_trusted_key_not_a_planted_file(aegis_home: AegisPaths) -> None:
+    ledger = _filled(1)
+    planted = signing_key(Ed25519PrivateKey.generate())
+    (aegis_home.keys / PUBLIC_KEY_FILE).write_text(planted.public_key_pem)
     export = CliRunner().invoke(cli, ["audit", "export-key"])
-    assert export.exit_code == 1 and "no ledger public key" in export.output
+    assert export.exit_code == 0 and export.stdout == ledger.public_key_pem
+    assert f"{planted.key_id}, which the ledger does not trust" in export.stderr
 
 
 def test_verify_of_a_missing_ledger_does_not_create_it(aegis_home: AegisPaths) -> None:

@@ -395,3 +395,32 @@ def test_format_ts_is_canonical() -> None:
         == format_ts(t.astimezone(timezone(timedelta(hours=2))))
         == "2025-01-02T03:04:05.000000+00:00"
     )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("keep", [3, 0])
+def test_truncation_with_reset_head_on_postgres(aegis_home: AegisPaths, pg_url: str, keep: int) -> None:
+    """The same cut on PostgreSQL, by an attacker who can disable the append-only triggers."""
+    import sqlalchemy as sa
+
+    ledger = Ledger(pg_url)
+    for i in range(N):
+        ledger.append("note", f"cs-{i}", {"i": i}, actor="t")
+    ledger.dispose()
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE audit_records DISABLE TRIGGER ALL")
+        head = conn.exec_driver_sql(f"SELECT hash FROM audit_records WHERE seq = {keep}").scalar()
+        if keep:
+            conn.exec_driver_sql(f"DELETE FROM audit_records WHERE seq > {keep}")
+        else:
+            conn.exec_driver_sql("TRUNCATE audit_records")
+        conn.execute(
+            sa.text("UPDATE ledger_head SET seq = :s, hash = :h"), {"s": keep, "h": head or GENESIS_HASH}
+        )
+    engine.dispose()
+    reader = Ledger(pg_url, read_only=True)
+    report = reader.verify()
+    reader.dispose()
+    assert not report.ok and report.first_bad is not None and report.first_bad.seq == keep + 1
+    assert f"{N + 1 - keep} record(s) were removed from the end (truncation)" in report.first_bad.reason

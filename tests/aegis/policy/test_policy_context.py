@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from aegis.domain import Alert, ExecutionPolicy, Verdict
+import pytest
+
+from aegis.domain import Alert, AutonomousChangeSet, ExecutionPolicy, Verdict
 from aegis.policy import BudgetContext, PolicyContext, PolicyEngine, ShardContext
+from aegis.policy.context import load_given_context
 from aegis.policy.engine import default_policies_dir
+from aegis.policy.strict_json import StrictJsonError
 
 EXAMPLES = default_policies_dir() / "examples"
 
@@ -47,8 +52,6 @@ def test_measured_facts_are_never_relaxed() -> None:
 
 def test_the_files_facts_decide_what_the_world_cannot_measure() -> None:
     engine = PolicyEngine()
-    from aegis.domain import AutonomousChangeSet
-
     for name, rule in [
         ("deny-over-budget", "cost.over_budget"),
         ("deny-slo-burn-firing", "availability.slo_burn_firing"),
@@ -59,3 +62,14 @@ def test_the_files_facts_decide_what_the_world_cannot_measure() -> None:
         cs = AutonomousChangeSet.model_validate(doc["changeset"])
         decision = engine.decide(cs, _measured().merged_with(_given(name)))
         assert (decision.verdict, decision.rule) == (Verdict.DENY, rule), name
+
+
+def test_load_given_context_reads_example_files_strictly(tmp_path: Path) -> None:
+    assert load_given_context(EXAMPLES / "deny-over-budget.json") == _given("deny-over-budget")
+    bare = tmp_path / "bare.json"
+    bare.write_text('{"target": "eu-west-1"}')
+    assert load_given_context(bare) is None
+    dup = tmp_path / "dup.json"
+    dup.write_text('{"context": {"changes_in_last_hour": 9, "changes_in_last_hour": 0}}')
+    with pytest.raises(StrictJsonError, match="duplicate key"):
+        load_given_context(dup)

@@ -127,14 +127,14 @@ def test_changeset_run_gives_the_verdict_the_name_claims(
         assert summary["verdict"] == expected, summary
         if expected == "deny":
             assert summary["state"] == "rejected", summary
-        records = Ledger(
-            f"sqlite:///{world.home / 'ledger.db'}", world.home / "keys", read_only=True
-        ).records(summary["id"])
+        records = Ledger(f"sqlite:///{home / 'ledger.db'}", home / "keys", read_only=True).records(
+            summary["id"]
+        )
         decisions = [r.payload["decision"] for r in records if r.kind == "decision"]
-        assert decisions and decisions[0]["verdict"] == expected
+        assert decisions and decisions[0]["verdict"] == expected, records
     finally:
         if summary["state"] == "canary":  # back to the defaults for the next example
             back = _aegis(
-                world, "changeset", "rollback", summary["id"], "--url", world.url, "--mode", "config"
+                home, "changeset", "rollback", summary["id"], "--url", world.url, "--mode", "config"
             )
             assert back.returncode == 0, back.stdout + back.stderr

@@ -320,3 +320,19 @@ def test_the_reality_delta_widens_model_intervals_and_lowers_utility(trained_mod
         assert p.evidence["interval_scale"] == 2.0
         compared += 1
     assert compared > 0
+
+
+def test_the_goal_named_is_the_one_the_move_is_made_for_when_nothing_is_gained() -> None:
+    book = GoalBook(
+        goals=[
+            GoalSpec(id="latency", name="t", kpi="tick_p95_ms", direction=Comparator.MINIMIZE, priority=1),
+            GoalSpec(id="deaths", name="d", kpi="deaths_late", direction=Comparator.MINIMIZE, priority=4),
+        ]
+    )
+    effects = {
+        "deaths_late": PredictedEffect(kpi="deaths_late", mean=0.5, lo=0.0, hi=1.0),  # the wrong way
+        "tick_p95_ms": PredictedEffect(kpi="tick_p95_ms", mean=0.0, lo=-1.0, hi=1.0),
+    }
+    s = score(effects, _stats(), book, "eu-west", SETTINGS, "auto", primary={"deaths_late"}, strength=1.0)
+    assert s.utility < 0 and "evidence" not in s.parts  # predicted to backfire: no credit for the evidence
+    assert s.goal_id == "deaths"

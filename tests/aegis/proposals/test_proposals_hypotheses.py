@@ -160,3 +160,13 @@ def test_missing_marts_are_named_and_a_missing_kpi_mart_is_an_error(tmp_path: Pa
         read_marts(empty)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_marts(tmp_path / "absent.duckdb")
+
+
+def test_a_large_but_insignificant_excess_is_noise() -> None:
+    # 12 of 60 attempts (20%) against 15%: a third higher, but z < 1 on so few attempts
+    frame = mf.abandonment("eu-west")
+    few = (frame.region == "eu-west") & (frame.stage == 5)
+    frame.loc[few, ["abandonments", "completions"]] = [12, 48]
+    frame["abandon_rate"] = frame["abandonments"] / (frame["abandonments"] + frame["completions"])
+    assert abandonment_hypotheses(frame, TH) == []
+    assert abandonment_hypotheses(frame, TH.model_copy(update={"abandon_z": 0.0}))  # only the z kept it out

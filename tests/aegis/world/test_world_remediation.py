@@ -75,7 +75,9 @@ def test_restart_ends_a_latency_spike_shed_load_alone_does_not(svc: WorldService
 
 
 def test_freeze_trading_stops_the_duplication_exploit(svc: WorldService) -> None:
-    svc.inject_fault(Fault(kind=FaultKind.DUPLICATION_EXPLOIT, shard_id=SHARD, duration_minutes=LONG, magnitude=20))
+    svc.inject_fault(
+        Fault(kind=FaultKind.DUPLICATION_EXPLOIT, shard_id=SHARD, duration_minutes=LONG, magnitude=20)
+    )
     svc.step(20)
     g0 = svc.signals(SHARD)["gold_per_player"]
     svc.step(20)
@@ -90,7 +92,9 @@ def test_freeze_trading_stops_the_duplication_exploit(svc: WorldService) -> None
 
 
 def test_isolate_telemetry_stops_corrupt_batches(svc: WorldService) -> None:
-    svc.inject_fault(Fault(kind=FaultKind.CORRUPT_TELEMETRY, shard_id=SHARD, duration_minutes=LONG, magnitude=2))
+    svc.inject_fault(
+        Fault(kind=FaultKind.CORRUPT_TELEMETRY, shard_id=SHARD, duration_minutes=LONG, magnitude=2)
+    )
     sig = svc.signals(SHARD)
     assert sig["telemetry_corrupt_pending"] == 1 and "corrupt_telemetry" in sig["active_faults"]
     result = _fix(svc, RemediationAction.ISOLATE_TELEMETRY)

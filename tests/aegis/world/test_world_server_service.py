@@ -153,13 +153,17 @@ def test_config_put_preconditions_and_idempotency(tmp_path: Path) -> None:
         svc.stop()
 
 
-def test_canary_is_not_explored_and_faults_are_durable(tmp_path: Path) -> None:
+def test_no_shard_explores_while_a_canary_runs_and_faults_are_durable(tmp_path: Path) -> None:
     svc = _svc(tmp_path, explore_every_hours=0.05)
     try:
         svc.set_role("eu-west-1", ShardRole.CANARY)
         svc.step(12)
         assert svc.config("eu-west-1").version == 1
-        assert svc.config("us-east-1").version > 1
+        assert svc.config("us-east-1").version == 1  # a control holds still during the experiment
+        svc.set_role("eu-west-1", ShardRole.CONTROL)
+        svc.step(12)
+        assert svc.config("us-east-1").version > 1  # exploration resumes once the canary ends
+        svc.set_role("eu-west-1", ShardRole.CANARY)
         svc.inject_fault(Fault(kind="shard_crash", shard_id="us-east-1", duration_minutes=30))
     finally:
         svc.store._db.close()
@@ -168,5 +172,23 @@ def test_canary_is_not_explored_and_faults_are_durable(tmp_path: Path) -> None:
         assert svc.shard("eu-west-1").role == ShardRole.CANARY
         assert svc.shard("us-east-1").status == "down"
         assert svc.health().status == "degraded"
+    finally:
+        svc.stop()
+
+
+def test_a_duplication_exploit_shows_in_the_currency_created_metric(tmp_path: Path) -> None:
+    """EconomyInflation reads the AMOUNT created per shard: the exploited shard must stand out."""
+    svc = _svc(tmp_path)
+    try:
+        svc.inject_fault(
+            Fault(kind="duplication_exploit", shard_id="eu-west-1", duration_minutes=60, magnitude=3)
+        )
+        svc.step(6)
+        created = svc.metrics.currency_created
+        gold = {
+            sid: created.labels(shard=sid, currency="gold")._value.get() for sid in ("eu-west-1", "us-east-1")
+        }
+        assert gold["us-east-1"] > 0
+        assert gold["eu-west-1"] > 2 * gold["us-east-1"], gold
     finally:
         svc.stop()

@@ -1,54 +1,61 @@
-"""Evaluate the program without a cloud: ``pulumi.runtime.set_mocks`` with a recording monitor.
+"""Run the real Pulumi entry (``infrastructure/__main__.py``) for one stack under mocks; record the graph.
 
-A reviewer (or a test) gets the full resource graph of a stack, with every
-resource's type, name, inputs, region (through its provider), parent and
-property dependencies, plus the stack outputs, without AWS credentials, the
-Pulumi CLI or a network. The CrossGuard pack can then be run over that graph
-(``aegis_guard.offline``).
+What ``pulumi up`` does, minus the engine and the cloud:
 
-    python -m aegis_infra.offline prod --out /tmp/prod-graph.json
+* the stack file's config reaches the program the way the Python language host
+  passes it, in ``PULUMI_CONFIG`` (``{"aegis:key": "string"}``, structures as JSON
+  text) and ``PULUMI_CONFIG_SECRET_KEYS``; the program reads it through
+  ``pulumi.Config`` (``aegis_infra.config.load_settings``);
+* ``pulumi.runtime.set_mocks`` stands in for the engine, with a monitor that
+  records every registration (type, name, inputs, region through its provider,
+  parent, property dependencies) and answers with plausible provider outputs;
+* ``__main__.py`` runs as the language host runs it (cwd and ``sys.path`` at
+  ``infrastructure/``), and the stack outputs are what it ``pulumi.export``-ed.
 
-Run one stack per process: Pulumi keeps runtime state in module globals.
+    python tests/infrastructure/stack_runner.py prod --out /tmp/prod.json
+
+One stack per process: Pulumi keeps runtime state in module globals. The
+CrossGuard pack runs over the written graph (``aegis_guard.offline``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import runpy
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-INFRA_DIR = Path(__file__).resolve().parents[1]
-REPO_ROOT = INFRA_DIR.parent
+REPO = Path(__file__).resolve().parents[2]
+INFRA_DIR = REPO / "infrastructure"
+ENTRY = INFRA_DIR / "__main__.py"
 PROJECT = "aegis"
 MOCK_ACCOUNT = "123456789012"
 MOCK_PASSWORD = "mock-password-not-a-secret-0123456789abcd"
+STACKS = ("dev", "prod")
+RUN_TIMEOUT_S = 600
 
 
-def stack_file(stack: str) -> Path:
-    path = INFRA_DIR / f"Pulumi.{stack}.yaml"
-    if not path.exists():
-        known = sorted(p.name for p in INFRA_DIR.glob("Pulumi.*.yaml") if p.name != "Pulumi.yaml")
-        raise FileNotFoundError(f"no stack file {path.name} in {INFRA_DIR} (known: {', '.join(known)})")
-    return path
+def start_stack(stack: str, out: Path, env: dict[str, str] | None = None, *extra: str) -> subprocess.Popen:
+    """Start this runner for ``stack`` in a fresh interpreter; ``env`` replaces the environment."""
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), stack, "--out", str(out), *extra],
+        cwd=REPO,
+        env=env if env is not None else {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def stack_config(stack: str) -> dict[str, str]:
-    """The stack file's config as Pulumi hands it to a program: ``ns:key`` -> string (JSON for structures)."""
-    raw = yaml.safe_load(stack_file(stack).read_text()) or {}
-    out: dict[str, str] = {}
-    for key, value in (raw.get("config") or {}).items():
-        out[key] = value if isinstance(value, str) else json.dumps(value)
-    return out
-
-
-def stack_settings_values(stack: str) -> dict[str, Any]:
-    """``aegis:*`` values of a stack file, namespace stripped, structures parsed."""
-    raw = yaml.safe_load(stack_file(stack).read_text()) or {}
-    return {k.split(":", 1)[1]: v for k, v in (raw.get("config") or {}).items() if k.startswith("aegis:")}
+def finish(proc: subprocess.Popen, out: Path) -> tuple[int, str, dict[str, Any] | None]:
+    """Wait for a runner; return (exit code, stderr, graph or None)."""
+    _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    graph = json.loads(out.read_text()) if proc.returncode == 0 else None
+    return proc.returncode, err, graph
 
 
 def _arn(service: str, region: str, name: str) -> str:
@@ -101,8 +108,9 @@ def mock_outputs(typ: str, name: str, inputs: dict[str, Any], region: str) -> di
     return out
 
 
-def evaluate(stack: str) -> dict[str, Any]:
-    """Run the program for ``stack`` under mocks; return ``{"stack", "resources", "outputs"}``."""
+def run_entry(stack: str) -> dict[str, Any]:
+    """Evaluate ``__main__.py`` for ``stack``; ``PULUMI_CONFIG`` must already be in the environment."""
+    os.chdir(INFRA_DIR)
     sys.path.insert(0, str(INFRA_DIR))
     import pulumi
     from pulumi.runtime import mocks as pm
@@ -111,17 +119,12 @@ def evaluate(stack: str) -> dict[str, Any]:
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
-    from aegis_infra.config import parse_settings
-
-    settings = parse_settings(stack_settings_values(stack))
     records: list[dict[str, Any]] = []
     provider_region: dict[str, str] = {}
 
     class _Mocks(pulumi.runtime.Mocks):
-        def new_resource(
-            self, args: pulumi.runtime.MockResourceArgs
-        ) -> tuple[str, dict]:  # pragma: no cover - unused
-            raise AssertionError("the recording monitor handles registrations")
+        def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+            raise AssertionError("the recording monitor handles registrations")  # pragma: no cover
 
         def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
             if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
@@ -176,40 +179,40 @@ def evaluate(stack: str) -> dict[str, Any]:
             )
             return resource_pb2.RegisterResourceResponse(urn=urn, id=rid, object=obj)
 
-    pulumi.runtime.set_all_config(stack_config(stack))
     pm.set_mocks(_Mocks(), project=PROJECT, stack=stack, preview=False, monitor=_Monitor(_Mocks()))
-    from aegis_infra.program import build
-
     resolved: dict[str, Any] = {}
 
     def program() -> Any:
-        outputs = build(settings)
-        return pulumi.Output.from_input(outputs).apply(resolved.update)
+        runpy.run_path(str(ENTRY), run_name="__main__")
+        exported = pulumi.runtime.settings.get_root_resource().outputs  # what __main__ pulumi.export-ed
+        return pulumi.Output.from_input(exported).apply(resolved.update).future()
 
-    _sync_await(run_pulumi_func(lambda: _sync_await(pulumi.Output.from_input(program()).future())))
+    _sync_await(run_pulumi_func(lambda: _sync_await(program())))
     return {"stack": stack, "resources": records, "outputs": resolved}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stack", help="stack name: reads infrastructure/Pulumi.<stack>.yaml")
-    parser.add_argument("--out", type=Path, help="write the graph as JSON here (default: stdout summary)")
+    parser.add_argument("--out", type=Path, required=True, help="write the graph here as JSON")
+    parser.add_argument(
+        "--config-from-env",
+        action="store_true",
+        help="use PULUMI_CONFIG as already set (a test's crafted config) instead of the stack file",
+    )
     ns = parser.parse_args(argv)
+    if not ns.config_from_env:
+        sys.path.insert(0, str(INFRA_DIR))
+        from aegis_infra.stack_file import language_host_env
+
+        os.environ.update(language_host_env(ns.stack))
+    out = ns.out.resolve()
     try:
-        graph = evaluate(ns.stack)
+        graph = run_entry(ns.stack)
     except Exception as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    text = json.dumps(graph, default=str, indent=1, sort_keys=True)
-    if ns.out:
-        ns.out.write_text(text)
-    else:
-        by_type: dict[str, int] = {}
-        for r in graph["resources"]:
-            by_type[r["type"]] = by_type.get(r["type"], 0) + 1
-        print(
-            json.dumps({"stack": ns.stack, "resources": len(graph["resources"]), "byType": by_type}, indent=1)
-        )
+    out.write_text(json.dumps(graph, default=str, indent=1, sort_keys=True))
     return 0
 
 
