@@ -43,7 +43,11 @@ from aegis.config import DAGSTER_PORT, MLFLOW_PORT, WORLD_PORT, AegisPaths, path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CODE_LOCATION_MODULE = "pipelines.definitions"
 RECOVERY_MODULE = "pipelines.stack_recovery"
-MAX_CONCURRENT_RUNS = 2  # 2 cores: a third run would only slow the other two
+# 2 cores: runs mostly wait on I/O and the world, but each is a process importing the code
+# location. Three slots, with at most one of each kind below, so a burst of healing runs never
+# starves ingest and the warehouse (which the canary judge and healing verification read).
+MAX_CONCURRENT_RUNS = 3
+HEALING_TAG = "aegis/area"  # healing_job runs carry aegis/area=healing: one at a time
 INGEST_TAG = "aegis/ingest"  # the ingest job's runs: one at a time (they serialize on a lock anyway)
 AUTOMATION_TAG = "aegis/automation"  # automation runs (warehouse builds): one DuckDB writer at a time
 SENSOR_WORKERS = 2
@@ -84,6 +88,9 @@ run_coordinator:
       - key: "{INGEST_TAG}"
         limit: 1
       - key: "{AUTOMATION_TAG}"
+        limit: 1
+      - key: "{HEALING_TAG}"
+        value: "healing"
         limit: 1
 run_monitoring:
   enabled: true

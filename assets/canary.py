@@ -24,6 +24,7 @@ unique keys), so Dagster retries and killed runs repeat nothing.
 """
 
 import json
+import warnings
 from typing import Any
 
 import dagster as dg
@@ -454,18 +455,23 @@ def canary_judge_sensor(context: dg.SensorEvaluationContext, changes: ChangeSetR
     return dg.SensorResult(run_requests=[request], cursor=newest)
 
 
-@dg.asset_sensor(
-    asset_key=dg.AssetKey("reality_delta"),
-    job_name=TRAINING_JOB_NAME,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Retrains the world model when reality_delta finds its intervals too far off to widen.",
-)
-def reality_delta_retrain_sensor(context: dg.SensorEvaluationContext, asset_event: Any) -> Any:
+def _retrain_on_reality_delta(context: dg.SensorEvaluationContext, asset_event: Any) -> Any:
     mat = asset_event.dagster_event.event_specific_data.materialization
     retrain = mat.metadata.get("retrain")
     if retrain is None or not retrain.value:
         return dg.SkipReason("reality_delta is calibrated (no retraining asked)")
     return dg.RunRequest(run_key=f"retrain-{asset_event.storage_id}", tags={"aegis/reason": "reality_delta"})
+
+
+with warnings.catch_warnings():  # asset_sensor passes its own beta `owners` argument: not ours to fix
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    reality_delta_retrain_sensor = dg.asset_sensor(
+        asset_key=dg.AssetKey("reality_delta"),
+        job_name=TRAINING_JOB_NAME,
+        name="reality_delta_retrain_sensor",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Retrains the world model when reality_delta finds its intervals too far off to widen.",
+    )(_retrain_on_reality_delta)
 
 
 defs = dg.Definitions(

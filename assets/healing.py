@@ -33,6 +33,7 @@ import dagster as dg
 from pydantic import Field
 
 from aegis.healing.models import Incident, IncidentStatus
+from aegis.stack import HEALING_TAG
 from pipelines.resources.game import GameBackendResource
 
 GROUP = "healing"
@@ -181,7 +182,7 @@ healing_job = dg.JobDefinition(
     name="healing_job",
     description="Heal one incident (launched by healing_alert_sensor, one run per incident).",
     graph_def=dg.GraphDefinition(name="healing_graph", node_defs=[heal_incident]),
-    tags={"aegis/area": "healing"},
+    tags={HEALING_TAG: "healing"},  # aegis up's instance runs one healing run at a time
 )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
@@ -27,44 +27,71 @@ def default_url() -> str:
     return os.environ.get(ENV_WORLD_URL, f"http://127.0.0.1:{WORLD_PORT}")
 
 
-def _load_changeset(path: Path) -> AutonomousChangeSet:
+def _read_strict(path: Path) -> Any:
+    """``path`` parsed by the policy inputs' strict loader; exit 2 with its message when refused."""
+    from aegis.policy.strict_json import StrictJsonError, load_strict
+
     try:
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        _bad(f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}")
+        return load_strict(path)
+    except StrictJsonError as exc:  # unreadable, NaN/Infinity, duplicate keys, nesting, bad UTF-8, size
+        _bad(str(exc))
+
+
+def _load_changeset(path: Path) -> AutonomousChangeSet:
+    doc = _read_strict(path)
     if isinstance(doc, dict) and "changeset" in doc and isinstance(doc["changeset"], dict):
         doc = doc["changeset"]  # the policy examples' {"changeset", "context"} shape
     try:
         return AutonomousChangeSet.model_validate(doc)
     except ValidationError as exc:
         _bad(explain(exc, f"changeset in {path}"))
-    raise AssertionError("unreachable")
 
 
-def _bad(message: str) -> None:
+def _load_given_context(path: Path) -> Any:
+    """The ``context`` FILE states (``{"changeset", "context"}`` shape), or None for a bare changeset."""
+    from aegis.policy.context import load_given_context
+    from aegis.policy.strict_json import StrictJsonError
+
+    try:
+        return load_given_context(path)
+    except StrictJsonError as exc:
+        _bad(str(exc))
+    except ValidationError as exc:
+        _bad(explain(exc, f"context in {path}"))
+
+
+def _load_actor_policy(path: Path) -> ExecutionPolicy:
+    doc = _read_strict(path)
+    try:
+        return ExecutionPolicy.model_validate(doc)
+    except ValidationError as exc:
+        _bad(explain(exc, f"execution policy in {path}"))
+
+
+def _bad(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     raise SystemExit(EXIT_BAD_INPUT)
 
 
-def _build(url: str, simulator: str, hours: float | None, seed: int | None, actor_policy: Path | None) -> Any:
+def _build(
+    url: str,
+    simulator: str,
+    hours: float | None,
+    seed: int | None,
+    actor_policy: Path | None,
+    given_context: Any = None,
+) -> Any:
     from aegis.changes.gate import HttpRunner, InProcessRunner, store_snapshot_loader
     from aegis.changes.lifecycle import Lifecycle, LifecycleConfig, warehouse_slo_alerts
     from aegis.world.client import GameBackendClient
 
     p = paths().ensure()
-    config = LifecycleConfig(firing_alerts=warehouse_slo_alerts(p))
+    config = LifecycleConfig(firing_alerts=warehouse_slo_alerts(p), given_context=given_context)
     if hours is not None:
         config.simulation_hours = hours
     config.simulation_seed = seed
     if actor_policy is not None:
-        try:
-            policy = ExecutionPolicy.model_validate_json(actor_policy.read_text())
-        except ValidationError as exc:
-            _bad(explain(exc, f"execution policy in {actor_policy}"))
-        except OSError as exc:
-            _bad(f"cannot read {actor_policy}: {exc}")
+        policy = _load_actor_policy(actor_policy)
         config.actor_policies[policy.actor] = policy
     if simulator == "auto":  # the contract's endpoint; in-process only when asked for
         simulator = "http"
@@ -151,9 +178,16 @@ def run(
     actor_policy: Path | None,
     as_json: bool,
 ) -> None:
-    """Propose FILE and drive it up to canary start (or rejection)."""
+    """Propose FILE and drive it up to canary start (or rejection).
+
+    When FILE is an example-shaped ``{"changeset", "context"}`` document, the facts
+    its context states that the world cannot measure (predictions, budget, alerts,
+    players share, recent changes) complete the measured context; a measured fact
+    is never relaxed by them, and the actor's policy comes from --actor-policy.
+    """
     cs = _load_changeset(file)
-    lc = _build(url, simulator, hours, seed, actor_policy)
+    given = _load_given_context(file)
+    lc = _build(url, simulator, hours, seed, actor_policy, given)
     rec = _guard(lambda: lc.run(cs))
     _emit(rec.summary(), as_json)
 

@@ -12,8 +12,12 @@ repaired on resume, never duplicated.
 
 Only what the game backend contract can execute is executable: parameter
 changes (``PUT /config``). Structural operations (retire a quest, migrate saves,
-...) have no endpoint in the contract; proposing one is an error that says so,
-not a silent no-op.
+...) have no endpoint in the contract. A changeset carrying one is still
+proposed and judged, so the policy's decision on it (often a deny: an actor
+without the tool, active inventory deleted, ...) is recorded in the ledger;
+only a verdict that would let it proceed is then refused for executability,
+with a reason that says so, and the changeset ends ``rejected`` (never a silent
+no-op).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aegis.changes.artifacts import build_diff, build_manifest, write_artifacts
 from aegis.changes.gate import (
@@ -66,6 +70,9 @@ from aegis.domain import (
     utcnow,
 )
 from aegis.telemetry import KPI_BUCKET_MINUTES
+
+if TYPE_CHECKING:  # aegis.policy loads the engine; the lifecycle imports it only when it decides
+    from aegis.policy.context import PolicyContext
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +152,22 @@ class LifecycleConfig:
     # KPI predictions for the policy (e.g. the world model's); none means the policy
     # sends every change touching economy/experience params to the simulation gate.
     predict: Callable[[AutonomousChangeSet], dict[str, float]] | None = None
+    # Facts a changeset file states that the world cannot measure (predictions, budget,
+    # alerts, players share, recent changes): merged into the measured context with
+    # PolicyContext.merged_with, which never relaxes a measured fact. It applies to every
+    # changeset this lifecycle decides, so ``aegis changeset run FILE`` builds one per file.
+    given_context: PolicyContext | None = None
 
     def actor_policy(self, actor: str) -> ExecutionPolicy:
         """The actor's ExecutionPolicy; unknown actors get parameter changes only (least privilege)."""
         if actor in self.actor_policies:
             return self.actor_policies[actor]
         return ExecutionPolicy(actor=actor, allowed_tools=list(DEFAULT_ALLOWED_TOOLS), data_scope=["*"])
+
+
+def unexecutable_operations(changeset: AutonomousChangeSet) -> list[str]:
+    """The operation kinds of ``changeset`` the game backend contract cannot execute (sorted)."""
+    return sorted({op.kind.value for op in changeset.operations} - {k.value for k in EXECUTABLE_OPERATIONS})
 
 
 def warehouse_slo_alerts(aegis_paths: AegisPaths | None = None) -> WarehouseSloAlerts:
@@ -224,25 +241,26 @@ class Lifecycle:
         return self.store.get(changeset_id)
 
     def propose(self, changeset: AutonomousChangeSet) -> ChangeSetRecord:
-        """Validate against the backend and store as ``proposed`` (re-proposing is a no-op)."""
-        unsupported = sorted(
-            {op.kind.value for op in changeset.operations} - {k.value for k in EXECUTABLE_OPERATIONS}
-        )
-        if unsupported:
+        """Validate against the backend and store as ``proposed`` (re-proposing is a no-op).
+
+        The target must exist at the backend and a diff must give valid world params.
+        Operations the backend cannot execute do not stop a proposal: the policy
+        judges the changeset first (:meth:`check`), so its decision is on record,
+        and a verdict that would let it proceed is refused for executability there.
+        """
+        if not changeset.diff and not changeset.operations:
             raise ChangeSetError(
-                f"changeset {changeset.id}: operation(s) {unsupported} cannot be executed through the game backend "
-                f"contract (it exposes config PUTs only); executable: {sorted(k.value for k in EXECUTABLE_OPERATIONS)}"
+                f"changeset {changeset.id}: the diff is empty and there are no operations; nothing to change"
             )
-        if not changeset.diff:
-            raise ChangeSetError(f"changeset {changeset.id}: the diff is empty; nothing to change")
         info = self._shard(changeset.target)
-        cfg = self.backend.get_config(info.id)
-        try:
-            cfg.params.apply(changeset.diff)
-        except ValueError as exc:
-            raise ChangeSetError(
-                f"changeset {changeset.id}: the diff does not give valid world params: {exc}"
-            ) from exc
+        if changeset.diff:
+            cfg = self.backend.get_config(info.id)
+            try:
+                cfg.params.apply(changeset.diff)
+            except ValueError as exc:
+                raise ChangeSetError(
+                    f"changeset {changeset.id}: the diff does not give valid world params: {exc}"
+                ) from exc
         record, _created = self.store.add(changeset)
         return record
 
@@ -276,6 +294,7 @@ class Lifecycle:
                 S.REJECTED,
                 f"denied by {decision.rule}: {decision.explanation}",
             )
+        self._refuse_unexecutable(changeset_id)
         return decision
 
     def simulate(self, changeset_id: str) -> dict[str, Any]:
@@ -283,6 +302,9 @@ class Lifecycle:
         rec = self.store.get(changeset_id)
         if rec.simulation is not None and rec.state != S.POLICY_CHECKED:
             return rec.simulation
+        refused = self._refuse_unexecutable(changeset_id)
+        if refused:
+            raise ChangeSetError(f"changeset {changeset_id}: {refused}")
         check_transition(changeset_id, rec.state, S.SIMULATED, rec.decision.verdict if rec.decision else None)
         if self.simulator is None:
             raise SimulationUnavailable(
@@ -329,6 +351,8 @@ class Lifecycle:
         rec = self.store.get(changeset_id)
         if rec.state in (S.CANARY, S.PROMOTED, S.ROLLED_BACK):  # the canary already started
             return self._finish_pending_rollback(rec)
+        if self._refuse_unexecutable(changeset_id):
+            return self.store.get(changeset_id)
         src = rec.state
         check_transition(changeset_id, src, S.CANARY, rec.decision.verdict if rec.decision else None)
         cs = rec.changeset
@@ -541,7 +565,9 @@ class Lifecycle:
         rec = self.store.get(changeset_id)
         if rec.state == S.PROPOSED:
             self.check(changeset_id)
-            rec = self.store.get(changeset_id)
+        # check refuses what cannot be executed; again here for a crash between its two transitions
+        self._refuse_unexecutable(changeset_id)
+        rec = self.store.get(changeset_id)
         if rec.state == S.POLICY_CHECKED and rec.decision is not None:
             started = self.store.step(changeset_id, "apply_snapshot") is not None
             if rec.decision.verdict == Verdict.SIMULATE and not started:
@@ -565,6 +591,27 @@ class Lifecycle:
                 log.error("resume %s: %s", rec.id, exc)
                 out.append(self.store.get(rec.id))
         return out
+
+    def _refuse_unexecutable(self, changeset_id: str) -> str | None:
+        """Reject a changeset the policy let through whose operations the backend cannot execute.
+
+        Runs after the policy decision is recorded (a deny is rejected by the policy
+        first and keeps its own reason), so the ledger holds what the policy said
+        about the changeset; the refusal is the ``rejected`` transition's reason.
+        Returns that reason when it rejected the changeset now, else None.
+        """
+        rec = self.store.get(changeset_id)
+        unsupported = unexecutable_operations(rec.changeset)
+        if not unsupported or rec.state not in (S.POLICY_CHECKED, S.SIMULATED):
+            return None
+        verdict = rec.decision.verdict.value if rec.decision else "none"
+        reason = (
+            f"not executable: the policy verdict is {verdict}, but operation(s) {unsupported} cannot be "
+            "executed through the game backend contract (it exposes config PUTs only; executable: "
+            f"{sorted(k.value for k in EXECUTABLE_OPERATIONS)}); the decision stays on record"
+        )
+        self._transition(changeset_id, rec.state, S.REJECTED, reason)
+        return reason
 
     # ================================================================== steps
 
@@ -760,8 +807,15 @@ class Lifecycle:
                 f"target shard {shard_id!r} not found at the backend; known shards: {known}"
             ) from exc
 
-    def _context(self, cs: AutonomousChangeSet) -> tuple[Any, str]:
-        """The PolicyContext for ``cs``, and a note for the trace when the SLO state is not known."""
+    def _context(self, cs: AutonomousChangeSet) -> tuple[PolicyContext, str]:
+        """The PolicyContext for ``cs``, and a note for the trace when the SLO state is not known.
+
+        What the lifecycle measures (the shard, its players share, the alerts, the
+        actor's recent changes, the known shards) is completed by the configured
+        ``given_context`` without being relaxed. The actor's ExecutionPolicy stays
+        the configured one (``actor_policies``, ``--actor-policy``): a changeset
+        file cannot grant its own actor tools or scope.
+        """
         from aegis.policy.context import PolicyContext, ShardContext
 
         info = self._shard(cs.target)
@@ -785,6 +839,9 @@ class Lifecycle:
             changes_in_last_hour=recent,
             known_shards=[s.id for s in shards],
         )
+        given = self.config.given_context
+        if given is not None:
+            context = context.merged_with(given).model_copy(update={"actor": context.actor})
         return context, slo_note
 
     def _firing_alerts(self, target: str) -> tuple[list[Any], str]:

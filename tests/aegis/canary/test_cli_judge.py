@@ -132,3 +132,11 @@ def test_real_parameter_change_in_the_world_run_is_rolled_back(tmp_path: Path) -
     out = json.loads(res.stdout)
     assert out["verdict"] == "rollback"
     assert {m["name"]: m["status"] for m in out["metrics"]}["deaths_per_player"] == "regressed"
+
+
+@pytest.mark.parametrize(("name", "verdict"), [("canary-good", "promote"), ("canary-harmful", "rollback")])
+def test_the_shipped_example_directories_replay_as_the_readme_says(name: str, verdict: str) -> None:
+    """README's first hour replays tests/data/canary-good; both example dirs are real world runs."""
+    done = _run(str(REPO / "tests" / "data" / name), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["verdict"] == verdict

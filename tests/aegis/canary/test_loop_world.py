@@ -351,3 +351,57 @@ def test_loop_rollout_resumes_after_a_kill_between_promotion_and_waves(make_loop
     for sid, old in before.items():
         assert client.get_config(sid).params.map_event_frequency == pytest.approx(old + 0.25), sid
     assert again.lifecycle.ledger.verify().ok
+
+
+PROMOTE_SCRIPT = """
+import sys
+from aegis.canary.loop import CanaryLoop
+from aegis.changes.gate import HttpRunner
+from aegis.changes.lifecycle import Lifecycle, LifecycleConfig
+from aegis.world.client import GameBackendClient
+
+url, cs_id = sys.argv[1], sys.argv[2]
+band = {"inflation": 0.0, "velocity": 1.0, "abandon_rate": 0.1, "deaths": 1.0}
+lc = Lifecycle(GameBackendClient(url), simulator=HttpRunner(url), config=LifecycleConfig(predict=lambda cs: band))
+CanaryLoop(lc).promote(cs_id)
+"""
+
+
+@pytest.mark.parametrize("delay_s", [0.8, 1.6, 2.6])
+def test_loop_rollout_survives_kill_9(make_loop, world, tmp_path, delay_s) -> None:
+    """A run promoting and rolling out is SIGKILLed at some moment; the next run finishes the rollout,
+    each shard gets the change exactly once, and the ledger holds each event once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    loop = make_loop()
+    client = GameBackendClient(world.url)
+    shards = client.shards()
+    versions = {s.id: client.get_config(s.id).version for s in shards}
+    values = {s.id: client.get_config(s.id).params.quest_reward for s in shards}
+    cs_id = f"cs-kill-{int(delay_s * 10)}"
+    _launch(loop, client, "us-east-4", "quest_reward", 0.01, cs_id)
+    script = tmp_path / "promote.py"
+    script.write_text(PROMOTE_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), world.url, cs_id])
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    again = make_loop()
+    if again.store.get(cs_id).state == S.CANARY:  # killed before the promotion: the judge acts again
+        again.act(cs_id, _judgement("promote"))
+    again.resume_rollouts()
+    again.lifecycle.resume()
+    assert again.store.get(cs_id).state == S.PROMOTED
+    assert again.store.canary_spec(cs_id).rollout["status"] == "done"
+    for s in shards:
+        live = client.get_config(s.id)
+        assert live.params.quest_reward == pytest.approx(values[s.id] + 0.01), s.id
+        assert live.version == versions[s.id] + 1, s.id  # applied exactly once
+    keys = [
+        r.payload.get("event_key") for r in again.lifecycle.ledger.records() if r.payload.get("event_key")
+    ]
+    assert len(keys) == len(set(keys))
+    assert again.lifecycle.ledger.verify().ok

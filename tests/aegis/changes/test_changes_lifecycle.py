@@ -231,14 +231,11 @@ def test_changes_bad_input_gets_a_clear_error(make_lifecycle, world) -> None:
     lc = make_lifecycle()
     with pytest.raises(UnknownTarget, match=r"'mars-1' not found.*eu-west-1"):
         lc.propose(sink_change("mars-1", "cs-bad-1"))
-    with pytest.raises(ChangeSetError, match="retire_quest"):
+    with pytest.raises(UnknownTarget, match=r"'mars-1' not found"):  # operation-only: the target still counts
         lc.propose(
-            AutonomousChangeSet(
-                target="eu-west-4",
-                operations=[Operation(kind=OperationKind.RETIRE_QUEST, invalidates_active_quests=3)],
-            )
+            AutonomousChangeSet(target="mars-1", operations=[Operation(kind=OperationKind.RESTART_SHARD)])
         )
-    with pytest.raises(ChangeSetError, match="diff is empty"):
+    with pytest.raises(ChangeSetError, match="diff is empty and there are no operations"):
         lc.propose(AutonomousChangeSet(target="eu-west-4"))
     with pytest.raises(ChangeSetError, match="outside"):
         lc.propose(

@@ -93,7 +93,11 @@ def test_provider_alerts_make_the_policy_deny(warehouse: Path) -> None:
     for target, verdict in (("eu-1", Verdict.AUTO), ("us-2", Verdict.DENY)):
         cs = AutonomousChangeSet.model_validate({**doc["changeset"], "target": target})
         context = PolicyContext.model_validate(
-            {**doc["context"], "shard": {**doc["context"]["shard"], "shard_id": target}}
+            {
+                **doc["context"],
+                "shard": {**doc["context"]["shard"], "shard_id": target},
+                "known_shards": ["eu-1", "us-2"],  # the warehouse fixture's shards
+            }
         )
         context.firing_alerts = WarehouseSloAlerts(warehouse)(target)
         decision = engine.decide(cs, context)

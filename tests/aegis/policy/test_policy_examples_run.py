@@ -7,16 +7,13 @@ the ledger. Each example runs under its own AEGIS_HOME (store, ledger) against
 one world, and a change that reached its canary is rolled back, so every
 example starts from the world's defaults.
 
-Two gaps are outside the policy and marked ``xfail(strict=True)`` until they are
-closed (each then XPASSes and fails here, so the mark must go):
-
-* ``changeset run`` decides with the context it measures and ignores the facts
-  the file states that the world cannot measure (predictions, budget, alerts,
-  players share, recent changes); :meth:`PolicyContext.merged_with` merges them
-  without relaxing anything measured, and needs wiring in the lifecycle/CLI;
-* the lifecycle refuses a changeset with operations the backend cannot execute
-  (anything but set_params) before the policy judges it, so a changeset the
-  policy would deny never gets its decision.
+The file's context is passed on too: ``changeset run`` completes the context it
+measures with the facts the file states that the world cannot measure
+(predictions, budget, alerts, players share, recent changes) and never relaxes
+a measured one. A changeset whose operations the backend cannot execute (only
+set_params is) gets the policy's decision first: a deny is rejected by the
+policy, and a verdict that would let it proceed is recorded, then refused for
+executability (state ``rejected``).
 """
 
 from __future__ import annotations
@@ -38,41 +35,7 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES = sorted((default_policies_dir() / "examples").glob("*.json"))
 RUN_TIMEOUT_S = 180
-NEEDS_STATED_FACTS = {
-    "auto-economy-and-pacing",
-    "auto-small-aggression-tweak",
-    "deny-blast-radius",
-    "deny-economy-inflation-band",
-    "deny-experience-abandon-band",
-    "deny-over-budget",
-    "deny-rate-limit",
-    "deny-slo-burn-firing",
-}
-NEEDS_POLICY_BEFORE_EXECUTABILITY = {
-    "auto-healing-restart-during-slo-burn",
-    "deny-deletes-active-inventory",
-    "deny-integrity-beats-security",
-    "deny-invalidates-active-quests",
-    "deny-save-schema-downgrade",
-    "deny-tool-not-allowed",
-    "deny-unknown-operation-args",
-    "simulate-structural-restart",
-}
 UNKNOWN_TARGET = "deny-unknown-target"
-
-
-def _marks(stem: str) -> list[pytest.MarkDecorator]:
-    if stem in NEEDS_STATED_FACTS:
-        return [
-            pytest.mark.xfail(strict=True, reason="changeset run ignores the file's stated context facts")
-        ]
-    if stem in NEEDS_POLICY_BEFORE_EXECUTABILITY:
-        return [
-            pytest.mark.xfail(
-                strict=True, reason="the lifecycle refuses non-executable ops before the policy"
-            )
-        ]
-    return []
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +69,7 @@ def test_examples_name_shards_of_the_bundled_world(world: WorldServer) -> None:
     assert len({json.loads(p.read_text())["changeset"]["id"] for p in EXAMPLES}) == len(EXAMPLES)
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=_marks(p.stem)) for p in EXAMPLES])
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem) for p in EXAMPLES])
 def test_changeset_run_gives_the_verdict_the_name_claims(
     world: WorldServer, path: Path, tmp_path: Path
 ) -> None:
@@ -125,8 +88,11 @@ def test_changeset_run_gives_the_verdict_the_name_claims(
     summary = json.loads(result.stdout)
     try:
         assert summary["verdict"] == expected, summary
+        unexecutable = {op["kind"] for op in doc["changeset"]["operations"]} - {"set_params"}
         if expected == "deny":
-            assert summary["state"] == "rejected", summary
+            assert summary["state"] == "rejected" and "denied by" in summary["reason"], summary
+        elif unexecutable:  # judged first, then refused: only set_params reaches the backend
+            assert summary["state"] == "rejected" and "not executable" in summary["reason"], summary
         records = Ledger(f"sqlite:///{home / 'ledger.db'}", home / "keys", read_only=True).records(
             summary["id"]
         )
