@@ -79,7 +79,9 @@ REFRESH_CRON = (
 
 
 def proposals_automation_condition() -> dg.AutomationCondition:
-    """Re-rank when a mart or the champion updated, at most once per refresh window, never twice at once."""
+    """Re-rank when a mart or the champion updated, at most once per refresh window, never twice at once,
+    and only once every input exists: right after a fresh start the marts and the first model are
+    still warming up, and a run that can only fail would be a red run nobody should act on."""
     cond = dg.AutomationCondition
     requested_this_window = (
         cond.newly_requested()
@@ -88,6 +90,9 @@ def proposals_automation_condition() -> dg.AutomationCondition:
     )
     return (
         cond.any_deps_updated().since_last_handled().with_label("a mart or the champion updated")
+        & ~cond.any_deps_missing().with_label(
+            "every mart and a judged model exist (warm-up is not a failure)"
+        )
         & ~cond.any_deps_in_progress()
         & ~cond.in_progress()
         & ~requested_this_window

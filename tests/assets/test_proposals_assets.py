@@ -164,7 +164,12 @@ def test_automation_reranks_once_when_the_kpi_mart_updates_then_waits_for_the_wi
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert first.total_requested == 0  # nothing new to rank on (and no model needed to wait for)
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="fct_shard_kpis"))
-    updated = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    warming = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert warming.total_requested == 0  # the other marts and the first judged model do not exist yet
+    for key in (*MART_KEYS, MODEL_KEY):
+        if key != dg.AssetKey("fct_shard_kpis"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+    updated = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=warming.cursor)
     assert updated.total_requested == 1
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="fct_shard_kpis"))
     soon = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=updated.cursor)

@@ -144,110 +144,62 @@ def test_a_crash_is_healed_through_real_prometheus_and_alertmanager(tmp_path, mo
     Alertmanager (generated routes) -> receiver -> inbox -> healing sensor -> healing run ->
     the world's remediation -> Prometheus sees the shard up -> Alertmanager's resolved
     notification reaches the inbox. Skipped where the Debian packages are absent; CI installs them."""
-    import os
-    import subprocess
+    from tests.aegis.alerts.alerting_support import alerting_binaries, running_alerting
+    from tests.aegis.alerts.test_alerts_stack import ALERT_S, READY_S, world_scraped
 
-    from aegis.alerts.config import (
-        ALERTMANAGER_DATA,
-        PROMETHEUS_DATA,
-        AlertingPorts,
-        alertmanager_argv,
-        alertmanager_binary,
-        prometheus_argv,
-        prometheus_binary,
-        write_configs,
-    )
-    from tests.aegis.alerts.test_alerts_stack import ALERT_S, READY_S, _wait
-    from tests.support import free_port
-
-    prom_bin, am_bin = prometheus_binary(), alertmanager_binary()
-    if not (prom_bin and am_bin):
-        msg = "apt-get install prometheus prometheus-alertmanager (.ci/run installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    alerting_binaries()
     home = AegisPaths(tmp_path / "home")
     monkeypatch.setenv("AEGIS_HOME", str(home.home))
     monkeypatch.setenv("AEGIS_HEALING_PROBE", "off")  # the real Alertmanager delivers, nothing else
     world = WorldServer(home.home, speed="60").start()
     receiver = start_receiver(home)
-    ports = AlertingPorts(
-        world=world.port,
-        receiver=int(receiver.url.rsplit(":", 1)[1]),
-        prometheus=free_port(),
-        alertmanager=free_port(),
-    )
-    files = write_configs(home, ports)
-    logs = [tmp_path / "prometheus.log", tmp_path / "alertmanager.log"]
-    argvs = [
-        prometheus_argv(prom_bin, files, tmp_path / PROMETHEUS_DATA, ports),
-        alertmanager_argv(am_bin, files, tmp_path / ALERTMANAGER_DATA, ports),
-    ]
-    procs: list[subprocess.Popen[bytes]] = []
     try:
-        for argv, log in zip(argvs, logs, strict=True):
-            with log.open("wb") as out:
-                procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT))
-        prom = f"http://127.0.0.1:{ports.prometheus}"
-
-        def world_scraped() -> bool:
-            q = {"query": 'count(aegis_world_shard_up{job="aegis-world"} == 1)'}
-            res = httpx.get(f"{prom}/api/v1/query", params=q, timeout=5).json()["data"]["result"]
-            return bool(res) and int(res[0]["value"][1]) > 0
-
-        _wait("the world's shards scraped", world_scraped, READY_S, procs, logs)
-        with GameBackendClient(world.url, token=world.token("faults")) as c:
-            receipt = c.inject_fault(Fault(kind=FaultKind.SHARD_CRASH, shard_id=SHARD, duration_minutes=LONG))
-
-        def shard_down() -> list:
-            return [e for e in receiver.inbox.firing(SHARD) if e.alert.name == "ShardDown"]
-
-        _wait(f"ShardDown for {SHARD} from Alertmanager", shard_down, ALERT_S, procs, logs)
-        (entry,) = shard_down()
-        assert entry.alert.source == "alertmanager"
-        # What the daemon does: a sensor tick every few seconds, each requested run executed.
-        # Other pages may open their own incidents (one running incident per target at a
-        # time); the test waits for the shard_down one to be resolved.
-        store = IncidentStore()
-        deadline = time.monotonic() + HEAL_S
-        with dg.instance_for_test() as instance:
-            ctx = dg.build_sensor_context(
-                instance=instance, resources={"game": GameBackendResource(base_url=world.url)}
+        with running_alerting(home, world.port, receiver, tmp_path) as alerting:
+            alerting.wait(
+                "the world's shards scraped", lambda: world_scraped(alerting.prometheus_url), READY_S
             )
-            while True:
-                for request in healing_alert_sensor(ctx).run_requests:
-                    result = healing_job.execute_in_process(
-                        run_config=request.run_config,
-                        resources={
-                            "game": GameBackendResource(base_url=world.url, token=world.token("control"))
-                        },
-                        instance=instance,
-                    )
-                    assert result.success
-                crashes = [i for i in store.incidents() if i.target == SHARD and i.kind == "shard_down"]
-                if crashes and crashes[-1].status == IncidentStatus.RESOLVED:
-                    break
-                assert time.monotonic() < deadline, [(i.kind, i.status, i.actions) for i in store.incidents()]
-                time.sleep(2)
-        inc = crashes[-1]
-        assert [a.name for a in inc.actions if a.outcome.value == "applied"] == ["failover"], inc.actions
-        game_now = datetime.fromisoformat(httpx.get(f"{world.url}/v1/health", timeout=10).json()["game_time"])
-        assert game_now < receipt.until  # healed, not expired
-        _wait(
-            "Alertmanager's resolved notification",
-            lambda: (e := receiver.inbox.get(entry.fingerprint)) is not None and e.status == "resolved",
-            ALERT_S,
-            procs,
-            logs,
-        )
-        assert Ledger().verify().ok
+            with GameBackendClient(world.url, token=world.token("faults")) as c:
+                receipt = c.inject_fault(
+                    Fault(kind=FaultKind.SHARD_CRASH, shard_id=SHARD, duration_minutes=LONG)
+                )
+
+            def shard_down() -> list:
+                return [e for e in receiver.inbox.firing(SHARD) if e.alert.name == "ShardDown"]
+
+            alerting.wait(f"ShardDown for {SHARD} from Alertmanager", shard_down, ALERT_S)
+            (entry,) = shard_down()
+            assert entry.alert.source == "alertmanager"
+            # What the daemon does: a sensor tick every few seconds, each requested run executed.
+            # Other pages may open their own incidents (one running incident per target at a
+            # time); the test waits for the shard_down one to be resolved.
+            store = IncidentStore()
+            deadline = time.monotonic() + HEAL_S
+            with dg.instance_for_test() as instance:
+                ctx = dg.build_sensor_context(
+                    instance=instance, resources={"game": GameBackendResource(base_url=world.url)}
+                )
+                while True:
+                    for request in healing_alert_sensor(ctx).run_requests:
+                        game = GameBackendResource(base_url=world.url, token=world.token("control"))
+                        result = healing_job.execute_in_process(
+                            run_config=request.run_config, resources={"game": game}, instance=instance
+                        )
+                        assert result.success
+                    crashes = [i for i in store.incidents() if i.target == SHARD and i.kind == "shard_down"]
+                    if crashes and crashes[-1].status == IncidentStatus.RESOLVED:
+                        break
+                    assert time.monotonic() < deadline, [(i.kind, i.status) for i in store.incidents()]
+                    time.sleep(2)
+            inc = crashes[-1]
+            assert [a.name for a in inc.actions if a.outcome.value == "applied"] == ["failover"], inc.actions
+            health = httpx.get(f"{world.url}/v1/health", timeout=10).json()
+            assert datetime.fromisoformat(health["game_time"]) < receipt.until  # healed, not expired
+            alerting.wait(
+                "Alertmanager's resolved notification",
+                lambda: (e := receiver.inbox.get(entry.fingerprint)) is not None and e.status == "resolved",
+                ALERT_S,
+            )
+            assert Ledger().verify().ok
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
         stop_receiver(receiver)
         world.stop()

@@ -56,9 +56,14 @@ HARMFUL: tuple[tuple[str, Any], ...] = (
     ("npc_aggression", 1.6),
 )
 DEADLINE_S = 4 * 60
-# The world's problem the marts must find: late quest stages (4 and 5) far too hard in one region.
+# The world's problem the marts must find: quest stage 4 (late) twice as hard as designed in one
+# region, so ~45% of the attempts there abandon it against ~5% elsewhere (the shard's abandon rate
+# stays under the goal's 0.6 guardrail: at 2.5 it would not, and the engine would rightly refuse to
+# rank a move whose interval could push it further out).
 PROBLEM_REGION = "eu-west"
-PROBLEM_DIFFICULTY = [1.0, 1.0, 1.0, 2.5, 2.5]
+PROBLEM_DIFFICULTY = [1.0, 1.0, 1.0, 2.0, 1.0]
+GOOD_GOAL = "late-quest-abandonment"
+GOOD_PARAMS = ("quest_difficulty", "quest_pacing")  # what the abandonment hypothesis moves
 # The test stack's judge margins (relative harm tolerated), set the way an operator sets them for
 # shards this small: a copy of policies/ named by $AEGIS_POLICIES whose aegis.config.canary differs
 # from the shipped one only in these margins. The shipped margins are what ~1,300 players online
@@ -211,7 +216,7 @@ def _harmful(client: Any, target: str) -> list[Any]:
     return out
 
 
-def test_loop_judges_a_proposal_and_rolls_back_a_harmful_change_on_its_own(
+def test_loop_promotes_a_good_proposal_and_rolls_back_a_harmful_change_on_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dagster as dg
@@ -256,9 +261,8 @@ def test_loop_judges_a_proposal_and_rolls_back_a_harmful_change_on_its_own(
         )
         assert result.success
         ranked = result.output_for_node("proposals")
-        for p in ranked[:12]:
-            print("e2e ranked", p.rank, round(p.utility, 3), p.changeset.target, p.goal_id,
-                  {k: (v.before, v.after) for k, v in p.changeset.diff.items()})
+        for p in ranked[:5]:
+            print(f"e2e ranked {p.rank} {p.utility:.3f} {p.changeset.target} {p.goal_id} {p.changeset.diff}")
         assert ranked, "the proposals asset found nothing to propose on the marts"
         store = ChangeSetStore()
         # a candidate a gate rejects is recorded, and the next best is tried
@@ -270,7 +274,11 @@ def test_loop_judges_a_proposal_and_rolls_back_a_harmful_change_on_its_own(
         good_id = live[0].changeset_id
         good = store.get(good_id)
         assert good.state == S.CANARY, good.reason
-        assert good_id in {p.changeset.id for p in ranked}
+        chosen = next(p for p in ranked if p.changeset.id == good_id)
+        # the engine's own pick answers the problem the marts show: easier or faster late quests in the
+        # region where players abandon them, on one of its shards
+        assert chosen.goal_id == GOOD_GOAL and set(good.changeset.diff) <= set(GOOD_PARAMS), chosen
+        assert good.changeset.target in problem, (good.changeset.target, problem)
 
         # 2. the harmful change, on a shard the first experiment does not use
         busy = {specs[0].canary, *specs[0].controls}
@@ -319,29 +327,35 @@ def test_loop_judges_a_proposal_and_rolls_back_a_harmful_change_on_its_own(
             runs += 1
         timings["decided"] = time.monotonic() - t0
 
-        # the proposal was decided by the judge on its own and acted upon
+        # the marts' proposal was judged good on its own and promoted, then rolled out in guarded waves
         good = store.get(good_id)
         spec = store.canary_spec(good_id)
         verdict = spec.judgement["verdict"]
         print(f"e2e proposal {good_id}: {verdict}: {spec.judgement['reason']}")
-        if verdict == "promote":  # promoted and rolled out in guarded waves
-            assert good.state == S.PROMOTED, good.reason
-            assert spec.rollout["status"] == "done", spec.rollout
-            assert sum(len(w) for w in spec.rollout["waves"]) >= 1
-            for wave in spec.rollout["waves"]:
-                for sid in wave:
-                    child = store.get(spec.rollout["children"][sid])
-                    assert child.state == S.PROMOTED, (sid, child.reason)
-                    live = client.get_config(sid).params
-                    for name, change in child.changeset.diff.items():
-                        assert getattr(live, name) == change.after, (sid, name)
-        else:  # not shown safe within its budget: restored from its snapshot
-            assert good.state == S.ROLLED_BACK and good.reason.startswith(f"canary verdict {verdict}"), (
-                good.reason
-            )
-            assert json.loads((home / "changesets" / good_id / "validation.json").read_text())["rollback"][
-                "ok"
-            ]
+        assert verdict == "promote", spec.judgement
+        assert good.state == S.PROMOTED, good.reason
+        effects = {m["name"]: m for m in spec.judgement["metrics"]}
+        # earned: the canary's abandonment fell against its counterfactual, and no guardrail is harmed
+        # beyond its margin anywhere in its interval
+        assert effects["abandon_rate"]["effect"] < 0, effects["abandon_rate"]
+        assert all(
+            m["status"] in ("non_inferior", "improved")
+            for m in effects.values()
+            if m.get("role") == "guardrail"
+        ), effects
+        assert spec.rollout["status"] == "done", spec.rollout
+        rolled = [sid for wave in spec.rollout["waves"] for sid in wave]
+        assert len(spec.rollout["waves"]) >= 2 and len(rolled) >= 3, spec.rollout
+        assert good.changeset.target not in rolled
+        for wave in spec.rollout["waves"]:
+            for sid in wave:
+                child = store.get(spec.rollout["children"][sid])
+                assert child.state == S.PROMOTED, (sid, child.reason)
+                live = client.get_config(sid).params
+                for name, change in child.changeset.diff.items():
+                    assert getattr(live, name) == change.after, (sid, name)
+                checked = json.loads((home / "changesets" / child.id / "validation.json").read_text())
+                assert checked["apply"]["ok"] is True, (sid, checked)  # integrity verified after the apply
 
         # the harmful change was rolled back on its own, from its snapshot, integrity intact
         bad = store.get(bad_id)
@@ -358,11 +372,8 @@ def test_loop_judges_a_proposal_and_rolls_back_a_harmful_change_on_its_own(
 
         # reflections, reality delta, the ledger
         reflections = {r["changeset_id"]: r for r in store.reflections()}
-        assert reflections[good_id]["verdict"] == verdict
-        expected_causes = (
-            {None} if verdict == "promote" else {"inconclusive", "guardrail_regression", "model_error"}
-        )
-        assert reflections[good_id]["root_cause"] in expected_causes
+        assert reflections[good_id]["verdict"] == "promote"
+        assert reflections[good_id]["root_cause"] is None
         assert reflections[bad_id]["root_cause"] in (
             "guardrail_regression",
             "model_error",
@@ -371,7 +382,7 @@ def test_loop_judges_a_proposal_and_rolls_back_a_harmful_change_on_its_own(
         assert (home / "proposals" / "calibration.json").exists()
         events = [r.payload.get("event") for r in _ledger_records(good_id)]
         assert "canary_started" in events and "verdict" in events
-        assert ("promotion_wave" in events) == (verdict == "promote")
+        assert events.count("promotion_wave") == len(spec.rollout["waves"]), events
         verify = subprocess.run([AEGIS, "audit", "verify"], capture_output=True, text=True, timeout=120)
         assert verify.returncode == 0, verify.stdout + verify.stderr
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -108,3 +111,90 @@ def sqlite_rows(db: Path, table: str) -> int:
         return int(con.execute(f"select count(*) from {table}").fetchone()[0])
     finally:
         con.close()
+
+
+def alerting_binaries() -> tuple[str, str]:
+    """Prometheus and Alertmanager, or skip (fail under CI, which installs them)."""
+    import os
+
+    import pytest
+
+    from aegis.alerts.config import alertmanager_binary, prometheus_binary
+
+    prom, am = prometheus_binary(), alertmanager_binary()
+    if not (prom and am):
+        msg = "apt-get install prometheus prometheus-alertmanager (.ci/run installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return prom, am
+
+
+@dataclass
+class Alerting:
+    """Real Prometheus + Alertmanager on loopback, on the generated configuration."""
+
+    prometheus_url: str
+    procs: list[Any]
+    logs: list[Path]
+
+    def wait(self, what: str, check: Callable[[], object], timeout_s: float) -> float:
+        """Poll ``check`` until truthy; fail with both logs' tails if a binary exits or time runs out."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            for p, log in zip(self.procs, self.logs, strict=True):
+                assert p.poll() is None, f"{p.args[0]} exited:\n{log.read_text()[-3000:]}"
+            try:
+                if check():
+                    return time.monotonic() - t0
+            except (httpx.HTTPError, ValueError, KeyError):  # not up yet: no answer, or not the JSON yet
+                pass
+            time.sleep(0.25)
+        tails = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in self.logs)
+        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{tails}")
+
+
+@contextmanager
+def running_alerting(
+    home: AegisPaths, world_port: int, receiver: Receiver, workdir: Path
+) -> Iterator[Alerting]:
+    """Write the generated configs for these ports, start both binaries, stop them after."""
+    import subprocess
+
+    from aegis.alerts.config import (
+        ALERTMANAGER_DATA,
+        PROMETHEUS_DATA,
+        AlertingPorts,
+        alertmanager_argv,
+        prometheus_argv,
+        write_configs,
+    )
+
+    prom_bin, am_bin = alerting_binaries()
+    ports = AlertingPorts(
+        world=world_port,
+        receiver=int(receiver.url.rsplit(":", 1)[1]),
+        prometheus=free_port(),
+        alertmanager=free_port(),
+    )
+    files = write_configs(home, ports)
+    logs = [workdir / "prometheus.log", workdir / "alertmanager.log"]
+    argvs = [
+        prometheus_argv(prom_bin, files, workdir / PROMETHEUS_DATA, ports),
+        alertmanager_argv(am_bin, files, workdir / ALERTMANAGER_DATA, ports),
+    ]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for argv, log in zip(argvs, logs, strict=True):
+            with log.open("wb") as out:
+                procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT))
+        yield Alerting(f"http://127.0.0.1:{ports.prometheus}", procs, logs)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
