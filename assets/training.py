@@ -31,6 +31,7 @@ from typing import Any
 
 import dagster as dg
 
+from aegis import warehouse as warehouse_db
 from aegis.config import paths
 from aegis.worldmodel.dataset import (
     DatasetError,
@@ -225,9 +226,7 @@ world_model_daily = dg.ScheduleDefinition(
 def count_kpi_rows() -> int | None:
     """Rows in the mart now, or None when the warehouse cannot be read (absent or locked by a writer)."""
     try:
-        import duckdb
-
-        con = duckdb.connect(str(paths().warehouse), read_only=True)
+        con = warehouse_db.connect(paths().warehouse, wait_s=warehouse_db.SENSOR_WAIT_S)
     except Exception:
         return None
     try:

@@ -37,6 +37,7 @@ files (``dbt parse``, guarded against concurrent parses), so importing the code
 location works on a fresh clone where ``dbt/target`` does not exist.
 """
 
+import contextlib
 import fcntl
 import json
 import shutil
@@ -54,6 +55,7 @@ from dagster_dbt import (
     dbt_assets,
 )
 
+from aegis import warehouse as warehouse_db
 from aegis.config import AegisPaths
 from aegis.quality import suites
 from aegis.quality.gx_validation import ValidationReport
@@ -267,12 +269,23 @@ def warehouse_dbt(
                 metadata={"lake": dg.MetadataValue.path(str(home.lake))},
             )
     held: list[Any] = []
-    for event in dbt.cli(_dbt_args(config, home), context=context).stream():
-        name = _model_name(event)
-        if name in _ENRICHED and isinstance(event, (dg.Output, dg.AssetMaterialization, dg.AssetCheckResult)):
-            held.append(event)
-        else:
-            yield event
+    # The build holds the warehouse's exclusive lock (aegis.warehouse): readers queue behind it
+    # instead of failing it, and it waits for the readers in flight. Released before the
+    # metadata below, which reads under the shared lock.
+    build_lock = (
+        warehouse_db.warehouse_lock(home.warehouse, exclusive=True, wait_s=warehouse_db.RUN_WAIT_S)
+        if home is not None
+        else contextlib.nullcontext()
+    )
+    with build_lock:
+        for event in dbt.cli(_dbt_args(config, home), context=context).stream():
+            name = _model_name(event)
+            if name in _ENRICHED and isinstance(
+                event, (dg.Output, dg.AssetMaterialization, dg.AssetCheckResult)
+            ):
+                held.append(event)
+            else:
+                yield event
     for event in held:
         name = _model_name(event)
         if isinstance(event, (dg.Output, dg.AssetMaterialization)) and name is not None and home is not None:

@@ -16,6 +16,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aegis import warehouse as warehouse_db
 from aegis.alerts.inbox import AlertInbox, InboxEntry
 from aegis.changes.slo import SLO_TABLE, SloStateUnknown, WarehouseSloAlerts
 from aegis.domain import Alert, AlertStatus, utcnow
@@ -44,7 +45,7 @@ def warehouse_shards(warehouse: Path) -> list[str]:
     if not warehouse.is_file():
         raise SloStateUnknown(f"no warehouse at {warehouse} (the dbt marts were never built)")
     try:
-        con = duckdb.connect(str(warehouse), read_only=True)
+        con = warehouse_db.connect(warehouse)
     except duckdb.Error as exc:
         raise SloStateUnknown(f"cannot open the warehouse {warehouse} read-only: {exc}") from exc
     try:

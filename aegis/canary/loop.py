@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from aegis import warehouse as warehouse_db
 from aegis.changes.lifecycle import finite
 from aegis.changes.store import CanarySpecRecord, ChangeSetNotFound, ChangeSetRecord
 from aegis.domain import (
@@ -186,11 +187,14 @@ def judge_spec(spec: CanarySpecRecord) -> CanarySpec | None:
     )
 
 
-def read_kpis(warehouse: Path, shards: list[str] | None = None, since: Any = None) -> pd.DataFrame:
+def read_kpis(
+    warehouse: Path, shards: list[str] | None = None, since: Any = None, wait_s: float = 60.0
+) -> pd.DataFrame:
     """Rows of ``fct_shard_kpis`` (optionally for some shards, from ``since``), read in one short look.
 
-    The connection is read-only and closed at once: dbt needs the file's write lock
-    for the next build. A locked or missing warehouse raises :class:`WarehouseUnavailable`.
+    The connection is read-only, under the warehouse's shared lock (:mod:`aegis.warehouse`),
+    and closed at once: dbt needs the file's write lock for the next build. A warehouse
+    still locked after ``wait_s`` or missing raises :class:`WarehouseUnavailable`.
     """
     import duckdb
 
@@ -206,7 +210,7 @@ def read_kpis(warehouse: Path, shards: list[str] | None = None, since: Any = Non
     sql = f"select * from main.{KPI_TABLE}" + (f" where {' and '.join(where)}" if where else "")
     sql += " order by bucket_start, shard_id"
     try:
-        con = duckdb.connect(str(warehouse), read_only=True)
+        con = warehouse_db.connect(warehouse, wait_s=wait_s)
     except duckdb.Error as exc:
         raise WarehouseUnavailable(f"warehouse {warehouse} is busy or unreadable: {exc}") from exc
     try:
@@ -225,7 +229,7 @@ def newest_bucket(warehouse: Path) -> str | None:
     if not warehouse.exists():
         return None
     try:
-        con = duckdb.connect(str(warehouse), read_only=True)
+        con = warehouse_db.connect(warehouse, wait_s=warehouse_db.SENSOR_WAIT_S)
     except duckdb.Error:
         return None
     try:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from aegis import warehouse as warehouse_db
 from aegis.canary.judge import CanarySpec, choose_controls
 
 Kind = Literal["aa", "harmful", "tolerable", "good", "good_breaks_guardrail", "real"]
@@ -129,7 +130,6 @@ def world_kpis(
     run's description (also written beside ``out`` as JSON by the callers).
     Takes a few minutes: the world, then ``aegis materialize telemetry``.
     """
-    import duckdb
 
     from aegis.config import AegisPaths
     from aegis.telemetry import KPI_COLUMNS, KPI_KEY_COLUMNS
@@ -152,7 +152,7 @@ def world_kpis(
         aegis = Path(sys.executable).parent / "aegis"
         subprocess.run([str(aegis), "materialize", "telemetry"], check=True, env=env, capture_output=True)
         cols = ", ".join([*KPI_KEY_COLUMNS, *KPI_COLUMNS])
-        with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        with warehouse_db.connect(paths.warehouse) as con:
             df = con.sql(f"select {cols} from main.fct_shard_kpis order by shard_id, bucket_start").df()
     finally:
         shutil.rmtree(home, ignore_errors=True)

@@ -26,8 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aegis import warehouse as warehouse_db
 from aegis.domain import Alert, AlertStatus, Severity
 
+# A policy decision waits this long for a warehouse build to finish before the SLO state is "unknown".
+SLO_READ_WAIT_S = 60.0
 SLO_TABLE = "fct_slo_burn"
 FAST_ALERT = "SLOBurnRateFast"
 SLOW_ALERT = "SLOBurnRateSlow"
@@ -119,7 +122,7 @@ class WarehouseSloAlerts:
         if not self.warehouse.is_file():
             raise SloStateUnknown(f"no warehouse at {self.warehouse} (the dbt marts were never built)")
         try:
-            con = duckdb.connect(str(self.warehouse), read_only=True)
+            con = warehouse_db.connect(self.warehouse, wait_s=SLO_READ_WAIT_S)
         except duckdb.Error as exc:
             raise SloStateUnknown(f"cannot open the warehouse {self.warehouse} read-only: {exc}") from exc
         try:

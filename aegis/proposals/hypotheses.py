@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aegis import warehouse as warehouse_db
 from aegis.proposals.settings import EvidenceThresholds
 from aegis.telemetry import STAGE_BANDS, ZONE_BANDS
 
@@ -99,11 +100,10 @@ class MartFrames:
 
 def read_marts(warehouse: Path, history_buckets: int = 288) -> MartFrames:
     """The marts the engine needs, read-only; per shard only the last ``history_buckets`` buckets."""
-    import duckdb
 
     if not Path(warehouse).exists():
         raise FileNotFoundError(f"warehouse {warehouse} does not exist: build the marts first (dbt)")
-    con = duckdb.connect(str(warehouse), read_only=True)
+    con = warehouse_db.connect(Path(warehouse))
     try:
         tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
         missing = [m for m in MARTS if m not in tables]

@@ -16,7 +16,6 @@ Three kinds of rule, as the issue asks:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from aegis import warehouse as warehouse_db
 from aegis.config import AegisPaths
 from aegis.quality.gx_validation import ValidationReport, failed_report, skipped_report, validate_frame
 from aegis.telemetry import KINDS, KPI_BUCKET_MINUTES, SCHEMA_VERSION
@@ -47,8 +47,6 @@ NO_BRONZE = "no bronze data yet: land telemetry and run the ingest"
 NO_BRONZE_HINT = (
     "(aegis world run lands telemetry; the ingest_telemetry job or `aegis materialize telemetry` ingests it)"
 )
-DUCKDB_LOCK_RETRIES = 20
-DUCKDB_LOCK_WAIT_S = 0.25
 # A mart built from fewer game minutes than this may rightly be empty: the bucketed marts leave
 # out the newest, still-filling KPI bucket, so the first rows need two buckets of telemetry.
 MART_WARMUP = timedelta(minutes=2 * KPI_BUCKET_MINUTES)
@@ -110,20 +108,9 @@ def _bronze_sql(paths: AegisPaths) -> str:
     return f"read_parquet('{path}', hive_partitioning = true, union_by_name = true)"
 
 
-def connect_warehouse(path: Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection, retried while a dbt run holds the write lock (bounded)."""
-    if not path.exists():
-        raise FileNotFoundError(f"warehouse {path} does not exist: run the dbt assets first")
-    last: Exception | None = None
-    for _ in range(DUCKDB_LOCK_RETRIES):
-        try:
-            con = duckdb.connect(str(path), read_only=True)
-            con.execute("set TimeZone = 'UTC'")
-            return con
-        except duckdb.IOException as exc:  # "Could not set lock on file"
-            last = exc
-            time.sleep(DUCKDB_LOCK_WAIT_S)
-    raise RuntimeError(f"warehouse {path} stayed locked by another writer: {last}")
+def connect_warehouse(path: Path) -> warehouse_db.LockedConnection:
+    """A read-only connection under the warehouse's shared lock, waiting out a dbt build (bounded)."""
+    return warehouse_db.connect(path)
 
 
 def _memory() -> duckdb.DuckDBPyConnection:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aegis import warehouse as warehouse_db
 from aegis.domain import PARAM_BOUNDS, WorldParams
 from aegis.telemetry import KPI_BUCKET_MINUTES, KPI_COLUMNS, KPI_KEY_COLUMNS, config_columns
 from aegis.worldmodel.settings import (
@@ -117,7 +118,7 @@ def read_warehouse(warehouse: Path, table: str = KPI_TABLE) -> pd.DataFrame:
     if not Path(warehouse).exists():
         raise DatasetError(f"warehouse {warehouse} does not exist: run the telemetry and dbt assets first")
     try:
-        con = duckdb.connect(str(warehouse), read_only=True)
+        con = warehouse_db.connect(Path(warehouse))
     except duckdb.Error as exc:
         raise DatasetError(f"cannot open warehouse {warehouse} read-only: {exc}") from exc
     try:

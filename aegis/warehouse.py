@@ -1,0 +1,124 @@
+"""One DuckDB warehouse file, many processes: a shared/exclusive lock beside it.
+
+DuckDB lets one process write a database file or many processes read it, never both
+at once: a reader that opens the file while dbt builds fails, and a dbt build fails
+when a reader (a sensor polling ``fct_shard_kpis`` every few seconds, a training run)
+holds the file as it starts. Seen on a fresh ``aegis up`` as red warehouse runs and
+failed training runs. So every Aegis reader takes a shared ``flock`` on
+``<warehouse>.lock`` for the life of its connection, and the dbt build takes it
+exclusively for the build: they queue instead of failing. A reader that cannot get
+in within its wait gets :class:`WarehouseBusy` (a sensor skips its tick; a run waits
+longer). Programs outside Aegis (a notebook, the DuckDB CLI) do not take the lock;
+readers still retry DuckDB's own lock error until their wait runs out.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+POLL_S = 0.1
+# Waits: a sensor tick must not hang; a run can wait out a warehouse build (minutes at most).
+SENSOR_WAIT_S = 3.0
+RUN_WAIT_S = 600.0
+
+
+class WarehouseBusy(duckdb.IOException):
+    """The warehouse stayed locked for longer than the caller would wait.
+
+    A ``duckdb.IOException``, like DuckDB's own lock error, so a reader's existing
+    handling of an unreadable warehouse covers it."""
+
+
+def lock_path(warehouse: Path) -> Path:
+    return warehouse.with_name(warehouse.name + ".lock")
+
+
+@contextmanager
+def warehouse_lock(warehouse: Path, *, exclusive: bool, wait_s: float) -> Iterator[None]:
+    """Hold the warehouse's lock: shared for readers, exclusive for the build; WarehouseBusy past ``wait_s``.
+
+    One process must not ask for a shared lock while it holds the exclusive one (flock
+    locks belong to open files, so it would wait on itself): release the build's first.
+    """
+    path = lock_path(Path(warehouse))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    what = "a reader holds it" if exclusive else "a build is writing it"
+                    raise WarehouseBusy(
+                        f"warehouse {warehouse} stayed locked for {wait_s:.0f} s ({what}); try again"
+                    ) from None
+                time.sleep(POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+class LockedConnection:
+    """A DuckDB connection that holds the warehouse's shared lock until it is closed."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, stack: ExitStack) -> None:
+        self._con, self._stack = con, stack
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+    def close(self) -> None:
+        try:
+            self._con.close()
+        finally:
+            self._stack.close()
+
+    def __enter__(self) -> LockedConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(warehouse: Path, wait_s: float = RUN_WAIT_S) -> LockedConnection:
+    """A read-only connection (UTC) under the shared lock; ``close()`` (or ``with``) releases both.
+
+    Raises FileNotFoundError when there is no warehouse yet, WarehouseBusy past ``wait_s``.
+    """
+    warehouse = Path(warehouse)
+    if not warehouse.exists():
+        raise FileNotFoundError(f"warehouse {warehouse} does not exist: run the dbt assets first")
+    deadline = time.monotonic() + wait_s
+    stack = ExitStack()
+    stack.enter_context(warehouse_lock(warehouse, exclusive=False, wait_s=wait_s))
+    try:
+        while True:
+            try:
+                con = duckdb.connect(str(warehouse), read_only=True)
+                break
+            except duckdb.IOException as exc:  # a writer outside Aegis ("Could not set lock on file")
+                if time.monotonic() >= deadline:
+                    raise WarehouseBusy(
+                        f"warehouse {warehouse} stayed locked by another writer: {exc}"
+                    ) from exc
+                time.sleep(POLL_S * 5)
+        con.execute("set TimeZone = 'UTC'")
+    except BaseException:
+        stack.close()
+        raise
+    return LockedConnection(con, stack)

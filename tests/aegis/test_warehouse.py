@@ -1,0 +1,89 @@
+"""The warehouse lock: readers queue behind a build instead of failing it, across processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from aegis import warehouse as warehouse_db
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from aegis import warehouse as w
+with w.warehouse_lock(Path(sys.argv[1]), exclusive=sys.argv[2] == "x", wait_s=10):
+    if sys.argv[2] == "x":  # a build: DuckDB's own write lock too, as dbt holds it
+        import duckdb
+        con = duckdb.connect(sys.argv[1])
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def _db(tmp_path: Path) -> Path:
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("create table fct_shard_kpis as select 1 as n")
+    return path
+
+
+def _hold(path: Path, mode: str, seconds: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path), mode, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_reader_waits_for_the_build_then_reads(tmp_path: Path) -> None:
+    path = _db(tmp_path)
+    build = _hold(path, "x", 1.5)
+    started = time.monotonic()
+    with warehouse_db.connect(path, wait_s=30) as con:
+        assert con.execute("select n from fct_shard_kpis").fetchone() == (1,)
+    assert time.monotonic() - started >= 1.0  # it queued behind the build instead of failing
+    assert build.wait(timeout=10) == 0
+
+
+def test_a_sensor_that_cannot_wait_gets_warehouse_busy(tmp_path: Path) -> None:
+    path = _db(tmp_path)
+    build = _hold(path, "x", 3)
+    try:
+        with pytest.raises(warehouse_db.WarehouseBusy, match="stayed locked"):
+            warehouse_db.connect(path, wait_s=0.3)
+        with pytest.raises(duckdb.IOException):  # what readers already handle
+            warehouse_db.connect(path, wait_s=0.3)
+    finally:
+        build.wait(timeout=10)
+
+
+def test_a_build_waits_for_readers_in_flight(tmp_path: Path) -> None:
+    path = _db(tmp_path)
+    reader = _hold(path, "s", 1.0)
+    started = time.monotonic()
+    with warehouse_db.warehouse_lock(path, exclusive=True, wait_s=30):
+        assert time.monotonic() - started >= 0.7
+        with duckdb.connect(str(path)) as con:  # DuckDB's write lock is free: no reader is in
+            con.execute("insert into fct_shard_kpis values (2)")
+    assert reader.wait(timeout=10) == 0
+
+
+def test_readers_share_and_release(tmp_path: Path) -> None:
+    path = _db(tmp_path)
+    first = warehouse_db.connect(path, wait_s=1)
+    second = warehouse_db.connect(path, wait_s=1)
+    assert first.execute("select count(*) from fct_shard_kpis").fetchone() == (1,)
+    first.close()
+    second.close()
+    with warehouse_db.warehouse_lock(path, exclusive=True, wait_s=1):
+        pass  # both released
+
+
+def test_no_warehouse_yet_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run the dbt assets first"):
+        warehouse_db.connect(tmp_path / "missing.duckdb", wait_s=1)
