@@ -176,6 +176,22 @@ def test_dbt_asset_on_an_empty_lake_fails_before_dbt_with_what_is_missing(aegis_
     assert not aegis_home.warehouse.exists()  # dbt never ran
 
 
+def test_automation_on_an_empty_lake_is_warming_up_not_a_red_run(aegis_home) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [warehouse.warehouse_dbt],
+        resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource()},
+        instance=instance,
+        tags={warehouse.AUTOMATION_RUN_TAG: "true"},  # what declarative automation puts on its runs
+        raise_on_error=False,
+    )
+    assert result.success
+    assert result.get_asset_materialization_events() == []  # nothing pretended to be built
+    logs = [record.user_message for record in instance.all_logs(result.run_id)]
+    assert any("warming up, nothing to build yet" in m and "no bronze events" in m for m in logs)
+    assert not aegis_home.warehouse.exists()
+
+
 @pytest.mark.slow
 def test_materialize_reads_the_lake_resource_home(aegis_home, tmp_path) -> None:
     """The dbt build and the mart checks use LakeResource(home=...), not AEGIS_HOME (which stays empty)."""

@@ -159,7 +159,13 @@ def test_stack_materializes_the_marts_on_its_own(tmp_path: Path) -> None:
             }, summary
             # Warming up is not a failure: a fresh stack leaves no red run.
             failed = [r for r in runs.values() if r.status == dg.DagsterRunStatus.FAILURE]
-            assert not failed, "\n".join(f"{r.job_name} {r.run_id} {dict(r.tags)}" for r in failed)
+            why = [
+                f"{r.job_name} {r.run_id}: {e.dagster_event.step_key}: {e.dagster_event.event_specific_data.error.message}"
+                for r in failed
+                for e in instance.all_logs(r.run_id)
+                if e.dagster_event is not None and e.dagster_event.event_type_value == "STEP_FAILURE"
+            ]
+            assert not failed, "\n".join(why) or str([r.run_id for r in failed])
             # Pacing: never two ingest runs in flight at once (the landing sensor waits for the last one).
             ingest = instance.get_run_records(dg.RunsFilter(job_name="ingest_telemetry"))
             spans = sorted((r.create_timestamp.timestamp(), r.end_time or time.time()) for r in ingest)
