@@ -496,16 +496,20 @@ class ChangeSetStore:
 
     # ------------------------------------------------------------- ledger outbox
 
+    def _outbox_rows(self, table: sa.Table, changeset_id: str | None, unrecorded: bool) -> list[Any]:
+        """Rows of a ledger outbox table in order, for one changeset and/or not yet in the ledger."""
+        query = sa.select(table).order_by(table.c.id)
+        if changeset_id is not None:
+            query = query.where(table.c.changeset_id == changeset_id)
+        if unrecorded:
+            query = query.where(table.c.ledger_seq.is_(None))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).mappings().all())
+
     def transitions(
         self, changeset_id: str | None = None, unrecorded: bool = False
     ) -> list[TransitionRecord]:
-        query = sa.select(transitions_t).order_by(transitions_t.c.id)
-        if changeset_id is not None:
-            query = query.where(transitions_t.c.changeset_id == changeset_id)
-        if unrecorded:
-            query = query.where(transitions_t.c.ledger_seq.is_(None))
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
+        rows = self._outbox_rows(transitions_t, changeset_id, unrecorded)
         return [
             TransitionRecord(
                 r["id"],
@@ -688,13 +692,7 @@ class ChangeSetStore:
         return True
 
     def events(self, changeset_id: str | None = None, unrecorded: bool = False) -> list[LoopEvent]:
-        query = sa.select(events_t).order_by(events_t.c.id)
-        if changeset_id is not None:
-            query = query.where(events_t.c.changeset_id == changeset_id)
-        if unrecorded:
-            query = query.where(events_t.c.ledger_seq.is_(None))
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
+        rows = self._outbox_rows(events_t, changeset_id, unrecorded)
         return [
             LoopEvent(
                 r["id"],

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aegis.domain import (
@@ -200,20 +200,26 @@ class Healer:
             return diagnose_security(inc, self.tokens)
         return diagnose(inc, self.backend, self.book.limits.suspect_window_s, self.changes_store)
 
+    def _record_step(
+        self,
+        inc: Incident,
+        action: PlaybookAction,
+        outcome: ActionOutcome,
+        detail: dict[str, Any],
+        at: datetime | None = None,
+    ) -> Incident:
+        """Record one outcome of a playbook action on the incident (its name and operation)."""
+        step = IncidentAction(
+            name=action.name, outcome=outcome, operation=action.operation.value, detail=detail
+        )
+        return self._record(inc, step if at is None else step.model_copy(update={"at": at}))
+
     def _run_action(self, incident_id: str, playbook: Playbook, action: PlaybookAction) -> bool | None:
         """One step: condition, breaker, policy, apply, verify. True verified, False not, None skipped."""
         inc = self.store.get(incident_id)
         diag = inc.diagnosis
         if action.when == "suspect_changeset" and (diag is None or diag.suspect_changeset is None):
-            self._record(
-                inc,
-                IncidentAction(
-                    name=action.name,
-                    outcome=ActionOutcome.SKIPPED,
-                    operation=action.operation.value,
-                    detail={"why": "no suspect changeset"},
-                ),
-            )
+            self._record_step(inc, action, ActionOutcome.SKIPPED, {"why": "no suspect changeset"})
             return None
         recent = self.store.actions_since(inc.target, utcnow() - timedelta(hours=1))
         if recent >= self.book.limits.max_actions_per_target_hour:
@@ -227,15 +233,7 @@ class Healer:
             changeset, extra = self._changeset(inc, action)
             decision = self.policy.decide(changeset, self._context(inc, changeset, recent))
         except Exception as exc:  # no changeset or no decision (backend unreachable, ...): never act blind
-            self._record(
-                inc,
-                IncidentAction(
-                    name=action.name,
-                    outcome=ActionOutcome.FAILED,
-                    operation=action.operation.value,
-                    detail={"error": f"{type(exc).__name__}: {exc}"},
-                ),
-            )
+            self._record_step(inc, action, ActionOutcome.FAILED, {"error": f"{type(exc).__name__}: {exc}"})
             self._ledger(
                 inc,
                 "action",
@@ -248,14 +246,11 @@ class Healer:
         except Exception:
             log.exception("could not record the policy decision of %s", changeset.id)
         if decision.verdict != Verdict.AUTO:
-            self._record(
+            self._record_step(
                 inc,
-                IncidentAction(
-                    name=action.name,
-                    outcome=ActionOutcome.DENIED,
-                    operation=action.operation.value,
-                    detail={"verdict": decision.verdict.value, "explanation": decision.explanation},
-                ),
+                action,
+                ActionOutcome.DENIED,
+                {"verdict": decision.verdict.value, "explanation": decision.explanation},
             )
             self._ledger(
                 inc,
@@ -270,14 +265,11 @@ class Healer:
         try:
             result = self._apply(inc, action, changeset, extra)
         except Exception as exc:
-            self._record(
+            self._record_step(
                 inc,
-                IncidentAction(
-                    name=action.name,
-                    outcome=ActionOutcome.FAILED,
-                    operation=action.operation.value,
-                    detail={"error": f"{type(exc).__name__}: {exc}", "changeset_id": changeset.id},
-                ),
+                action,
+                ActionOutcome.FAILED,
+                {"error": f"{type(exc).__name__}: {exc}", "changeset_id": changeset.id},
             )
             self._ledger(
                 inc,
@@ -288,15 +280,12 @@ class Healer:
             )
             return False
         applied_at = utcnow()
-        inc = self._record(
+        inc = self._record_step(
             inc,
-            IncidentAction(
-                name=action.name,
-                outcome=ActionOutcome.APPLIED,
-                operation=action.operation.value,
-                at=applied_at,
-                detail={"changeset_id": changeset.id, "decision_id": decision.id, "result": result},
-            ),
+            action,
+            ActionOutcome.APPLIED,
+            {"changeset_id": changeset.id, "decision_id": decision.id, "result": result},
+            at=applied_at,
         )
         if inc.contained_at is None:
             inc = self.store.update(inc.id, contained_at=applied_at, status=IncidentStatus.CONTAINED)
