@@ -357,14 +357,7 @@ def up(
     from aegis.security.secrets import ensure_service_tokens
 
     ensure_service_tokens()  # the platform's own tokens (AEGIS_HOME/secrets), before any child starts
-    env = dict(os.environ)
-    env["AEGIS_HOME"] = str(p.home)
-    env["DAGSTER_HOME"] = str(p.dagster_home)
-    env["AEGIS_WORLD_PORT"] = str(world_port)
-    env["AEGIS_DAGSTER_PORT"] = str(dagster_port)
-    env["AEGIS_MLFLOW_PORT"] = str(mlflow_port)
-    env.setdefault("AEGIS_PROFILE", "local")
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if x)
+    env = _child_env(p, world_port, dagster_port, mlflow_port)
     children = build_children(
         p,
         world_port=world_port,
@@ -391,46 +384,83 @@ def up(
         if not no_dagster:
             write_dagster_yaml(p.dagster_home)
             recover_runs(env)
-        for child in children:
-            if stopping:
-                break
-            child.start(env)
-            click.echo(f"started {child.name} (pid {child.proc.pid if child.proc else '?'})")
-        click.echo(f"AEGIS_HOME   {p.home}")
-        click.echo(f"world API    http://127.0.0.1:{world_port}/v1/health")
-        if not no_dagster:
-            click.echo(f"Dagster UI   http://127.0.0.1:{dagster_port}  (DAGSTER_HOME {p.dagster_home})")
-        if not no_mlflow:
-            click.echo(f"MLflow UI    http://127.0.0.1:{mlflow_port}  (tracking {p.mlflow_tracking_uri})")
-        click.echo(f"lake         {p.lake}   warehouse {p.warehouse}")
-        click.echo("Ctrl-C stops everything.")
-        started = time.monotonic()
-        while not stopping:
-            dead = [c for c in children if not c.alive()]
-            if dead:
-                for c in dead:
-                    code = c.proc.returncode if c.proc else "?"
-                    click.echo(f"{c.name} exited (code {code}); stopping the stack", err=True)
-                exit_code = 1
-                break
-            for c in children:
-                if not c.ready and c.check_ready():
-                    click.echo(f"{c.name} ready at {c.url}")
-            if time.monotonic() - started > READY_TIMEOUT_S and not all(c.ready for c in children):
-                slow = [c.name for c in children if not c.ready]
-                click.echo(f"still waiting for {', '.join(slow)} after {READY_TIMEOUT_S:.0f} s", err=True)
-                started = time.monotonic()
-            time.sleep(POLL_S)
+        _start_children(children, env, stopping)
+        _print_addresses(
+            p, world_port, None if no_dagster else dagster_port, None if no_mlflow else mlflow_port
+        )
+        exit_code = _supervise(children, stopping)
     finally:
-        click.echo("stopping ...")
-        stop_began = datetime.now(UTC)
-        if stopping and not no_dagster:  # before the stop too: a stop cut short still counts
-            write_stop_marker(p.dagster_home, stopping[0], stop_began, None)
-        stop_children(children)
-        if stopping and not no_dagster:
-            write_stop_marker(p.dagster_home, stopping[0], stop_began, datetime.now(UTC))
+        _stop_stack(p, children, stopping, with_dagster=not no_dagster)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     click.echo("stopped")
     if exit_code:
         sys.exit(exit_code)
+
+
+def _child_env(p: AegisPaths, world_port: int, dagster_port: int, mlflow_port: int) -> dict[str, str]:
+    """The environment every child starts with: this one, plus where the home and the services are."""
+    env = dict(os.environ)
+    env["AEGIS_HOME"] = str(p.home)
+    env["DAGSTER_HOME"] = str(p.dagster_home)
+    env["AEGIS_WORLD_PORT"] = str(world_port)
+    env["AEGIS_DAGSTER_PORT"] = str(dagster_port)
+    env["AEGIS_MLFLOW_PORT"] = str(mlflow_port)
+    env.setdefault("AEGIS_PROFILE", "local")
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if x)
+    return env
+
+
+def _start_children(children: list[Child], env: dict[str, str], stopping: list[int]) -> None:
+    """Start the children in order; a stop signal meanwhile starts no more."""
+    for child in children:
+        if stopping:
+            break
+        child.start(env)
+        click.echo(f"started {child.name} (pid {child.proc.pid if child.proc else '?'})")
+
+
+def _print_addresses(
+    p: AegisPaths, world_port: int, dagster_port: int | None, mlflow_port: int | None
+) -> None:
+    """Where the stack's services and data are (a port of None: that service is not started)."""
+    click.echo(f"AEGIS_HOME   {p.home}")
+    click.echo(f"world API    http://127.0.0.1:{world_port}/v1/health")
+    if dagster_port is not None:
+        click.echo(f"Dagster UI   http://127.0.0.1:{dagster_port}  (DAGSTER_HOME {p.dagster_home})")
+    if mlflow_port is not None:
+        click.echo(f"MLflow UI    http://127.0.0.1:{mlflow_port}  (tracking {p.mlflow_tracking_uri})")
+    click.echo(f"lake         {p.lake}   warehouse {p.warehouse}")
+    click.echo("Ctrl-C stops everything.")
+
+
+def _supervise(children: list[Child], stopping: list[int]) -> int:
+    """Watch the children until a stop signal (0) or one of them dies (1); report each as it turns ready."""
+    started = time.monotonic()
+    while not stopping:
+        dead = [c for c in children if not c.alive()]
+        if dead:
+            for c in dead:
+                code = c.proc.returncode if c.proc else "?"
+                click.echo(f"{c.name} exited (code {code}); stopping the stack", err=True)
+            return 1
+        for c in children:
+            if not c.ready and c.check_ready():
+                click.echo(f"{c.name} ready at {c.url}")
+        if time.monotonic() - started > READY_TIMEOUT_S and not all(c.ready for c in children):
+            slow = [c.name for c in children if not c.ready]
+            click.echo(f"still waiting for {', '.join(slow)} after {READY_TIMEOUT_S:.0f} s", err=True)
+            started = time.monotonic()
+        time.sleep(POLL_S)
+    return 0
+
+
+def _stop_stack(p: AegisPaths, children: list[Child], stopping: list[int], *, with_dagster: bool) -> None:
+    """Stop every child; a stop by the operator is recorded around it (:data:`STOP_MARKER`)."""
+    click.echo("stopping ...")
+    stop_began = datetime.now(UTC)
+    if stopping and with_dagster:  # before the stop too: a stop cut short still counts
+        write_stop_marker(p.dagster_home, stopping[0], stop_began, None)
+    stop_children(children)
+    if stopping and with_dagster:
+        write_stop_marker(p.dagster_home, stopping[0], stop_began, datetime.now(UTC))

@@ -10,6 +10,13 @@ exclusively for the build: they queue instead of failing. A reader that cannot g
 in within its wait gets :class:`WarehouseBusy` (a sensor skips its tick; a run waits
 longer). Programs outside Aegis (a notebook, the DuckDB CLI) do not take the lock;
 readers still retry DuckDB's own lock error until their wait runs out.
+
+Prod (runs are pods, each with its own disk): the build publishes the finished file to
+the platform bucket (:func:`publish`, one PutObject: a reader never gets half a file),
+and every reader pulls the newest published copy before it opens its local one
+(:func:`pull`, a conditional GET on the object's ETag, the file swapped in by rename, so
+a connection already open keeps reading the copy it opened). Where the copy lives:
+:func:`published_key` (``s3://<platform bucket>/warehouse/warehouse.duckdb``).
 """
 
 from __future__ import annotations
@@ -95,12 +102,79 @@ class LockedConnection:
         self.close()
 
 
+PUBLISHED_KEY = "warehouse/warehouse.duckdb"
+
+
+def published_key(environ: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """(bucket, key) of the published warehouse in the prod profile; None locally."""
+    from aegis.config import current_profile
+
+    env = os.environ if environ is None else environ
+    if current_profile() != "prod":
+        return None
+    bucket = env.get("AEGIS_PLATFORM_BUCKET", "").strip()
+    if not bucket:
+        raise RuntimeError(
+            "the prod profile publishes the warehouse to AEGIS_PLATFORM_BUCKET, which is not set"
+        )
+    return bucket, PUBLISHED_KEY
+
+
+def _etag_path(warehouse: Path) -> Path:
+    return warehouse.with_name(warehouse.name + ".etag")
+
+
+def publish(warehouse: Path) -> str | None:
+    """Upload a finished build (prod); return its ETag. Locally: nothing to do (None)."""
+    where = published_key()
+    if where is None:
+        return None
+    from aegis.lake.store import S3LakeStore
+
+    store = S3LakeStore(where[0])
+    data = Path(warehouse).read_bytes()
+    store.write_bytes(where[1], data)
+    etag = str(store.client.head_object(Bucket=where[0], Key=where[1])["ETag"])
+    _etag_path(Path(warehouse)).write_text(etag)
+    return etag
+
+
+def pull(warehouse: Path) -> bool:
+    """Bring the local copy up to the published one (prod); True when a newer copy came down."""
+    where = published_key()
+    if where is None:
+        return False
+    from aegis.lake.store import S3LakeStore
+    from aegis.telemetry import write_bytes_atomic
+
+    warehouse = Path(warehouse)
+    store = S3LakeStore(where[0])
+    tag_file = _etag_path(warehouse)
+    held = tag_file.read_text().strip() if tag_file.exists() and warehouse.exists() else ""
+    try:
+        kwargs = {"IfNoneMatch": held} if held else {}
+        obj = store.client.get_object(Bucket=where[0], Key=where[1], **kwargs)
+    except Exception as exc:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("304", "NotModified"):
+            return False
+        if code in ("NoSuchKey", "404"):
+            return False  # nothing published yet: FileNotFoundError below if there is no local copy either
+        raise
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(obj["Body"].read(), warehouse)  # by rename: open readers keep their copy
+    tag_file.write_text(str(obj["ETag"]))
+    return True
+
+
 def connect(warehouse: Path, wait_s: float = RUN_WAIT_S) -> LockedConnection:
     """A read-only connection (UTC) under the shared lock; ``close()`` (or ``with``) releases both.
 
-    Raises FileNotFoundError when there is no warehouse yet, WarehouseBusy past ``wait_s``.
+    In prod the newest published copy is pulled first (:func:`pull`). Raises
+    FileNotFoundError when there is no warehouse yet, WarehouseBusy past ``wait_s``.
     """
     warehouse = Path(warehouse)
+    pull(warehouse)
     if not warehouse.exists():
         raise FileNotFoundError(f"warehouse {warehouse} does not exist: run the dbt assets first")
     deadline = time.monotonic() + wait_s
@@ -112,6 +186,8 @@ def connect(warehouse: Path, wait_s: float = RUN_WAIT_S) -> LockedConnection:
                 con = duckdb.connect(str(warehouse), read_only=True)
                 break
             except duckdb.IOException as exc:  # a writer outside Aegis ("Could not set lock on file")
+                if "lock" not in str(exc).lower():
+                    raise  # not a lock: a damaged or foreign file is an answer now, not after the wait
                 if time.monotonic() >= deadline:
                     raise WarehouseBusy(
                         f"warehouse {warehouse} stayed locked by another writer: {exc}"

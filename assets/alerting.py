@@ -10,10 +10,10 @@ The logic lives in :mod:`aegis.alerts.slo_path` (no Dagster there).
 
 import dagster as dg
 
-from aegis.alerts.inbox import AlertInbox
+from aegis.alerts.inbox import AlertInbox, default_url
 from aegis.alerts.slo_path import raise_slo_alerts
 from aegis.changes.slo import SLO_TABLE, SloStateUnknown
-from pipelines.resources.lake import LakeResource
+from assets.resources.lake import LakeResource
 
 GROUP = "alerting"
 SLO_BURN_KEY = dg.AssetKey(SLO_TABLE)
@@ -31,13 +31,13 @@ MAX_LISTED = 50
     description="SLO pages of fct_slo_burn (latest bucket per shard) raised into the alert inbox; stopped pages resolved.",
 )
 def slo_alerts(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-    home = lake.paths()
+    home = lake.home_paths()
     if not home.warehouse.is_file():  # nothing to retry for: the marts were never built
         raise dg.Failure(
             description=f"SLO state unknown: no warehouse at {home.warehouse} (build the marts first)",
             allow_retries=False,
         )
-    inbox = AlertInbox(f"sqlite:///{home.alerts_db}")
+    inbox = AlertInbox(default_url(home))  # the platform database in prod, AEGIS_HOME/alerts.db locally
     try:
         sync = raise_slo_alerts(home.warehouse, inbox)
     except SloStateUnknown as exc:

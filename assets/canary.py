@@ -25,7 +25,8 @@ unique keys), so Dagster retries and killed runs repeat nothing.
 
 import json
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
@@ -33,13 +34,18 @@ import pandas as pd
 from aegis.canary.loop import (
     DEFAULT_CONTROLS,
     PRE_PERIOD_BUCKETS,
+    CanaryLoop,
+    LiveCanary,
     WarehouseUnavailable,
     newest_bucket,
     read_kpis,
 )
 from aegis.proposals.model import Proposal
 from aegis.telemetry import KPI_BUCKET_MINUTES
-from pipelines.resources.changes import ChangeSetResource
+from assets.resources.changes import ChangeSetResource
+
+if TYPE_CHECKING:
+    from aegis.canary.judge import Judgement
 
 GROUP = "canary"
 KPI_KEY = dg.AssetKey("fct_shard_kpis")
@@ -246,9 +252,6 @@ class JudgementConfig(dg.Config):
 def canary_judgement(
     context: dg.AssetExecutionContext, config: JudgementConfig, changes: ChangeSetResource
 ) -> dg.MaterializeResult:
-    from aegis.canary.loop import judge_spec
-    from aegis.quality.reporting import png_markdown, save_png
-
     loop = changes.loop()
     lc = loop.lifecycle
     loop.resume_rollouts()
@@ -264,67 +267,7 @@ def canary_judgement(
             )
         except WarehouseUnavailable as exc:
             raise dg.Failure(description=f"cannot judge the live canaries: {exc}") from exc
-        rows = []
-        for canary in live:
-            j = loop.judge_one(canary, kpis, trace=True)
-            if j is None:
-                rows.append(
-                    {
-                        "changeset": canary.id,
-                        "canary": canary.spec.canary,
-                        "verdict": "not judged yet",
-                        "exposure": "-",
-                    }
-                )
-                continue
-            spec = judge_spec(canary.spec)
-            assert spec is not None
-            actions[canary.id] = loop.act(canary.id, j)
-            rows.append(
-                {
-                    "changeset": canary.id,
-                    "canary": canary.spec.canary,
-                    "verdict": j.verdict,
-                    "exposure": f"{j.buckets_observed}/{canary.spec.max_buckets}",
-                    "action": actions[canary.id],
-                }
-            )
-            prefix = canary.id
-            meta[f"{prefix}/verdict"] = dg.MetadataValue.text(f"{j.verdict}: {j.reason}")
-            meta[f"{prefix}/exposure_used"] = dg.MetadataValue.float(
-                round(j.buckets_observed / canary.spec.max_buckets, 4)
-            )
-            meta[f"{prefix}/metrics"] = dg.MetadataValue.md(
-                _md_table(
-                    [
-                        {
-                            "metric": m.name,
-                            "effect": f"{m.effect:+.2%}",
-                            "interval": f"[{m.interval[0]:+.2%}, {m.interval[1]:+.2%}]",
-                            "status": m.status,
-                        }
-                        for m in j.metrics
-                    ]
-                )
-            )
-            try:
-                shown = kpis[kpis["shard_id"].isin([canary.spec.canary, *canary.spec.controls])]
-                png = kpi_chart(shown, canary.spec.canary, canary.spec.controls, canary.spec.start)
-                meta[f"{prefix}/kpis_vs_controls"] = dg.MetadataValue.md(
-                    png_markdown(png, f"{canary.id} KPIs vs controls")
-                )
-                meta[f"{prefix}/kpis_vs_controls_path"] = dg.MetadataValue.path(
-                    str(save_png(png, lc.paths.home / "reports", f"canary-{canary.id}-kpis"))
-                )
-                png = sequence_chart(j.trace, [m.model_dump() for m in j.metrics], j.verdict)
-                meta[f"{prefix}/confidence_sequences"] = dg.MetadataValue.md(
-                    png_markdown(png, f"{canary.id} confidence sequences")
-                )
-                meta[f"{prefix}/confidence_sequences_path"] = dg.MetadataValue.path(
-                    str(save_png(png, lc.paths.home / "reports", f"canary-{canary.id}-sequences"))
-                )
-            except Exception as exc:  # a chart is a view: never fail a judgement over it
-                context.log.warning(f"could not draw the charts of {canary.id}: {exc}")
+        rows = [_judge_live_canary(context, loop, canary, kpis, meta, actions) for canary in live]
         meta["live_canaries"] = dg.MetadataValue.md(_md_table(rows))
     reflected = loop.reflect_all()
     meta["actions"] = dg.MetadataValue.json(actions)
@@ -336,6 +279,84 @@ def canary_judgement(
         meta["sensor_verdicts"] = dg.MetadataValue.json(config.sensor_verdicts)
     context.log.info(f"canary actions: {actions or 'none'}")
     return dg.MaterializeResult(metadata=meta)
+
+
+def _judge_live_canary(
+    context: dg.AssetExecutionContext,
+    loop: CanaryLoop,
+    canary: LiveCanary,
+    kpis: pd.DataFrame,
+    meta: dict[str, Any],
+    actions: dict[str, str],
+) -> dict[str, Any]:
+    """Judge one live canary and act on it; its metadata and charts go into ``meta``; returns its table row."""
+    from aegis.canary.loop import judge_spec
+
+    j = loop.judge_one(canary, kpis, trace=True)
+    if j is None:
+        return {
+            "changeset": canary.id,
+            "canary": canary.spec.canary,
+            "verdict": "not judged yet",
+            "exposure": "-",
+        }
+    spec = judge_spec(canary.spec)
+    assert spec is not None
+    actions[canary.id] = loop.act(canary.id, j)
+    row = {
+        "changeset": canary.id,
+        "canary": canary.spec.canary,
+        "verdict": j.verdict,
+        "exposure": f"{j.buckets_observed}/{canary.spec.max_buckets}",
+        "action": actions[canary.id],
+    }
+    prefix = canary.id
+    meta[f"{prefix}/verdict"] = dg.MetadataValue.text(f"{j.verdict}: {j.reason}")
+    meta[f"{prefix}/exposure_used"] = dg.MetadataValue.float(
+        round(j.buckets_observed / canary.spec.max_buckets, 4)
+    )
+    meta[f"{prefix}/metrics"] = dg.MetadataValue.md(
+        _md_table(
+            [
+                {
+                    "metric": m.name,
+                    "effect": f"{m.effect:+.2%}",
+                    "interval": f"[{m.interval[0]:+.2%}, {m.interval[1]:+.2%}]",
+                    "status": m.status,
+                }
+                for m in j.metrics
+            ]
+        )
+    )
+    try:
+        _add_charts(meta, canary, j, kpis, loop.lifecycle.paths.home)
+    except Exception as exc:  # a chart is a view: never fail a judgement over it
+        context.log.warning(f"could not draw the charts of {canary.id}: {exc}")
+    return row
+
+
+def _add_charts(
+    meta: dict[str, Any], canary: LiveCanary, j: "Judgement", kpis: pd.DataFrame, home: Path
+) -> None:
+    """The canary's KPIs against its controls and its confidence sequences, as plots in ``meta`` (and files)."""
+    from aegis.quality.reporting import png_markdown, save_png
+
+    prefix = canary.id
+    shown = kpis[kpis["shard_id"].isin([canary.spec.canary, *canary.spec.controls])]
+    png = kpi_chart(shown, canary.spec.canary, canary.spec.controls, canary.spec.start)
+    meta[f"{prefix}/kpis_vs_controls"] = dg.MetadataValue.md(
+        png_markdown(png, f"{canary.id} KPIs vs controls")
+    )
+    meta[f"{prefix}/kpis_vs_controls_path"] = dg.MetadataValue.path(
+        str(save_png(png, home / "reports", f"canary-{canary.id}-kpis"))
+    )
+    png = sequence_chart(j.trace, [m.model_dump() for m in j.metrics], j.verdict)
+    meta[f"{prefix}/confidence_sequences"] = dg.MetadataValue.md(
+        png_markdown(png, f"{canary.id} confidence sequences")
+    )
+    meta[f"{prefix}/confidence_sequences_path"] = dg.MetadataValue.path(
+        str(save_png(png, home / "reports", f"canary-{canary.id}-sequences"))
+    )
 
 
 @dg.asset(

@@ -27,7 +27,7 @@ import dagster as dg
 
 from aegis.worldmodel.dataset import WorldModelDataset
 from aegis.worldmodel.settings import CHAMPION, COVERAGE_BAND, DEFAULT_BASELINE_MARGIN, DEFAULT_MARGIN
-from pipelines.resources.mlflow import MlflowResource
+from assets.resources.mlflow import MlflowResource
 
 GROUP = "evaluation"
 

@@ -15,10 +15,12 @@ which imports the code location (seconds, see docs/benchmarks.md); the sensor's
 interval adds at most 5 s on top, and keeps the receiver free of any Dagster
 dependency. The measured figures are in docs/benchmarks.md (healing).
 
-Where Alertmanager is not installed (``$AEGIS_HEALING_PROBE`` = ``auto``, the default),
-each sensor tick first runs :class:`aegis.healing.probe.Probe` over every shard: it
-posts the symptoms the alert rules watch to the receiver as Alertmanager would, so a
-stack without Alertmanager still heals with no clicks.
+Where Alertmanager is not installed (the ``healing`` resource's ``probe``, default
+``$AEGIS_HEALING_PROBE``, else ``auto``), each sensor tick first runs
+:class:`aegis.healing.probe.Probe` over every shard: it posts the symptoms the alert
+rules watch to the receiver as Alertmanager would, so a stack without Alertmanager
+still heals with no clicks. The incident store and the timeline's directory are the
+``healing`` resource's (:class:`assets.resources.healing.HealingResource`).
 
 No ``from __future__ import annotations`` here: Dagster resolves the op's config
 class from its annotation at definition time.
@@ -26,7 +28,7 @@ class from its annotation at definition time.
 
 import base64
 import io
-import os
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -34,15 +36,14 @@ from pydantic import Field
 
 from aegis.healing.models import Incident, IncidentStatus
 from aegis.stack import HEALING_TAG
-from pipelines.resources.game import GameBackendResource
+from assets.resources.game import GameBackendResource
+from assets.resources.healing import HealingResource
 
 GROUP = "healing"
 SENSOR_INTERVAL_S = 5
 INCIDENT_TAG = "aegis/incident"
 TARGET_TAG = "aegis/target"
 TABLE_ROWS = 50
-# Without Alertmanager the sensor polls the world's symptoms itself (aegis.healing.probe).
-ENV_PROBE = "AEGIS_HEALING_PROBE"
 OUTCOME_COLORS = {
     "applied": "#4C72B0",
     "verified": "#55A868",
@@ -76,15 +77,23 @@ def timeline_png(rows: list[Incident]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     shown = sorted(rows, key=lambda i: i.opened_at)[-TABLE_ROWS:]
     fig, ax = plt.subplots(figsize=(10, 0.4 * max(len(shown), 3) + 1.2))
     for lane, inc in enumerate(shown):
         end = inc.resolved_at or inc.escalated_at or (inc.actions[-1].at if inc.actions else inc.opened_at)
-        ax.plot([inc.opened_at, end], [lane, lane], color="#BBBBBB", linewidth=6, solid_capstyle="butt")
+        span = mdates.date2num([inc.opened_at, end])
+        ax.plot(span, [lane, lane], color="#BBBBBB", linewidth=6, solid_capstyle="butt")
         for a in inc.actions:
-            ax.scatter([a.at], [lane], color=OUTCOME_COLORS.get(a.outcome.value, "black"), s=40, zorder=3)
+            ax.scatter(
+                mdates.date2num([a.at]),
+                [lane],
+                color=OUTCOME_COLORS.get(a.outcome.value, "black"),
+                s=40,
+                zorder=3,
+            )
     ax.set_yticks(range(len(shown)), [f"{i.target} {i.kind} ({i.status.value})" for i in shown], fontsize=7)
     for outcome, color in OUTCOME_COLORS.items():
         ax.scatter([], [], color=color, label=outcome)
@@ -98,13 +107,9 @@ def timeline_png(rows: list[Incident]) -> bytes:
     return buf.getvalue()
 
 
-def incidents_metadata(rows: list[Incident], focus: Incident | None = None) -> dict[str, Any]:
-    """The ``incidents`` materialization's metadata: counts, the table, the timeline plot."""
-    from aegis.config import paths
-
+def incidents_metadata(rows: list[Incident], out_dir: Path, focus: Incident | None = None) -> dict[str, Any]:
+    """The ``incidents`` materialization's metadata: counts, the table, the timeline plot (saved in ``out_dir``)."""
     png = timeline_png(rows)
-    out_dir = paths().healing_db.parent / "healing"
-    out_dir.mkdir(parents=True, exist_ok=True)
     png_path = out_dir / "timeline.png"
     png_path.write_bytes(png)
     b64 = base64.b64encode(png).decode()
@@ -118,18 +123,6 @@ def incidents_metadata(rows: list[Incident], focus: Incident | None = None) -> d
     if focus is not None:
         meta["incident"] = dg.MetadataValue.json(focus.as_output())
     return meta
-
-
-def probe_enabled() -> bool:
-    """``$AEGIS_HEALING_PROBE``: ``on``, ``off``, or ``auto`` (default: on when no Alertmanager is installed)."""
-    mode = os.environ.get(ENV_PROBE, "auto").strip().lower()
-    if mode in ("on", "1", "true"):
-        return True
-    if mode in ("off", "0", "false"):
-        return False
-    from aegis.alerts.config import alertmanager_binary
-
-    return alertmanager_binary() is None
 
 
 _PROBES: dict[str, Any] = {}
@@ -161,19 +154,20 @@ class HealIncidentConfig(dg.Config):
 
 @dg.op(description="Diagnose one incident and walk its playbook: policy, act, verify, escalate.")
 def heal_incident(
-    context: dg.OpExecutionContext, config: HealIncidentConfig, game: GameBackendResource
+    context: dg.OpExecutionContext,
+    config: HealIncidentConfig,
+    game: GameBackendResource,
+    healing: HealingResource,
 ) -> None:
     from aegis.healing.backend import RemediationBackend
     from aegis.healing.engine import Healer
-    from aegis.healing.store import IncidentStore
 
-    store = IncidentStore()
+    store = healing.store()
     with RemediationBackend(game.base_url, token=game.token) as backend:
         inc = Healer(backend, store=store).heal(config.incident_id)
     context.log.info(f"incident {inc.id} ({inc.kind} on {inc.target}) ended {inc.status.value}")
-    context.log_event(
-        dg.AssetMaterialization(asset_key=GROUP_ASSET, metadata=incidents_metadata(store.incidents(), inc))
-    )
+    metadata = incidents_metadata(store.incidents(), healing.reports_dir(), inc)
+    context.log_event(dg.AssetMaterialization(asset_key=GROUP_ASSET, metadata=metadata))
 
 
 GROUP_ASSET = dg.AssetKey("incidents")
@@ -191,11 +185,9 @@ healing_job = dg.JobDefinition(
     group_name=GROUP,
     description="Every incident healing opened, with its actions and a timeline plot (aegis incidents list).",
 )
-def incidents(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    from aegis.healing.store import IncidentStore
-
-    rows = IncidentStore().incidents()
-    return dg.MaterializeResult(metadata=incidents_metadata(rows))
+def incidents(context: dg.AssetExecutionContext, healing: HealingResource) -> dg.MaterializeResult:
+    rows = healing.store().incidents()
+    return dg.MaterializeResult(metadata=incidents_metadata(rows, healing.reports_dir()))
 
 
 @dg.sensor(
@@ -204,21 +196,37 @@ def incidents(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Alerts and refused calls -> incidents (grouped, rate-limited, breakers) -> one healing run each.",
 )
-def healing_alert_sensor(context: dg.SensorEvaluationContext, game: GameBackendResource) -> dg.SensorResult:
+def healing_alert_sensor(
+    context: dg.SensorEvaluationContext, game: GameBackendResource, healing: HealingResource
+) -> dg.SensorResult:
+    from aegis.alerts.inbox import AlertInbox
+    from aegis.alerts.source import AlertSourceUnavailable
     from aegis.healing.playbooks import load_playbooks
     from aegis.healing.runner import decide
-    from aegis.healing.store import IncidentStore
     from aegis.ledger.ledger import Ledger
 
-    if probe_enabled():
+    if healing.probe_enabled():
         try:
             posted = _probe(game).poll()
             if posted:
                 context.log.info(f"probe delivered {posted} to the alert receiver")
         except Exception as exc:  # the receiver or the world may be down; the inbox path goes on
             context.log.warning(f"alert probe failed: {type(exc).__name__}: {exc}")
-    store = IncidentStore()
-    result, launch = decide(store, load_playbooks(), ledger=Ledger())
+    inbox = AlertInbox()
+    try:
+        try:  # prod: the alarm queue into the inbox first (locally the receiver already wrote it)
+            pulled = healing.alert_source().drain(inbox)
+            if pulled.received:
+                context.log.info(
+                    f"alert queue: {pulled.received} received, {pulled.stored} stored, "
+                    f"{len(pulled.skipped)} left for the dead-letter queue ({pulled.stopped})"
+                )
+        except AlertSourceUnavailable as exc:  # undeleted messages stay queued: nothing lost
+            context.log.warning(str(exc))
+        store = healing.store()
+        result, launch = decide(store, load_playbooks(), inbox=inbox, ledger=Ledger())
+    finally:
+        inbox.close()
     requests = [
         dg.RunRequest(
             run_key=inc.id,

@@ -5,8 +5,10 @@
 ``fct_server_health``), the operator's goals (``policies/goals.json``), each
 shard's current config from the game backend (``game`` resource: the diffs'
 ``before``) and the champion world model (``mlflow`` resource), and returns
-``list[Proposal]`` ranked best first (core: :mod:`aegis.proposals`). It writes
-``AEGIS_HOME/proposals/latest.json`` and records the outcome in the ledger
+``list[Proposal]`` ranked best first (core: :mod:`aegis.proposals`). The marts
+are read from the ``lake`` resource's warehouse (``warehouse_path()``); the changeset state (what was
+tried, the reality-delta calibration) and ``proposals/latest.json`` live in the
+``changes`` resource's home. It writes ``latest.json`` and records the outcome in the ledger
 (kind ``proposal``: the top candidate and the count). The canary loop's
 ``canary_launch`` takes the list and picks with ``select_next``; policy and
 simulation gates run there, through the changeset lifecycle.
@@ -27,11 +29,11 @@ No ``from __future__ import annotations``: Dagster reads the types at definition
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from aegis.config import AegisPaths
 from aegis.domain import ShardConfig
 from aegis.proposals.engine import (
     ACTOR,
@@ -49,9 +51,10 @@ from aegis.proposals.hypotheses import MARTS, read_marts
 from aegis.proposals.model import Proposal, select_next
 from aegis.proposals.settings import ProposalSettings
 from aegis.worldmodel.settings import CHAMPION, MODEL_NAME
-from pipelines.resources.changes import ChangeSetResource
-from pipelines.resources.game import GameBackendResource
-from pipelines.resources.mlflow import MlflowResource
+from assets.resources.changes import ChangeSetResource
+from assets.resources.game import GameBackendResource
+from assets.resources.lake import LakeResource
+from assets.resources.mlflow import MlflowResource
 
 GROUP = "proposals"
 ASSET_NAME = "proposals"
@@ -132,17 +135,17 @@ def _champion(mlflow: MlflowResource, log: Any) -> tuple[Any, str | None, str]:
     return model, label, f"effects predicted by {label} (champion)"
 
 
-def _read(home: AegisPaths, settings: ProposalSettings) -> Any:
+def _read(warehouse: Path, settings: ProposalSettings) -> Any:
     last: Exception | None = None
     for attempt in range(READ_RETRIES):
         try:
-            return read_marts(home.warehouse, settings.history_buckets)
+            return read_marts(warehouse, settings.history_buckets)
         except FileNotFoundError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
         except Exception as exc:  # duckdb.IOException: the file is locked by a writer
             last = exc
             time.sleep(READ_RETRY_S * (attempt + 1))
-    raise dg.Failure(description=f"warehouse {home.warehouse} could not be read: {last}")
+    raise dg.Failure(description=f"warehouse {warehouse} could not be read: {last}")
 
 
 def _record(ranking: Ranking, selected: Proposal | None) -> int:
@@ -195,17 +198,17 @@ def proposals(
     game: GameBackendResource,
     mlflow: MlflowResource,
     changes: ChangeSetResource,
+    lake: LakeResource,
 ) -> dg.Output[list[Proposal]]:
-    from aegis.changes.store import ChangeSetStore
     from aegis.reflection.delta import read_scale  # the reality_delta asset's interval scale
 
-    home = AegisPaths.from_env().ensure()
+    home = changes.paths()  # the changeset state: what was tried, the calibration, latest.json
     try:
         goals = load_goals(config.goals_path)
         settings = ProposalSettings.from_policy_data()
     except (GoalFileError, ValueError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    marts = _read(home, settings)
+    marts = _read(lake.warehouse_path(), settings)
     regions = marts.shard_regions()
     try:
         configs, infos = _current_configs(game, sorted(regions))
@@ -219,7 +222,7 @@ def proposals(
     if config.use_model:
         model, label, model_note = _champion(mlflow, context.log)
     predictor = model_predictor(model) if model is not None else None
-    store = ChangeSetStore(changes.store_url)
+    store = changes.open_store()
     try:
         records = store.changesets()
         tried = {r.id for r in records}

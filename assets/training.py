@@ -5,8 +5,9 @@ Retraining is driven two ways, both targeting ``world_model_training_job``
 judged in the run that made it):
 
 - ``world_model_new_telemetry`` sensor: when the mart has gained at least
-  ``AEGIS_RETRAIN_NEW_ROWS`` rows (default 2000, about six shards x 7 game
-  hours) since the rows the last dataset was built from. A sensor, not an
+  the ``training`` resource's ``retrain_new_rows`` (default
+  ``$AEGIS_RETRAIN_NEW_ROWS``, else 2000, about six shards x 7 game hours)
+  since the rows the last dataset was built from. A sensor, not an
   ``AutomationCondition``: the marts are eager and update on every ingested
   batch, so "upstream updated" would retrain every few minutes; the threshold
   needs a count read from the warehouse, which a sensor with a cursor says
@@ -14,7 +15,8 @@ judged in the run that made it):
 - ``world_model_daily`` schedule (04:00 UTC, after the nightly dbt refresh),
   so a model keeps up with slow drift even when telemetry trickles.
 
-Both are RUNNING by default.
+Both are RUNNING by default. The warehouse both read is the ``lake``
+resource's (``LakeResource.warehouse_path``), never the process's global home.
 
 Import cost: every Dagster run subprocess and code server imports this module
 to build the definitions, and most of them never train. So torch and mlflow
@@ -26,13 +28,12 @@ names and defaults from :mod:`aegis.worldmodel.settings` (standard library) and
 the config classes and I/O types from the evaluated annotations.
 """
 
-import os
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import dagster as dg
 
 from aegis import warehouse as warehouse_db
-from aegis.config import paths
 from aegis.worldmodel.dataset import (
     DatasetError,
     SplitConfig,
@@ -47,22 +48,21 @@ from aegis.worldmodel.settings import (
     DEFAULT_LR,
     DEFAULT_MEMBERS,
     DEFAULT_PATIENCE,
-    DEFAULT_RETRAIN_NEW_ROWS,
     DEFAULT_SEED,
     DEFAULT_TEST_SHARD_FRACTION,
     DEFAULT_TEST_TIME_FRACTION,
     DEFAULT_VAL_FRACTION,
     DEFAULT_WINDOW,
     KPI_TABLE,
-    RETRAIN_NEW_ROWS_ENV,
 )
-from pipelines.resources.mlflow import MlflowResource
+from assets.resources.lake import LakeResource
+from assets.resources.mlflow import MlflowResource
+from assets.resources.training import TrainingResource
 
 GROUP = "training"
 KPI_KEY = dg.AssetKey(KPI_TABLE)
 JOB_NAME = "world_model_training_job"
 DAILY_CRON = "0 4 * * *"
-RETRAIN_NEW_ROWS = int(os.environ.get(RETRAIN_NEW_ROWS_ENV, str(DEFAULT_RETRAIN_NEW_ROWS)))
 SENSOR_INTERVAL_S = 300
 # The asset trains with larger batches than the library default (DEFAULT_BATCH).
 ASSET_BATCH_SIZE = 128
@@ -94,11 +94,10 @@ class WorldModelConfig(dg.Config):
     description="Windows of shard KPI history + parameters -> next-bucket KPIs, split by shard and time.",
 )
 def training_dataset(
-    context: dg.AssetExecutionContext, config: TrainingDatasetConfig
+    context: dg.AssetExecutionContext, config: TrainingDatasetConfig, lake: LakeResource
 ) -> dg.Output[WorldModelDataset]:
-    home = paths()
     try:
-        rows = read_warehouse(home.warehouse)
+        rows = read_warehouse(lake.warehouse_path())
         ds = build_dataset(
             rows,
             SplitConfig(
@@ -122,7 +121,7 @@ def training_dataset(
             "held_out_shards": ", ".join(ds.held_out_shards),
             "time_cutoffs": dg.MetadataValue.json(ds.time_cutoffs),
             "rows_invalid": dg.MetadataValue.int(ds.clean.rows_invalid),
-            "param_changes_in_test": dg.MetadataValue.json(summary["param_changes_in_test"]),
+            "param_changes_in_test": dg.MetadataValue.json(cast(Any, summary["param_changes_in_test"])),
         },
     )
 
@@ -223,10 +222,10 @@ world_model_daily = dg.ScheduleDefinition(
 )
 
 
-def count_kpi_rows() -> int | None:
+def count_kpi_rows(warehouse: Path) -> int | None:
     """Rows in the mart now, or None when the warehouse cannot be read (absent or locked by a writer)."""
     try:
-        con = warehouse_db.connect(paths().warehouse, wait_s=warehouse_db.SENSOR_WAIT_S)
+        con = warehouse_db.connect(warehouse, wait_s=warehouse_db.SENSOR_WAIT_S)
     except Exception:
         return None
     try:
@@ -250,17 +249,21 @@ def rows_at_last_dataset(instance: dg.DagsterInstance) -> int | None:
     job=training_job,
     minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description=f"Retrain when fct_shard_kpis gained >= {RETRAIN_NEW_ROWS} rows since the last dataset.",
+    description="Retrain when fct_shard_kpis gained the training resource's retrain_new_rows since the last dataset.",
 )
-def world_model_new_telemetry(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    now = count_kpi_rows()
+def world_model_new_telemetry(
+    context: dg.SensorEvaluationContext, lake: LakeResource, training: TrainingResource
+) -> dg.SensorResult | dg.SkipReason:
+    warehouse = lake.warehouse_path()
+    now = count_kpi_rows(warehouse)
     if now is None:
-        return dg.SkipReason(f"warehouse {paths().warehouse} or table {KPI_TABLE} not readable now")
+        return dg.SkipReason(f"warehouse {warehouse} or table {KPI_TABLE} not readable now")
+    threshold = training.retrain_threshold()
     cursor = int(context.cursor) if context.cursor else None
     baseline = cursor if cursor is not None else rows_at_last_dataset(context.instance)
     grown = now - (baseline or 0)
-    if grown < RETRAIN_NEW_ROWS:
-        return dg.SkipReason(f"{grown} new KPI rows since the last dataset; retrain at {RETRAIN_NEW_ROWS}")
+    if grown < threshold:
+        return dg.SkipReason(f"{grown} new KPI rows since the last dataset; retrain at {threshold}")
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=f"kpi-rows-{now}", tags={"aegis/kpi_rows": str(now)})],
         cursor=str(now),

@@ -28,122 +28,41 @@
 - Paths come from the ``lake`` resource (``LakeResource``), never from the
   process's global ``paths()``: the profile chooses the lake in one place
   (pipelines/profiles.py), and a configured ``LakeResource(home=...)`` is what
-  the build and the checks read. On an S3 lake the dbt build reads the lake
-  through the prod target (``AEGIS_LAKE_ROOT``); the GX checks read local
-  files only and say so (``LakeNotConfigured``) rather than read a local home.
+  the build and the checks read. On an S3 lake (prod) the dbt build reads the
+  lake through the prod target (the dbt var ``lake_root``, Arrow's S3 filesystem)
+  and the GX checks read bronze in S3 the same way; the warehouse file stays in
+  the home and is published to the platform bucket after each build.
 
-The manifest is prepared at import when missing or older than the project's
-files (``dbt parse``, guarded against concurrent parses), so importing the code
-location works on a fresh clone where ``dbt/target`` does not exist.
+The dbt project, its manifest and the ``dbt`` resource are
+:mod:`assets.resources.dbt`'s.
 """
 
-import contextlib
-import fcntl
 import json
-import shutil
-import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import (
-    DagsterDbtTranslator,
-    DagsterDbtTranslatorSettings,
-    DbtCliResource,
-    DbtProject,
-    dbt_assets,
-)
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
 from aegis import warehouse as warehouse_db
 from aegis.config import AegisPaths
+from aegis.lake.store import Lake, as_lake
 from aegis.quality import suites
 from aegis.quality.gx_validation import ValidationReport
 from aegis.stack import AUTOMATION_TAG
+from assets.resources.dbt import DBT_PROJECT
+from assets.resources.lake import LakeResource
 from assets.telemetry import BRONZE_KEY
-from pipelines.resources.lake import LakeResource
 
 GROUP = "telemetry"
-DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
-DBT_TARGETS: dict[str, str] = {"local": "local", "prod": "prod"}  # AEGIS_PROFILE -> dbt target
 WORLD_CONFIGS_KEY = dg.AssetKey("world_configs")
 CHECKED_MARTS: tuple[str, ...] = tuple(suites.MART_SPECS)
 FUNNEL_MART = "fct_progression_funnel"
 HEATMAP_MART = "fct_death_heatmap"
 PREVIEW_ROWS = 10
-# Files whose change makes the manifest stale.
-_PROJECT_GLOBS: tuple[str, ...] = (
-    "dbt_project.yml",
-    "profiles.yml",
-    "models/**/*",
-    "macros/**/*",
-    "tests/**/*",
-)
 NIGHTLY_CRON = "30 3 * * *"
 # Automation requests a model at most once per window (see warehouse_automation_condition).
 WAREHOUSE_BUILD_WINDOW_CRON = "*/2 * * * *"
-
-
-# ------------------------------------------------------------------ dbt project
-
-
-def _manifest_is_stale(project: DbtProject) -> bool:
-    manifest = project.manifest_path
-    if not manifest.exists():
-        return True
-    built = manifest.stat().st_mtime
-    return any(
-        p.is_file() and p.stat().st_mtime > built for g in _PROJECT_GLOBS for p in project.project_dir.glob(g)
-    )
-
-
-def _dbt_executable() -> str:
-    """The dbt beside this interpreter (the venv), so nothing depends on PATH being activated."""
-    beside = Path(sys.executable).with_name("dbt")
-    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
-
-
-def prepare_manifest(project: DbtProject) -> Path:
-    """``dbt parse`` when the manifest is missing or stale.
-
-    A file lock serialises concurrent imports (pytest-xdist workers, the webserver
-    and a run worker starting together); the staleness test is repeated under the
-    lock so only the first of them parses.
-    """
-    if _manifest_is_stale(project):
-        lock_path = project.project_dir / project.target_path / ".parse.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if _manifest_is_stale(project):
-                    DbtCliResource(project_dir=project, dbt_executable=_dbt_executable()).cli(
-                        ["parse", "--quiet"], target_path=project.target_path, raise_on_error=True
-                    ).wait()
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-    if not project.manifest_path.exists():
-        raise RuntimeError(
-            f"dbt parse did not produce {project.manifest_path}; run 'dbt parse' in {project.project_dir}"
-        )
-    return project.manifest_path
-
-
-DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR)
-prepare_manifest(DBT_PROJECT)
-
-
-def dbt_resource(profile: str) -> DbtCliResource:
-    """The dbt CLI resource for an Aegis profile (``local`` or ``prod``), keyed ``dbt`` in pipelines/profiles.py."""
-    try:
-        target = DBT_TARGETS[profile]
-    except KeyError:
-        raise ValueError(
-            f"unknown profile {profile!r} for dbt; expected one of {', '.join(DBT_TARGETS)}"
-        ) from None
-    return DbtCliResource(
-        project_dir=DBT_PROJECT, profiles_dir=DBT_PROJECT_DIR, target=target, dbt_executable=_dbt_executable()
-    )
 
 
 def warehouse_automation_condition() -> dg.AutomationCondition:
@@ -206,34 +125,35 @@ class WarehouseBuildConfig(dg.Config):
     full_refresh: bool = False  # dbt --full-refresh: rebuild every model from scratch (incremental ones too)
 
 
-def _dbt_args(config: WarehouseBuildConfig, home: AegisPaths | None) -> list[str]:
-    """``dbt build`` arguments; ``home`` None: an S3 lake, whose root the prod target takes from the env."""
-    args = ["build"]
-    if home is not None:
-        args += ["--vars", json.dumps({"aegis_home": str(home.home)})]
+def _dbt_args(config: WarehouseBuildConfig, home: AegisPaths, lake: Lake | None = None) -> list[str]:
+    """``dbt build`` arguments: the home (the warehouse file) and, for an S3 lake, its root."""
+    dbt_vars = {"aegis_home": str(home.home)}
+    if lake is not None and lake.is_remote:
+        dbt_vars["lake_root"] = lake.store.uri
+    args = ["build", "--vars", json.dumps(dbt_vars)]
     if config.full_refresh:
         args.append("--full-refresh")
     return args
 
 
-def missing_lake_inputs(home: AegisPaths) -> list[str]:
-    """What a local dbt build needs and the lake lacks, each with how to produce it.
+def missing_lake_inputs(where: AegisPaths | Lake) -> list[str]:
+    """What a dbt build needs and the lake lacks, each with how to produce it.
 
     dbt-duckdb would otherwise fail deep inside the first model with DuckDB's
     "No files found that match the pattern", which names neither the cause nor the fix.
     """
+    lake = as_lake(where)
     missing: list[str] = []
-    if not any(home.bronze.glob("*/*.parquet")):
+    if not lake.store.any("bronze"):
         missing.append(
-            f"no bronze events under {home.bronze}: land telemetry (`aegis world run`, or a running "
-            "world server) and ingest it (job ingest_telemetry / `aegis materialize telemetry` runs "
-            "bronze_events first)"
+            f"no bronze events under {lake.store.uri_of('bronze')}: land telemetry (`aegis world run`, or "
+            "a running world server) and ingest it (job ingest_telemetry / `aegis materialize telemetry` "
+            "runs bronze_events first)"
         )
-    configs = home.landing / "configs"
-    if not any(configs.glob("*/*.parquet")):
+    if not lake.store.any("landing/configs"):
         missing.append(
-            f"no world config feed under {configs}: the world server (or `aegis world run`) lands one "
-            "file per shard and config version there"
+            f"no world config feed under {lake.store.uri_of('landing/configs')}: the world server (or "
+            "`aegis world run`) lands one file per shard and config version there"
         )
     return missing
 
@@ -262,32 +182,29 @@ def warehouse_dbt(
     is the ``lake`` resource's; a local lake missing its inputs fails before
     dbt starts, with what is missing and how to produce it.
     """
-    home = None if lake.is_s3 else lake.paths()
-    if home is not None:
-        missing = missing_lake_inputs(home)
-        if missing and context.run.tags.get(AUTOMATION_RUN_TAG) == "true":
-            # Automation asks for the models as soon as the stack starts (a model with no
-            # materialized input, like the config feed's view, counts as missing): before the
-            # first telemetry has landed and been ingested that is warming up, not a failure.
-            # The run ends green with nothing materialized; the next window tries again.
-            context.log.info("warming up, nothing to build yet: " + "; ".join(missing))
-            return
-        if missing:
-            raise dg.Failure(
-                description="the warehouse cannot be built yet: " + "; ".join(missing),
-                metadata={"lake": dg.MetadataValue.path(str(home.lake))},
-            )
+    home = lake.home_paths()
+    where = lake.lake()
+    missing = missing_lake_inputs(where)
+    if missing and context.run.tags.get(AUTOMATION_RUN_TAG) == "true":
+        # Automation asks for the models as soon as the stack starts (a model with no
+        # materialized input, like the config feed's view, counts as missing): before the
+        # first telemetry has landed and been ingested that is warming up, not a failure.
+        # The run ends green with nothing materialized; the next window tries again.
+        context.log.info("warming up, nothing to build yet: " + "; ".join(missing))
+        return
+    if missing:
+        raise dg.Failure(
+            description="the warehouse cannot be built yet: " + "; ".join(missing),
+            metadata={"lake": dg.MetadataValue.path(where.store.uri)},
+        )
     held: list[Any] = []
     # The build holds the warehouse's exclusive lock (aegis.warehouse): readers queue behind it
     # instead of failing it, and it waits for the readers in flight. Released before the
-    # metadata below, which reads under the shared lock.
-    build_lock = (
-        warehouse_db.warehouse_lock(home.warehouse, exclusive=True, wait_s=warehouse_db.RUN_WAIT_S)
-        if home is not None
-        else contextlib.nullcontext()
-    )
-    with build_lock:
-        for event in dbt.cli(_dbt_args(config, home), context=context).stream():
+    # metadata below, which reads under the shared lock. In prod the build starts from the
+    # newest published warehouse (incremental models) and publishes what it built.
+    with warehouse_db.warehouse_lock(home.warehouse, exclusive=True, wait_s=warehouse_db.RUN_WAIT_S):
+        warehouse_db.pull(home.warehouse)
+        for event in dbt.cli(_dbt_args(config, home, where), context=context).stream():
             name = _model_name(event)
             if name in _ENRICHED and isinstance(
                 event, (dg.Output, dg.AssetMaterialization, dg.AssetCheckResult)
@@ -295,9 +212,11 @@ def warehouse_dbt(
                 held.append(event)
             else:
                 yield event
+        if warehouse_db.publish(home.warehouse) is not None:
+            context.log.info(f"published the warehouse to {warehouse_db.published_key()}")
     for event in held:
         name = _model_name(event)
-        if isinstance(event, (dg.Output, dg.AssetMaterialization)) and name is not None and home is not None:
+        if isinstance(event, (dg.Output, dg.AssetMaterialization)) and name is not None:
             try:
                 extra = mart_metadata(home, name)
             except Exception as exc:  # metadata is a view of the data: never fail a good build over it
@@ -367,7 +286,7 @@ def check_result(report: ValidationReport, severity: dg.AssetCheckSeverity) -> d
     description="GX: keys not null, kind in the enum, schema_version 1, event_id unique (newest rows).",
 )
 def bronze_gx_integrity(lake: LakeResource) -> dg.AssetCheckResult:
-    return check_result(suites.bronze_integrity(lake.paths()), dg.AssetCheckSeverity.ERROR)
+    return check_result(suites.bronze_integrity(lake.lake()), dg.AssetCheckSeverity.ERROR)
 
 
 @dg.asset_check(
@@ -376,7 +295,7 @@ def bronze_gx_integrity(lake: LakeResource) -> dg.AssetCheckResult:
     description="GX: events in the newest complete game hour within 50% of the trailing hours' mean.",
 )
 def bronze_gx_volume(lake: LakeResource) -> dg.AssetCheckResult:
-    return check_result(suites.bronze_volume(lake.paths()), dg.AssetCheckSeverity.WARN)
+    return check_result(suites.bronze_volume(lake.lake()), dg.AssetCheckSeverity.WARN)
 
 
 @dg.asset_check(
@@ -385,7 +304,7 @@ def bronze_gx_volume(lake: LakeResource) -> dg.AssetCheckResult:
     description="GX: lake ingested recently (wall clock); no shard trails the fleet's newest event by 30 min.",
 )
 def bronze_gx_freshness(lake: LakeResource) -> dg.AssetCheckResult:
-    return check_result(suites.bronze_freshness(lake.paths()), dg.AssetCheckSeverity.WARN)
+    return check_result(suites.bronze_freshness(lake.lake()), dg.AssetCheckSeverity.WARN)
 
 
 def _previous_row_counts(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = 25) -> list[int]:
@@ -410,20 +329,24 @@ def _mart_checks(mart: str) -> list[dg.AssetChecksDefinition]:
         description=f"GX: keys not null and rates within [0, 1] on {mart}; bad rows must not flow on.",
     )
     def integrity(lake: LakeResource) -> dg.AssetCheckResult:
-        return check_result(suites.mart_integrity(lake.paths(), mart), dg.AssetCheckSeverity.ERROR)
+        return check_result(
+            suites.mart_integrity(lake.home_paths(), mart, lake.lake()), dg.AssetCheckSeverity.ERROR
+        )
 
     @dg.asset_check(
         asset=key, name="gx_volume", description=f"GX: {mart} row volume against its trailing baseline."
     )
     def volume(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
         previous = _previous_row_counts(context.instance, key)
-        return check_result(suites.mart_volume(lake.paths(), mart, previous), dg.AssetCheckSeverity.WARN)
+        return check_result(suites.mart_volume(lake.home_paths(), mart, previous), dg.AssetCheckSeverity.WARN)
 
     @dg.asset_check(
         asset=key, name="gx_freshness", description=f"GX: {mart} covers the lake's newest events."
     )
     def freshness(lake: LakeResource) -> dg.AssetCheckResult:
-        return check_result(suites.mart_freshness(lake.paths(), mart), dg.AssetCheckSeverity.WARN)
+        return check_result(
+            suites.mart_freshness(lake.home_paths(), mart, lake.lake()), dg.AssetCheckSeverity.WARN
+        )
 
     return [integrity, volume, freshness]
 
@@ -468,10 +391,8 @@ defs = dg.Definitions(
 
 __all__ = [
     "ASSET_CHECKS",
-    "DBT_PROJECT",
     "GROUP",
     "AegisDbtTranslator",
-    "dbt_resource",
     "defs",
     "mart_metadata",
     "missing_lake_inputs",

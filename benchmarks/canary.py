@@ -40,6 +40,7 @@ import platform
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -127,20 +128,12 @@ def column_size(kpis: pd.DataFrame, spec: CanarySpec, kind: str, metric_change: 
 def build(
     kpis: pd.DataFrame, meta: dict[str, Any], settings: JudgeSettings, every_hours: float
 ) -> list[Scenario]:
+    """Every scenario of the benchmark (module docstring), in a fixed order with a fixed draw of canaries."""
     budget = settings.default_max_buckets
     changed = set(meta["changes"])
-    shards = sorted(set(kpis["shard_id"].astype(str)))
-    unchanged = [s for s in shards if s not in changed]
-    t0 = pd.to_datetime(kpis["bucket_start"], utc=True).min()
-    first = t0 + timedelta(hours=WARMUP_HOURS + HISTORY_HOURS)
+    unchanged = [s for s in sorted(set(kpis["shard_id"].astype(str))) if s not in changed]
     change = pd.Timestamp(meta["change_start"])
-    end = pd.to_datetime(kpis["bucket_start"], utc=True).max() + timedelta(minutes=5)
-    window = timedelta(minutes=5 * budget)
-    every = timedelta(hours=every_hours)
-    specs = list(placebo_specs(kpis, unchanged, first, end - window, every, budget, K_CONTROLS, changed))
-    specs += list(
-        placebo_specs(kpis, sorted(changed), first, change - window, every, budget, K_CONTROLS, changed)
-    )
+    specs = _placebo_specs(kpis, changed, unchanged, change, budget, every_hours)
     out = [Scenario(f"aa/{s.canary}@{s.start:%dT%H}", "aa", s, expect="not rolled back") for s in specs]
     rng = np.random.default_rng(0)
 
@@ -148,6 +141,40 @@ def build(
         chosen = rng.choice(len(specs), size=min(SPECS_PER_EFFECT, len(specs)), replace=False)
         return [specs[i] for i in chosen]
 
+    # The draws happen in this order (harm, good, breaks): the scenarios depend on it.
+    out += _harm_scenarios(kpis, settings, pick)
+    out += _good_scenarios(kpis, settings, pick)
+    out += _breaks_scenarios(kpis, settings, pick)
+    out += _real_scenarios(kpis, unchanged, change, budget)
+    return out
+
+
+def _placebo_specs(
+    kpis: pd.DataFrame,
+    changed: set[str],
+    unchanged: list[str],
+    change: pd.Timestamp,
+    budget: int,
+    every_hours: float,
+) -> list[CanarySpec]:
+    """A/A canaries: every unchanged shard over the whole run, the changed ones before their change."""
+    t0 = pd.to_datetime(kpis["bucket_start"], utc=True).min()
+    first = t0 + timedelta(hours=WARMUP_HOURS + HISTORY_HOURS)
+    end = pd.to_datetime(kpis["bucket_start"], utc=True).max() + timedelta(minutes=5)
+    window = timedelta(minutes=5 * budget)
+    every = timedelta(hours=every_hours)
+    specs = list(placebo_specs(kpis, unchanged, first, end - window, every, budget, K_CONTROLS, changed))
+    specs += list(
+        placebo_specs(kpis, sorted(changed), first, change - window, every, budget, K_CONTROLS, changed)
+    )
+    return specs
+
+
+def _harm_scenarios(
+    kpis: pd.DataFrame, settings: JudgeSettings, pick: Callable[[], list[CanarySpec]]
+) -> list[Scenario]:
+    """Each harm kind at every multiple of its margin, then inside it (tolerable)."""
+    out: list[Scenario] = []
     for kind in HARM_KINDS:
         margin = settings.kpis[EFFECT_METRIC[kind]].margin
         for mult in HARM_MULTIPLES:
@@ -169,6 +196,14 @@ def build(
                     f"tolerable/{kind}/{s.canary}", "tolerable", s, {kind: size}, expect="inside the margin"
                 )
             )
+    return out
+
+
+def _good_scenarios(
+    kpis: pd.DataFrame, settings: JudgeSettings, pick: Callable[[], list[CanarySpec]]
+) -> list[Scenario]:
+    """Each good kind (its metric the target) at every multiple of its margin, nothing harmed."""
+    out: list[Scenario] = []
     for kind in GOOD_KINDS:
         metric = EFFECT_METRIC[kind]
         margin = settings.kpis[metric].margin
@@ -185,6 +220,14 @@ def build(
                         expect=f"{metric} improved",
                     )
                 )
+    return out
+
+
+def _breaks_scenarios(
+    kpis: pd.DataFrame, settings: JudgeSettings, pick: Callable[[], list[CanarySpec]]
+) -> list[Scenario]:
+    """Fewer abandons (the target) with one guardrail broken at 2x its margin."""
+    out: list[Scenario] = []
     for breaks in BREAKS:
         margin = settings.kpis[EFFECT_METRIC[breaks]].margin
         for s in pick():
@@ -204,6 +247,14 @@ def build(
                     expect=f"{breaks} breaks",
                 )
             )
+    return out
+
+
+def _real_scenarios(
+    kpis: pd.DataFrame, unchanged: list[str], change: pd.Timestamp, budget: int
+) -> list[Scenario]:
+    """The world run's real parameter changes, controls chosen on the history before them."""
+    out: list[Scenario] = []
     for canary, change_def in REAL_CHANGES.items():
         history = kpis[pd.to_datetime(kpis["bucket_start"], utc=True) < change]
         controls = choose_controls(history, canary, unchanged, K_CONTROLS)
@@ -327,7 +378,7 @@ def main() -> int:
     settings = JudgeSettings.from_policy_data()
     scenarios = build(kpis, meta, settings, args.every_hours)
     started = time.perf_counter()
-    results = []
+    results: list[dict[str, Any]] = []
     seq_seconds = kay_seconds = 0.0
     for sc in scenarios:
         data = sc.kpis(kpis)

@@ -33,7 +33,7 @@ import resource
 import shutil
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def cpu_now() -> float:
 
 def simulate(
     seed: int, per_shard: int, minutes: int, fused: bool = True
-) -> tuple[float, float, list[tuple[str, object, pa.Table]]]:
+) -> tuple[float, float, list[tuple[str, datetime, pa.Table]]]:
     """Step the world into one buffer per shard and window; return wall s, CPU s and the window tables.
 
     ``fused``: one :class:`ShardGroup` tick for all shards (what ``run_world`` does);
@@ -68,7 +68,7 @@ def simulate(
     world = World(seed=seed, players_per_shard=per_shard)
     group = world.group()
     bufs = [EventBuffer(sid, s.region) for sid, s in world.shards.items()]
-    tables: list[tuple[str, object, pa.Table]] = []
+    tables: list[tuple[str, datetime, pa.Table]] = []
     t0, c0 = time.perf_counter(), cpu_now()
     start = world.game_time
     for i in range(minutes):
@@ -100,7 +100,7 @@ def end_to_end(
     return summary, cpu_now() - c0
 
 
-def ceiling(tables: list[tuple[str, object, pa.Table]], root: Path, tuned: bool) -> tuple[float, float]:
+def ceiling(tables: list[tuple[str, datetime, pa.Table]], root: Path, tuned: bool) -> tuple[float, float]:
     t0, c0 = time.perf_counter(), cpu_now()
     for i, (sid, start, t) in enumerate(tables):
         path = landing_path(root, start, sid, f"b{i}")
@@ -112,6 +112,28 @@ def ceiling(tables: list[tuple[str, object, pa.Table]], root: Path, tuned: bool)
 
 
 def main() -> None:
+    args = _parse_args()
+    per_shard = max(args.players // N_SHARDS, 1)
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machines: read ratios)"
+    )
+    sim_s, sim_cpu, tables = _simulate_report(args, per_shard)
+    events = sum(t.num_rows for _, _, t in tables)
+    tmp = Path(tempfile.mkdtemp(prefix="aegis-bench-world-"))
+    try:
+        tuned_s, tuned_cpu, default_s = _ceiling_report(tables, tmp, events)
+        _end_to_end_report(tmp, args, per_shard, events / tuned_s)
+        print(
+            f"time split (wall): simulate {sim_s:.2f}s, write {tuned_s:.2f}s "
+            f"(defaults {default_s:.2f}s); CPU: simulate {sim_cpu:.2f}s, write {tuned_cpu:.2f}s"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.profile:
+        _profile(args.seed, per_shard, args.minutes)
+
+
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--players", type=int, default=100_000, help="total population over all shards")
     ap.add_argument("--minutes", type=int, default=30, help="game minutes (ticks) to simulate")
@@ -122,14 +144,15 @@ def main() -> None:
     )
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the parallel run")
     ap.add_argument("--profile", action="store_true", help="print where simulation time goes")
-    args = ap.parse_args()
-    per_shard = max(args.players // N_SHARDS, 1)
+    return ap.parse_args()
+
+
+def _simulate_report(
+    args: argparse.Namespace, per_shard: int
+) -> tuple[float, float, list[tuple[str, datetime, pa.Table]]]:
+    """Simulate only, fused and shard by shard; print both; return the fused wall s, CPU s and tables."""
     slots = per_shard * N_SHARDS
     steps = slots * args.minutes
-    print(
-        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machines: read ratios)"
-    )
-
     # Fused and shard by shard, alternated and the best of --repeat kept: on a shared machine
     # other people's work inflates even CPU time (caches, frequency), so the minimum is the figure.
     sim_s = sim_cpu = solo_s = solo_cpu = float("inf")
@@ -151,54 +174,58 @@ def main() -> None:
         f"   (CPU: {steps / solo_cpu:12,.0f} player-steps/CPU-s {events / solo_cpu:12,.0f} events/CPU-s);"
         f" fused is {solo_cpu / sim_cpu:.2f}x less CPU"
     )
+    return sim_s, sim_cpu, tables
 
-    tmp = Path(tempfile.mkdtemp(prefix="aegis-bench-world-"))
-    try:
-        tuned_s, tuned_cpu = ceiling(tables, tmp / "ceiling-tuned", tuned=True)
-        default_s, default_cpu = ceiling(tables, tmp / "ceiling-default", tuned=False)
-        ceil = events / tuned_s
-        print(
-            f"ceiling       : {ceil:12,.0f} events/s written by pyarrow alone, landing options"
-            f"   (CPU: {events / tuned_cpu:12,.0f} events/CPU-s)"
-        )
-        print(
-            f"                {events / default_s:12,.0f} events/s with pyarrow defaults (write_atomic)"
-            f"   (CPU: {events / default_cpu:12,.0f} events/CPU-s)"
-        )
-        # Worker start-up (spawned interpreters importing numpy/pyarrow, state shipped both
-        # ways): the wall time of a one-tick run with workers beyond the same run in-process.
-        one_1, _ = end_to_end(tmp, "startup", args.seed, per_shard, 1, 1)
-        one_n, _ = end_to_end(tmp, "startup", args.seed, per_shard, 1, args.workers)
-        startup = max(one_n.seconds - one_1.seconds, 0.0)
-        print(f"worker start-up: {startup:.2f}s wall for workers={args.workers} (one-tick runs)")
-        for minutes in sorted({args.minutes, args.long_minutes}):
-            for workers in [1] + ([args.workers] if args.workers > 1 else []):
-                s, cpu = end_to_end(tmp, f"m{minutes}", args.seed, per_shard, minutes, workers)
-                steady = s.events / max(s.seconds - (startup if workers > 1 else 0.0), 1e-9)
-                print(
-                    f"end to end {minutes:4d} min w={workers}: {s.player_steps_per_second:12,.0f} player-steps/s "
-                    f"{s.events_per_second:12,.0f} events/s landed = {s.events_per_second / ceil:.2f} x ceiling"
-                    f" ({steady:12,.0f} events/s without start-up)"
-                    f"   (CPU: {s.events / cpu:12,.0f} events/CPU-s; {s.seconds:.2f}s wall, {cpu:.2f}s CPU, "
-                    f"{s.files} files, {s.config_files} config files, {s.bytes / max(s.events, 1):.1f} B/event)"
-                )
-        print(
-            f"time split (wall): simulate {sim_s:.2f}s, write {tuned_s:.2f}s "
-            f"(defaults {default_s:.2f}s); CPU: simulate {sim_cpu:.2f}s, write {tuned_cpu:.2f}s"
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
-    if args.profile:
-        world = World(seed=args.seed, players_per_shard=per_shard)
-        group = world.group()
-        bufs = [EventBuffer(sid, s.region) for sid, s in world.shards.items()]
-        prof = cProfile.Profile()
-        prof.enable()
-        for i in range(min(args.minutes, 10)):
-            group.step_into(1.0, world.game_time + timedelta(minutes=i), bufs)
-        prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+def _ceiling_report(
+    tables: list[tuple[str, datetime, pa.Table]], tmp: Path, events: int
+) -> tuple[float, float, float]:
+    """pyarrow alone writing the window tables, tuned and with defaults; print both; return their times."""
+    tuned_s, tuned_cpu = ceiling(tables, tmp / "ceiling-tuned", tuned=True)
+    default_s, default_cpu = ceiling(tables, tmp / "ceiling-default", tuned=False)
+    print(
+        f"ceiling       : {events / tuned_s:12,.0f} events/s written by pyarrow alone, landing options"
+        f"   (CPU: {events / tuned_cpu:12,.0f} events/CPU-s)"
+    )
+    print(
+        f"                {events / default_s:12,.0f} events/s with pyarrow defaults (write_atomic)"
+        f"   (CPU: {events / default_cpu:12,.0f} events/CPU-s)"
+    )
+    return tuned_s, tuned_cpu, default_s
+
+
+def _end_to_end_report(tmp: Path, args: argparse.Namespace, per_shard: int, ceil: float) -> None:
+    """``run_world`` end to end (worker start-up measured on its own) at both lengths; print each run."""
+    # Worker start-up (spawned interpreters importing numpy/pyarrow, state shipped both
+    # ways): the wall time of a one-tick run with workers beyond the same run in-process.
+    one_1, _ = end_to_end(tmp, "startup", args.seed, per_shard, 1, 1)
+    one_n, _ = end_to_end(tmp, "startup", args.seed, per_shard, 1, args.workers)
+    startup = max(one_n.seconds - one_1.seconds, 0.0)
+    print(f"worker start-up: {startup:.2f}s wall for workers={args.workers} (one-tick runs)")
+    for minutes in sorted({args.minutes, args.long_minutes}):
+        for workers in [1] + ([args.workers] if args.workers > 1 else []):
+            s, cpu = end_to_end(tmp, f"m{minutes}", args.seed, per_shard, minutes, workers)
+            steady = s.events / max(s.seconds - (startup if workers > 1 else 0.0), 1e-9)
+            print(
+                f"end to end {minutes:4d} min w={workers}: {s.player_steps_per_second:12,.0f} player-steps/s "
+                f"{s.events_per_second:12,.0f} events/s landed = {s.events_per_second / ceil:.2f} x ceiling"
+                f" ({steady:12,.0f} events/s without start-up)"
+                f"   (CPU: {s.events / cpu:12,.0f} events/CPU-s; {s.seconds:.2f}s wall, {cpu:.2f}s CPU, "
+                f"{s.files} files, {s.config_files} config files, {s.bytes / max(s.events, 1):.1f} B/event)"
+            )
+
+
+def _profile(seed: int, per_shard: int, minutes: int) -> None:
+    """Where the fused tick's time goes (cProfile, up to 10 ticks)."""
+    world = World(seed=seed, players_per_shard=per_shard)
+    group = world.group()
+    bufs = [EventBuffer(sid, s.region) for sid, s in world.shards.items()]
+    prof = cProfile.Profile()
+    prof.enable()
+    for i in range(min(minutes, 10)):
+        group.step_into(1.0, world.game_time + timedelta(minutes=i), bufs)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(12)
 
 
 if __name__ == "__main__":

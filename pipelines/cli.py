@@ -228,7 +228,7 @@ def materialize(group: str | None, list_groups: bool, rebuild_upstream: bool) ->
         raise click.UsageError("name a GROUP (see --list)")
     if group not in groups:
         raise click.UsageError(f"unknown group {group!r}; known: {', '.join(groups)}")
-    assets = [*defs.assets, *(defs.asset_checks or [])]
+    assets: list[Any] = [*(defs.assets or []), *(defs.asset_checks or [])]
     instance = _instance()
     selection, reused = plan_selection(defs, instance, group, rebuild_upstream)
     log_path = log_path_for(group)

@@ -1,8 +1,9 @@
 """The one place that picks resources per profile (``AEGIS_PROFILE``: ``local`` | ``prod``).
 
-Assets name the resources they need (``lake``, ``game``, ``dbt``, ...); which
-lake, which backend and which warehouse they get is decided here and nowhere
-else, so an asset never branches on the environment.  ``prod`` reads the
+Assets name the resources they need (``lake``, ``game``, ``dbt``, ...; the
+classes live in ``assets.resources``); which lake, which backend and which
+warehouse they get is decided here and nowhere else, so an asset never
+branches on the environment.  ``prod`` reads the
 Pulumi stack outputs from the environment variables that
 ``pipelines.stack_outputs`` names and fails with the list of missing ones.
 Dagster's own storage is instance configuration, not a resource: locally
@@ -12,18 +13,23 @@ Dagster's own storage is instance configuration, not a resource: locally
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aegis.config import current_profile
-from pipelines.resources import GameBackendResource, LakeResource
-from pipelines.resources.changes import ChangeSetResource
-from pipelines.resources.mlflow import MlflowResource
-from pipelines.stack_outputs import read_stack_env
+from assets.resources.changes import ChangeSetResource
+from assets.resources.game import GameBackendResource
+from assets.resources.healing import HealingResource
+from assets.resources.lake import LakeResource
+from assets.resources.mlflow import MlflowResource
+from assets.resources.training import TrainingResource
+from pipelines.stack_outputs import read_prod_env
 
 PROFILES = ("local", "prod")
 # The database password is not a stack output: the platform injects it from Secrets Manager.
 PROD_DB_PASSWORD_ENV = "AEGIS_DB_PASSWORD"
 PROD_DB_USER_ENV = "AEGIS_DB_USER"
+DAGSTER_PG_SCHEME = "postgresql+psycopg2"
 
 
 def get_profile() -> str:
@@ -32,7 +38,9 @@ def get_profile() -> str:
 
 
 def _dbt(profile: str) -> Any:
-    from assets.warehouse import dbt_resource
+    # Imported on use: assets.resources.dbt imports dagster-dbt and parses a stale project,
+    # which prod_instance_config's callers do not need.
+    from assets.resources.dbt import dbt_resource
 
     return dbt_resource(profile)
 
@@ -45,23 +53,24 @@ def resources_for(profile: str) -> dict[str, Any]:
             "game": GameBackendResource(),
             "dbt": _dbt(profile),
             "mlflow": MlflowResource(),
+            "training": TrainingResource(),
             "changes": ChangeSetResource(),
+            "healing": HealingResource(),
         }
     if profile == "prod":
-        from dagster_aws.s3 import S3Resource
-
-        stack = read_stack_env()
+        stack = read_prod_env()  # every missing stack output and secret in one error, before any run
         return {
             "lake": LakeResource(
                 s3_bucket=stack["lakeBucket"],
                 s3_landing_prefix=stack["lakeLandingPrefix"],
                 region=stack["primaryRegion"],
             ),
-            "s3": S3Resource(region_name=stack["primaryRegion"]),
             "game": GameBackendResource(base_url=stack["gameApiUrl"]),
             "dbt": _dbt(profile),
             "mlflow": MlflowResource(tracking_uri=stack["mlflowTrackingUri"]),
+            "training": TrainingResource(),
             "changes": ChangeSetResource(backend_url=stack["gameApiUrl"]),
+            "healing": HealingResource(alert_queue_url=stack["alertQueueUrl"], region=stack["primaryRegion"]),
         }
     raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
 
@@ -84,18 +93,27 @@ def executor_for(profile: str) -> Any:
     raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
 
 
-def prod_instance_config() -> dict[str, Any]:
-    """dagster.yaml for prod: run/event/schedule storage in Aurora PostgreSQL, values from the environment."""
-    read_stack_env()  # fail early, naming every missing stack output
-    postgres = {
-        "postgres_db": {
-            "hostname": {"env": "AEGIS_DB_HOST"},
-            "port": {"env": "AEGIS_DB_PORT"},
-            "db_name": {"env": "AEGIS_DAGSTER_DB"},
-            "username": {"env": PROD_DB_USER_ENV},
-            "password": {"env": PROD_DB_PASSWORD_ENV},
-        }
+def prod_instance_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """dagster.yaml for prod: run/event/schedule storage in Aurora PostgreSQL, values from the environment.
+
+    Fails first, naming every missing stack output and secret. A database host that is a
+    directory (``/...``, libpq's Unix-socket convention) is passed as the ``host`` parameter.
+    """
+    env = read_prod_env(environ)
+    db: dict[str, Any] = {
+        "hostname": {"env": "AEGIS_DB_HOST"},
+        "port": {"env": "AEGIS_DB_PORT"},
+        "db_name": {"env": "AEGIS_DAGSTER_DB"},
+        "username": {"env": PROD_DB_USER_ENV},
+        "password": {"env": PROD_DB_PASSWORD_ENV},
+        # dagster-postgres issues `NOTIFY run_events, %(id)s`, which only psycopg2's client-side
+        # interpolation accepts; SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3.
+        "scheme": DAGSTER_PG_SCHEME,
     }
+    if env["dbWriterEndpoint"].startswith("/"):
+        db["hostname"] = "localhost"
+        db["params"] = {"host": env["dbWriterEndpoint"]}
+    postgres = {"postgres_db": db}
     return {
         "storage": {"postgres": postgres},
         "run_coordinator": {

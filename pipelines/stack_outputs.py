@@ -40,8 +40,41 @@ STACK_OUTPUT_ENV: dict[str, str] = {
 }
 
 
+# Secrets the platform injects beside the stack outputs (on EKS from Secrets Manager, the
+# secret the stack output dbSecretArn names): environment variable -> what it is.
+PROD_SECRET_ENV: dict[str, str] = {
+    "AEGIS_DB_USER": "database user (secret dbSecretArn, key username)",
+    "AEGIS_DB_PASSWORD": "database password (secret dbSecretArn, key password)",
+}
+
+
 class MissingStackOutputsError(RuntimeError):
-    """The prod profile was started without the stack's outputs in its environment."""
+    """The prod profile was started without the stack's outputs (or secrets) in its environment."""
+
+
+def read_prod_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Stack outputs AND secrets of the prod profile; one error naming every missing value.
+
+    Returns ``{stack output name: value}`` plus the secrets under their variable names.
+    Called when the code location loads, so a bad deployment fails before any run starts.
+    """
+    env = os.environ if environ is None else environ
+    missing: list[str] = []
+    try:
+        values = read_stack_env(env)
+    except MissingStackOutputsError as exc:
+        values = {}
+        missing.append(str(exc).split(": ", 1)[1])
+    secrets = {var: env.get(var, "").strip() for var in PROD_SECRET_ENV}
+    absent = [f"{var} ({PROD_SECRET_ENV[var]})" for var, value in secrets.items() if not value]
+    if absent:
+        missing.append(", ".join(absent))
+    if missing:
+        raise MissingStackOutputsError(
+            "the prod profile needs these environment variables, set from `pulumi stack output` and the "
+            "database secret (on EKS the platform deployment sets them): " + ", ".join(missing)
+        )
+    return {**values, **secrets}
 
 
 def read_stack_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -11,6 +11,8 @@ import click
 from aegis.config import ALERTS_PORT, WORLD_PORT, paths
 
 ENV_SNS_SKIP_VERIFY = "AEGIS_SNS_SKIP_VERIFY"
+PULL_ONCE_DEADLINE_S = 60.0  # pull-sqs --once: no new receive after this
+PULL_RETRY_S = 5.0  # pull-sqs: pause after the queue could not be read
 
 
 @click.group()
@@ -98,11 +100,12 @@ def list_alerts(show_all: bool, limit: int, as_json: bool) -> None:
     """The alert inbox: what Alertmanager, CloudWatch and the SLO marts raised."""
     import json
 
-    from aegis.alerts.inbox import AlertInbox, InboxEntry
+    from aegis import db
+    from aegis.alerts.inbox import AlertInbox, InboxEntry, default_url
 
     entries: list[InboxEntry] = []
-    if not paths().alerts_db.is_file():
-        pass
+    if db.sqlite_file(default_url()) is not None and not paths().alerts_db.is_file():
+        pass  # a local inbox nothing has written yet: nothing to list (and no file created)
     else:
         inbox = AlertInbox()
         try:
@@ -126,27 +129,69 @@ def list_alerts(show_all: bool, limit: int, as_json: bool) -> None:
 
 
 @alerts.command(name="pull-sqs")
-@click.option("--queue-url", required=True, help="The alarm queue (Pulumi output queueUrl).")
-@click.option("--region", required=True, help="The queue's AWS region.")
-@click.option("--once", is_flag=True, help="One receive (up to 10 messages), then exit.")
-def pull_sqs(queue_url: str, region: str, once: bool) -> None:
-    """Move CloudWatch alarms from the production SQS queue into the alert inbox (until Ctrl-C)."""
-    import boto3
+@click.option(
+    "--queue-url",
+    envvar="AEGIS_ALERT_QUEUE_URL",
+    required=True,
+    help="The alarm queue (Pulumi output alertQueueUrl; env AEGIS_ALERT_QUEUE_URL).",
+)
+@click.option(
+    "--region",
+    envvar="AEGIS_AWS_REGION",
+    required=True,
+    help="AWS region (env AEGIS_AWS_REGION); an AWS queue URL's own region wins.",
+)
+@click.option(
+    "--endpoint-url", default=None, help="Another SQS endpoint (default: AWS, or the env AWS_ENDPOINT_URL)."
+)
+@click.option("--once", is_flag=True, help="Drain what is waiting now (up to --max-messages), then exit.")
+@click.option(
+    "--max-messages",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="With --once: the most messages to take.",
+)
+def pull_sqs(queue_url: str, region: str, endpoint_url: str | None, once: bool, max_messages: int) -> None:
+    """Move CloudWatch alarms from the production SQS queue into the alert inbox (until Ctrl-C).
+
+    A message is deleted only after its alert is committed; one that is not an alarm is left for
+    the dead-letter queue.  Without --once it long-polls and, when the queue cannot be read,
+    says why and tries again.
+    """
+    import time
 
     from aegis.alerts.inbox import AlertInbox
-    from aegis.alerts.sqs import pull_once
+    from aegis.alerts.source import AlertSourceUnavailable, SqsAlertSource
+    from aegis.alerts.sqs import MAX_MESSAGES, WAIT_S, PullResult
 
-    client = boto3.client("sqs", region_name=region)
+    def report(result: PullResult) -> None:
+        if result.received:
+            click.echo(
+                f"received {result.received}, stored {result.stored}, left {len(result.skipped)} for the DLQ"
+                + (f", {len(result.undeleted)} not deleted (will come back)" if result.undeleted else "")
+            )
+
+    try:
+        source = SqsAlertSource(queue_url, region, endpoint_url, wait_s=0 if once else WAIT_S)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     inbox = AlertInbox()
     try:
+        if once:
+            try:
+                report(source.drain(inbox, max_messages=max_messages, deadline_s=PULL_ONCE_DEADLINE_S))
+            except AlertSourceUnavailable as exc:
+                report(exc.result)
+                raise click.ClickException(str(exc)) from exc
+            return
         while True:
-            result = pull_once(client, queue_url, inbox, region, wait_s=0 if once else 20)
-            if result.received:
-                click.echo(
-                    f"received {result.received}, stored {result.stored}, left {len(result.skipped)} for the DLQ"
-                )
-            if once:
-                break
+            try:  # deadline 0: one long-polling receive per round
+                report(source.drain(inbox, max_messages=MAX_MESSAGES, deadline_s=0))
+            except AlertSourceUnavailable as exc:
+                report(exc.result)
+                click.echo(f"error: {exc}; retrying in {PULL_RETRY_S:g} s", err=True)
+                time.sleep(PULL_RETRY_S)
     except KeyboardInterrupt:
         pass
     finally:

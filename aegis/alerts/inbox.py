@@ -15,10 +15,13 @@ Alerts whose name Aegis does not know are recorded (``known=False``) so an
 operator can see them, but :meth:`since` and :meth:`firing` leave them out unless
 asked: an unknown alert never drives an action.
 
-SQLite runs in WAL mode with ``synchronous=FULL`` and every :meth:`put` commits
-before it returns, so an alert the receiver acknowledged survives a kill -9 or a
-power cut.  Writers take the write lock up front (``BEGIN IMMEDIATE``) so
-concurrent receivers never hand out the same ``seq``.
+SQLite (``AEGIS_HOME/alerts.db``) runs in WAL mode with ``synchronous=FULL``; in
+prod the inbox lives in the platform's PostgreSQL (schema ``aegis_alerts``,
+:mod:`aegis.db`).  Every :meth:`put` commits before it returns, so an alert the
+receiver acknowledged survives a kill -9 or a power cut.  Writers take the write
+lock up front (``BEGIN IMMEDIATE`` on SQLite, the store's advisory lock on
+PostgreSQL) so concurrent receivers never hand out the same ``seq``, and ``seq``
+commits in order (a consumer of :meth:`since` never skips one committed late).
 """
 
 from __future__ import annotations
@@ -28,19 +31,20 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
-from aegis.config import paths
+from aegis import db
+from aegis.config import AegisPaths, paths
 from aegis.domain import Alert, AlertStatus, utcnow
 
-SQLITE_BUSY_TIMEOUT_S = 60.0
+STORE = "alerts"
+SQLITE_BUSY_TIMEOUT_S = db.SQLITE_BUSY_TIMEOUT_S
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 10_000
-WRITE_OPTION = "inbox_write"
+WRITE_LOCK = db.store_schema(STORE)
 BULK_CHUNK = 500  # fingerprints per IN (...) query: under SQLite's variable limit
 
 # The alert names Aegis acts on (labels ``alertname``); the healing playbooks key on these.
@@ -129,8 +133,16 @@ def is_known(name: str) -> bool:
     return name in KNOWN_ALERTS
 
 
-def default_url() -> str:
-    return f"sqlite:///{paths().alerts_db}"
+def default_url(aegis_paths: AegisPaths | None = None) -> str:
+    """The inbox's URL: ``$AEGIS_ALERTS_URL``, the platform database in prod, else ``AEGIS_HOME/alerts.db``."""
+    return db.store_url(STORE, sqlite_path=(aegis_paths or paths()).alerts_db)
+
+
+def _create_tables(conn: sa.Connection) -> None:
+    metadata.create_all(conn)  # only what is missing: adopts an inbox made before migrations
+
+
+MIGRATIONS = [db.Migration(1, "alerts and deliveries", _create_tables)]
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -192,41 +204,14 @@ class AlertInbox:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_url()
-        self.engine = self._make_engine(self.url)
-        metadata.create_all(self.engine)
-
-    @staticmethod
-    def _make_engine(url: str) -> sa.Engine:
-        if not url.startswith("sqlite"):
-            return sa.create_engine(url, pool_pre_ping=True)
-        db = url.removeprefix("sqlite:///")
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() not in ("wal", "memory"):
-                raise RuntimeError(f"{db}: could not enable WAL journal mode (got {mode!r})")
-            cur.execute("PRAGMA synchronous=FULL")  # an acknowledged alert survives power loss
-            cur.close()
-
-        @sa.event.listens_for(engine, "begin")
-        def _begin(conn: sa.Connection) -> None:
-            write = conn.get_execution_options().get(WRITE_OPTION, False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-        return engine
+        self.engine = db.open_store(self.url, STORE, MIGRATIONS)
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
-        with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+        with db.write_transaction(self.engine, WRITE_LOCK) as conn:
             yield conn
 
     # ------------------------------------------------------------------ writes

@@ -29,11 +29,13 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -324,6 +326,129 @@ def sns_caller(request: Request) -> Caller:
 # Module level: FastAPI resolves the string annotations of the handlers against module globals.
 ALERTS_CALLER = require_scope("alerts")
 READ_CALLER = require_scope("read")
+STATE_RECEIVER = "aegis_alert_receiver"
+
+
+@dataclass
+class ReceiverState:
+    """What the handlers share: set on the app by :func:`create_app`, handed to them by :func:`get_receiver`."""
+
+    inbox: AlertInbox
+    metrics: ReceiverMetrics
+    sns: SnsVerifier
+    sns_skip_verify: bool
+
+    def store(self, alerts: list[Alert], payload: dict[str, Any]) -> list[InboxEntry]:
+        """Put ``alerts`` into the inbox durably and count them (blocking: call it in the thread pool)."""
+        t0 = time.perf_counter()
+        entries = self.inbox.put(alerts, source_payload=payload)
+        self.metrics.store_seconds.observe(time.perf_counter() - t0)
+        for e in entries:
+            self.metrics.received.labels(
+                source=e.alert.source, status=e.status, known=str(e.known).lower()
+            ).inc()
+            if not e.known:
+                log.warning(
+                    "alert %r (target %s) is not one Aegis acts on: recorded, ignored",
+                    e.alert.name,
+                    e.alert.target,
+                )
+        return entries
+
+
+async def get_receiver(request: Request) -> ReceiverState:
+    """The app's :class:`ReceiverState` (async: resolved on the event loop, no thread-pool hop)."""
+    state: ReceiverState = getattr(request.app.state, STATE_RECEIVER)
+    return state
+
+
+Receiver = Annotated[ReceiverState, Depends(get_receiver)]
+
+
+def _bad_delivery(request: Request, exc: BadDelivery) -> JSONResponse:
+    """A refused delivery: counted by reason, answered 400 with the reason."""
+    state: ReceiverState = getattr(request.app.state, STATE_RECEIVER)
+    state.metrics.rejected.labels(reason=exc.reason).inc()
+    return _bad(exc.reason, exc.message)
+
+
+def _sns_message(doc: Any, header_type: str | None) -> SnsMessage:
+    """The SNS message in ``doc``; its ``Type`` must agree with the ``x-amz-sns-message-type`` header."""
+    if not isinstance(doc, dict):
+        raise BadDelivery("invalid", "not an SNS message (not a JSON object)")
+    try:
+        msg = SnsMessage.parse(doc)
+    except ValidationError as exc:
+        raise BadDelivery("invalid", f"not an SNS message: {_validation_message(exc)}") from exc
+    if header_type and header_type != msg.type:
+        raise BadDelivery("invalid", f"x-amz-sns-message-type {header_type!r} differs from Type {msg.type!r}")
+    return msg
+
+
+# Handlers carry no docstrings on purpose: they would become the OpenAPI descriptions.
+router = APIRouter(tags=["alerts"])
+
+
+@router.get("/v1/health")
+def health(receiver: Receiver) -> dict[str, Any]:
+    return {"status": "ok", "latest_seq": receiver.inbox.latest_seq()}
+
+
+@router.get("/metrics", response_class=Response, dependencies=[Depends(READ_CALLER)])
+def prometheus_metrics(request: Request, receiver: Receiver) -> Response:
+    body = receiver.metrics.render() + refusal_metrics(request.app).encode()
+    return Response(content=body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/v1/alerts/alertmanager")
+async def alertmanager(
+    request: Request, caller: Annotated[Caller, Depends(ALERTS_CALLER)], receiver: Receiver
+) -> JSONResponse:
+    doc = await _json_body(request)
+    try:
+        hook = AmWebhook.model_validate(doc)
+        alerts = [am_alert(a) for a in hook.alerts]
+    except ValidationError as exc:
+        raise BadDelivery("invalid", f"not an Alertmanager v4 webhook: {_validation_message(exc)}") from exc
+    except ValueError as exc:
+        raise BadDelivery("invalid", f"not an Alertmanager v4 webhook: {exc}") from exc
+    payload = {"caller": caller.token_id, "webhook": doc}
+    entries = await run_in_threadpool(receiver.store, alerts, payload)
+    return JSONResponse(_entries_body(entries))
+
+
+@router.post("/v1/alerts/sns")
+async def sns_delivery(
+    request: Request, caller: Annotated[Caller, Depends(sns_caller)], receiver: Receiver
+) -> JSONResponse:
+    doc = await _json_body(request)
+    msg = _sns_message(doc, request.headers.get("x-amz-sns-message-type"))
+    if not receiver.sns_skip_verify:
+        try:
+            await run_in_threadpool(receiver.sns.verify, msg)
+        except SnsError as exc:
+            receiver.metrics.rejected.labels(reason="signature").inc()
+            return JSONResponse(status_code=403, content=error_body(403, "signature", str(exc)))
+    if msg.type == "SubscriptionConfirmation":
+        try:
+            url = await run_in_threadpool(receiver.sns.confirm, msg)
+        except SnsError as exc:
+            raise BadDelivery("subscription", str(exc)) from exc
+        log.info("confirmed the SNS subscription to %s", msg.topic_arn)
+        return JSONResponse({"confirmed": msg.topic_arn, "subscribe_url": url})
+    if msg.type == "UnsubscribeConfirmation":
+        log.warning("SNS says the subscription to %s was removed", msg.topic_arn)
+        return JSONResponse({"unsubscribed": msg.topic_arn})
+    try:
+        alarm = parse_alarm(msg.message)
+        alert = alarm_alert(alarm, msg.region)
+    except (SnsError, ValueError) as exc:
+        raise BadDelivery("invalid", str(exc)) from exc
+    if alert is None:
+        return JSONResponse({"accepted": 0, "ignored_state": alarm.new_state})
+    payload = {"caller": caller.token_id, "sns": doc}
+    entries = await run_in_threadpool(receiver.store, [alert], payload)
+    return JSONResponse(_entries_body(entries))
 
 
 def create_app(
@@ -336,7 +461,11 @@ def create_app(
     allowed_hosts: list[str] | tuple[str, ...] = (),
     aegis_paths: AegisPaths | None = None,
 ) -> FastAPI:
-    """The receiver app. ``sns_skip_verify`` (local only; refused in the prod profile) skips SNS signatures."""
+    """The receiver app. ``sns_skip_verify`` (local only; refused in the prod profile) skips SNS signatures.
+
+    Handlers are this module's :data:`router`; they get the inbox, metrics and
+    SNS verifier (:class:`ReceiverState`) and the caller's scope through ``Depends``.
+    """
     if sns_skip_verify and current_profile() == "prod":
         raise ValueError("SNS signature verification cannot be skipped in the prod profile")
     if sns_skip_verify:
@@ -353,98 +482,9 @@ def create_app(
     install_auth(app, store, allowed_host_set(bind_host, list(allowed_hosts)))
     app.state.inbox = the_inbox
     app.state.metrics = metrics
-
-    @app.exception_handler(BadDelivery)
-    def _bad_delivery(_request: Request, exc: BadDelivery) -> JSONResponse:
-        metrics.rejected.labels(reason=exc.reason).inc()
-        return _bad(exc.reason, exc.message)
-
-    def _store(alerts: list[Alert], payload: dict[str, Any]) -> list[InboxEntry]:
-        t0 = time.perf_counter()
-        entries = the_inbox.put(alerts, source_payload=payload)
-        metrics.store_seconds.observe(time.perf_counter() - t0)
-        for e in entries:
-            metrics.received.labels(source=e.alert.source, status=e.status, known=str(e.known).lower()).inc()
-            if not e.known:
-                log.warning(
-                    "alert %r (target %s) is not one Aegis acts on: recorded, ignored",
-                    e.alert.name,
-                    e.alert.target,
-                )
-        return entries
-
-    @app.get("/v1/health", tags=["alerts"])
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "latest_seq": the_inbox.latest_seq()}
-
-    @app.get("/metrics", tags=["alerts"], response_class=Response, dependencies=[Depends(READ_CALLER)])
-    def prometheus_metrics() -> Response:
-        body = metrics.render() + refusal_metrics(app).encode()
-        return Response(content=body, media_type=CONTENT_TYPE_LATEST)
-
-    @app.post("/v1/alerts/alertmanager", tags=["alerts"])
-    async def alertmanager(
-        request: Request, caller: Annotated[Caller, Depends(ALERTS_CALLER)]
-    ) -> JSONResponse:
-        doc = await _json_body(request)
-        try:
-            hook = AmWebhook.model_validate(doc)
-            alerts = [am_alert(a) for a in hook.alerts]
-        except ValidationError as exc:
-            raise BadDelivery(
-                "invalid", f"not an Alertmanager v4 webhook: {_validation_message(exc)}"
-            ) from exc
-        except ValueError as exc:
-            raise BadDelivery("invalid", f"not an Alertmanager v4 webhook: {exc}") from exc
-        payload = {"caller": caller.token_id, "webhook": doc}
-        from starlette.concurrency import run_in_threadpool
-
-        entries = await run_in_threadpool(_store, alerts, payload)
-        return JSONResponse(_entries_body(entries))
-
-    @app.post("/v1/alerts/sns", tags=["alerts"])
-    async def sns_delivery(request: Request, caller: Annotated[Caller, Depends(sns_caller)]) -> JSONResponse:
-        from starlette.concurrency import run_in_threadpool
-
-        doc = await _json_body(request)
-        if not isinstance(doc, dict):
-            raise BadDelivery("invalid", "not an SNS message (not a JSON object)")
-        header_type = request.headers.get("x-amz-sns-message-type")
-        try:
-            msg = SnsMessage.parse(doc)
-        except ValidationError as exc:
-            raise BadDelivery("invalid", f"not an SNS message: {_validation_message(exc)}") from exc
-        if header_type and header_type != msg.type:
-            raise BadDelivery(
-                "invalid", f"x-amz-sns-message-type {header_type!r} differs from Type {msg.type!r}"
-            )
-        if not sns_skip_verify:
-            try:
-                await run_in_threadpool(sns.verify, msg)
-            except SnsError as exc:
-                metrics.rejected.labels(reason="signature").inc()
-                return JSONResponse(status_code=403, content=error_body(403, "signature", str(exc)))
-        if msg.type == "SubscriptionConfirmation":
-            try:
-                url = await run_in_threadpool(sns.confirm, msg)
-            except SnsError as exc:
-                raise BadDelivery("subscription", str(exc)) from exc
-            log.info("confirmed the SNS subscription to %s", msg.topic_arn)
-            return JSONResponse({"confirmed": msg.topic_arn, "subscribe_url": url})
-        if msg.type == "UnsubscribeConfirmation":
-            log.warning("SNS says the subscription to %s was removed", msg.topic_arn)
-            return JSONResponse({"unsubscribed": msg.topic_arn})
-        try:
-            alarm = parse_alarm(msg.message)
-            alert = alarm_alert(alarm, msg.region)
-        except (SnsError, ValueError) as exc:
-            raise BadDelivery("invalid", str(exc)) from exc
-        if alert is None:
-            return JSONResponse({"accepted": 0, "ignored_state": alarm.new_state})
-        payload = {"caller": caller.token_id, "sns": doc}
-        entries = await run_in_threadpool(_store, [alert], payload)
-        return JSONResponse(_entries_body(entries))
-
+    setattr(app.state, STATE_RECEIVER, ReceiverState(the_inbox, metrics, sns, sns_skip_verify))
+    app.exception_handler(BadDelivery)(_bad_delivery)
+    app.include_router(router)
     return app
 
 

@@ -284,90 +284,118 @@ def burn_alert_rules(spec: SloSpec) -> list[dict[str, Any]]:
     return rules
 
 
-def direct_rules(spec: SloSpec) -> list[dict[str, Any]]:
-    d = spec.direct
-    lo, hi = d.gold_per_player_minute_healthy
+def _gold_record(d: DirectRules) -> dict[str, Any]:
+    """Gold created per online player per game minute, per shard (wall-clock rate x world speed)."""
     gold_expr = (
         f'sum by (shard) (rate({CURRENCY_CREATED}{{currency="gold"}}[{d.economy_window}]))'
         f" / on (shard) (max by (shard) ({PLAYERS_ONLINE}) > 0)"
         f" * 60 / on () group_left () max({WORLD_SPEED} > 0)"
     )
-    return [
-        {"record": GOLD_RECORD, "expr": gold_expr},
-        {
-            "alert": "ShardDown",
-            "expr": f"max by (shard) ({SHARD_UP}) == 0",
-            "for": d.shard_down_for,
-            "labels": {"severity": "critical"},
-            "annotations": {
-                "summary": "shard {{ $labels.shard }} is down",
-                "description": f"{SHARD_UP} has been 0 for {d.shard_down_for}: no ticks, players disconnected.",
-            },
+    return {"record": GOLD_RECORD, "expr": gold_expr}
+
+
+def _shard_down(d: DirectRules) -> dict[str, Any]:
+    return {
+        "alert": "ShardDown",
+        "expr": f"max by (shard) ({SHARD_UP}) == 0",
+        "for": d.shard_down_for,
+        "labels": {"severity": "critical"},
+        "annotations": {
+            "summary": "shard {{ $labels.shard }} is down",
+            "description": f"{SHARD_UP} has been 0 for {d.shard_down_for}: no ticks, players disconnected.",
         },
-        {
-            "alert": "TickLatencyHigh",
-            "expr": (
-                f"histogram_quantile({_num(d.tick_latency_quantile)}, sum by (shard, le) "
-                f"(rate({TICK_HISTOGRAM}_bucket[{d.tick_latency_window}]))) > {_num(d.tick_latency_ms)}"
+    }
+
+
+def _tick_latency_high(d: DirectRules) -> dict[str, Any]:
+    return {
+        "alert": "TickLatencyHigh",
+        "expr": (
+            f"histogram_quantile({_num(d.tick_latency_quantile)}, sum by (shard, le) "
+            f"(rate({TICK_HISTOGRAM}_bucket[{d.tick_latency_window}]))) > {_num(d.tick_latency_ms)}"
+        ),
+        "for": d.tick_latency_for,
+        "labels": {"severity": "critical"},
+        "annotations": {
+            "summary": "server tick latency of shard {{ $labels.shard }} is high",
+            "description": (
+                f'p{d.tick_latency_quantile * 100:g} tick {{{{ $value | printf "%.0f" }}}} ms '
+                f"over {d.tick_latency_window} (above {d.tick_latency_ms:g} ms players get dropped)."
             ),
-            "for": d.tick_latency_for,
-            "labels": {"severity": "critical"},
-            "annotations": {
-                "summary": "server tick latency of shard {{ $labels.shard }} is high",
-                "description": (
-                    f'p{d.tick_latency_quantile * 100:g} tick {{{{ $value | printf "%.0f" }}}} ms '
-                    f"over {d.tick_latency_window} (above {d.tick_latency_ms:g} ms players get dropped)."
-                ),
-                "threshold": _num(d.tick_latency_ms),
-            },
+            "threshold": _num(d.tick_latency_ms),
         },
-        {
-            "alert": "EconomyInflation",
-            "expr": f"{GOLD_RECORD} > {_num(d.gold_per_player_minute_alert)}",
-            "for": d.economy_for,
-            "labels": {"severity": "critical"},
-            "annotations": {
-                "summary": "gold created per player on shard {{ $labels.shard }} far above its band",
-                "description": (
-                    '{{ $value | printf "%.1f" }} gold per online player per game minute; healthy '
-                    f"{lo:g}-{hi:g}, alert above {d.gold_per_player_minute_alert:g} (a duplication exploit?)."
-                ),
-                "threshold": _num(d.gold_per_player_minute_alert),
-            },
-        },
-        {
-            "alert": "TelemetryQuarantineSpike",
-            "expr": (
-                f"sum by (shard) (increase({QUARANTINED_BATCHES}[{d.quarantine_window}])) "
-                f">= {d.quarantined_batches}"
+    }
+
+
+def _economy_inflation(d: DirectRules) -> dict[str, Any]:
+    lo, hi = d.gold_per_player_minute_healthy
+    return {
+        "alert": "EconomyInflation",
+        "expr": f"{GOLD_RECORD} > {_num(d.gold_per_player_minute_alert)}",
+        "for": d.economy_for,
+        "labels": {"severity": "critical"},
+        "annotations": {
+            "summary": "gold created per player on shard {{ $labels.shard }} far above its band",
+            "description": (
+                '{{ $value | printf "%.1f" }} gold per online player per game minute; healthy '
+                f"{lo:g}-{hi:g}, alert above {d.gold_per_player_minute_alert:g} (a duplication exploit?)."
             ),
-            "labels": {"severity": "warning"},
-            "annotations": {
-                "summary": "telemetry batches of shard {{ $labels.shard }} quarantined",
-                "description": (
-                    f'{{{{ $value | printf "%.0f" }}}} batch(es) quarantined in {d.quarantine_window} '
-                    "(corrupt or invalid telemetry reaching the lake)."
-                ),
-                "threshold": str(d.quarantined_batches),
-            },
+            "threshold": _num(d.gold_per_player_minute_alert),
         },
-        {
-            "alert": "SecurityRefusals",
-            "expr": (
-                f"sum by (reason) (increase({REFUSED_REQUESTS}[{d.security_window}])) "
-                f">= {d.security_refusals}"
+    }
+
+
+def _quarantine_spike(d: DirectRules) -> dict[str, Any]:
+    return {
+        "alert": "TelemetryQuarantineSpike",
+        "expr": (
+            f"sum by (shard) (increase({QUARANTINED_BATCHES}[{d.quarantine_window}])) "
+            f">= {d.quarantined_batches}"
+        ),
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "telemetry batches of shard {{ $labels.shard }} quarantined",
+            "description": (
+                f'{{{{ $value | printf "%.0f" }}}} batch(es) quarantined in {d.quarantine_window} '
+                "(corrupt or invalid telemetry reaching the lake)."
             ),
-            "labels": {"severity": "critical", "target": "world"},
-            "annotations": {
-                "summary": "requests refused by the world API ({{ $labels.reason }})",
-                "description": (
-                    f'{{{{ $value | printf "%.0f" }}}} refused in {d.security_window}: '
-                    "a caller without valid credentials keeps trying."
-                ),
-                "threshold": str(d.security_refusals),
-            },
+            "threshold": str(d.quarantined_batches),
         },
-    ]
+    }
+
+
+def _security_refusals(d: DirectRules) -> dict[str, Any]:
+    return {
+        "alert": "SecurityRefusals",
+        "expr": (
+            f"sum by (reason) (increase({REFUSED_REQUESTS}[{d.security_window}])) >= {d.security_refusals}"
+        ),
+        "labels": {"severity": "critical", "target": "world"},
+        "annotations": {
+            "summary": "requests refused by the world API ({{ $labels.reason }})",
+            "description": (
+                f'{{{{ $value | printf "%.0f" }}}} refused in {d.security_window}: '
+                "a caller without valid credentials keeps trying."
+            ),
+            "threshold": str(d.security_refusals),
+        },
+    }
+
+
+# The direct rules in file order: the gold recording first, then one alert per symptom.
+DIRECT_RULES = (
+    _gold_record,
+    _shard_down,
+    _tick_latency_high,
+    _economy_inflation,
+    _quarantine_spike,
+    _security_refusals,
+)
+
+
+def direct_rules(spec: SloSpec) -> list[dict[str, Any]]:
+    """Rules for symptoms a burn rate sees too late, from the thresholds in ``spec.direct``."""
+    return [rule(spec.direct) for rule in DIRECT_RULES]
 
 
 def rule_groups(spec: SloSpec | None = None) -> dict[str, Any]:

@@ -519,12 +519,47 @@ def judge(
     """
     settings = settings or JudgeSettings.from_policy_data()
     df = validate(kpis, spec, settings)
-    start = pd.Timestamp(spec.start).tz_convert("UTC")
     names = list(dict.fromkeys([*settings.guardrails(), *spec.targets]))
     alpha_each = alpha_per_metric(settings, names)
     paths, post_index, table = _paths(df, spec, settings, names, alpha_each)
-    # Exposure (sample-ratio) check: the canary's players against their counterfactual from the controls.
-    exposure = paths.get(EXPOSURE_SOURCE) or metric_path(
+    drift = _exposure_path(paths, table, post_index, spec, settings, alpha_each)
+    canary_times = pd.DatetimeIndex(df.loc[df["shard_id"] == spec.canary, "bucket_start"].unique())
+    reported = np.cumsum(post_index.isin(canary_times))
+    looks = len(post_index)
+    steps: list[dict[str, Any]] = []
+    for i in range(looks):
+        n = i + 1
+        statuses = _statuses_at(paths, i, settings, spec)
+        if trace:
+            steps.append(_trace_step(paths, post_index, i))
+        missing_share = 1.0 - reported[i] / n
+        if n < settings.min_buckets and n < spec.max_buckets:
+            continue
+        decision = _decide_look(paths, statuses, drift, i, n, missing_share, settings, spec)
+        if decision is not None:
+            verdict, reason = decision
+            return _judgement(
+                verdict, n, post_index[i], paths, statuses, settings, spec, i, drift, reason, steps
+            )
+    last = looks - 1
+    statuses = _statuses_at(paths, last, settings, spec) if looks else {k: "undecided" for k in paths}
+    reason = f"continue: {looks} of {spec.max_buckets} buckets observed, no decision yet"
+    return _judgement(
+        "continue", looks, None, paths, statuses, settings, spec, last, drift, reason, steps, decided=False
+    )
+
+
+def _exposure_path(
+    paths: dict[str, MetricPath],
+    table: ShardTable,
+    post_index: pd.DatetimeIndex,
+    spec: CanarySpec,
+    settings: JudgeSettings,
+    alpha_each: float,
+) -> MetricPath | None:
+    """Exposure (sample-ratio) check: the canary's players against their counterfactual from the controls."""
+    start = pd.Timestamp(spec.start).tz_convert("UTC")
+    return paths.get(EXPOSURE_SOURCE) or metric_path(
         metric_frame(table, METRICS[EXPOSURE_SOURCE], spec.canary, spec.controls),
         post_index,
         start.to_pydatetime(),
@@ -533,96 +568,80 @@ def judge(
         settings,
         alpha_each,
     )
-    drift = exposure
-    canary_times = pd.DatetimeIndex(df.loc[df["shard_id"] == spec.canary, "bucket_start"].unique())
-    reported = np.cumsum(post_index.isin(canary_times))
-    looks = len(post_index)
-    steps: list[dict[str, Any]] = []
-    for i in range(looks):
-        n = i + 1
-        statuses = {
-            name: status_of(
-                float(p.effect[i]),
-                float(p.lo[i]),
-                float(p.hi[i]),
-                settings.kpis[name],
-                name in spec.targets,
-                settings.rollback_on,
-            )
-            for name, p in paths.items()
-        }
-        if trace:
-            steps.append(
-                {
-                    "bucket_start": post_index[i],
-                    **{k: (float(p.effect[i]), float(p.lo[i]), float(p.hi[i])) for k, p in paths.items()},
-                }
-            )
-        missing_share = 1.0 - reported[i] / n
-        at_budget = n >= spec.max_buckets
-        if n < settings.min_buckets and not at_budget:
-            continue
-        regressed = [k for k, s in statuses.items() if s == "regressed"]
-        if regressed:
-            reason = "rollback: significant harm beyond the margin on " + ", ".join(
-                f"{k} ({_pct(paths[k].effect[i])}, interval {_pct(paths[k].lo[i])}..{_pct(paths[k].hi[i])}, margin {_pct(settings.kpis[k].margin)})"
-                for k in regressed
-            )
-            return _judgement(
-                "rollback", n, post_index[i], paths, statuses, settings, spec, i, drift, reason, steps
-            )
-        moved = exposure_broken(drift, i, settings.exposure_tolerance)
-        if moved or missing_share > settings.max_missing_share:
-            what = (
-                f"the canary's players moved {_pct(drift.effect[i])} (interval {_pct(drift.lo[i])}..{_pct(drift.hi[i])}) "
-                f"against their counterfactual, beyond the tolerance of {_pct(settings.exposure_tolerance)}"
-                if moved and drift is not None
-                else f"{_pct(missing_share)} of the canary's buckets are missing "
-                f"(tolerance {_pct(settings.max_missing_share)})"
-            )
-            reason = f"inconclusive: exposure check failed: {what}; the comparison is no longer fair"
-            return _judgement(
-                "inconclusive", n, post_index[i], paths, statuses, settings, spec, i, drift, reason, steps
-            )
-        guards_ok = all(statuses[k] in ("non_inferior", "improved") for k in settings.guardrails())
-        targets_improved = bool(spec.targets) and all(statuses[k] == "improved" for k in spec.targets)
-        if guards_ok and targets_improved:
-            reason = f"promote: {', '.join(spec.targets)} improved and every guardrail is non-inferior after {n} buckets"
-            return _judgement(
-                "promote", n, post_index[i], paths, statuses, settings, spec, i, drift, reason, steps
-            )
-        if at_budget:
-            if guards_ok:
-                reason = f"promote: exposure budget of {spec.max_buckets} buckets reached with every guardrail non-inferior"
-                if spec.targets:
-                    reason += " (targets not shown improved)"
-                return _judgement(
-                    "promote", n, post_index[i], paths, statuses, settings, spec, i, drift, reason, steps
-                )
-            undecided = [k for k in settings.guardrails() if statuses[k] not in ("non_inferior", "improved")]
-            reason = f"inconclusive: exposure budget of {spec.max_buckets} buckets reached and {', '.join(undecided)} not shown non-inferior"
-            return _judgement(
-                "inconclusive", n, post_index[i], paths, statuses, settings, spec, i, drift, reason, steps
-            )
-    last = looks - 1
-    statuses = (
-        {
-            name: status_of(
-                float(p.effect[last]),
-                float(p.lo[last]),
-                float(p.hi[last]),
-                settings.kpis[name],
-                name in spec.targets,
-                settings.rollback_on,
-            )
-            for name, p in paths.items()
-        }
-        if looks
-        else {k: "undecided" for k in paths}
-    )
-    reason = f"continue: {looks} of {spec.max_buckets} buckets observed, no decision yet"
-    return _judgement(
-        "continue", looks, None, paths, statuses, settings, spec, last, drift, reason, steps, decided=False
+
+
+def _statuses_at(
+    paths: dict[str, MetricPath], i: int, settings: JudgeSettings, spec: CanarySpec
+) -> dict[str, MetricStatus]:
+    """Every metric's status at look ``i``."""
+    return {
+        name: status_of(
+            float(p.effect[i]),
+            float(p.lo[i]),
+            float(p.hi[i]),
+            settings.kpis[name],
+            name in spec.targets,
+            settings.rollback_on,
+        )
+        for name, p in paths.items()
+    }
+
+
+def _trace_step(paths: dict[str, MetricPath], post_index: pd.DatetimeIndex, i: int) -> dict[str, Any]:
+    """Look ``i``'s effects and intervals (one entry of ``Judgement.trace``)."""
+    return {
+        "bucket_start": post_index[i],
+        **{k: (float(p.effect[i]), float(p.lo[i]), float(p.hi[i])) for k, p in paths.items()},
+    }
+
+
+def _decide_look(
+    paths: dict[str, MetricPath],
+    statuses: dict[str, MetricStatus],
+    drift: MetricPath | None,
+    i: int,
+    n: int,
+    missing_share: float,
+    settings: JudgeSettings,
+    spec: CanarySpec,
+) -> tuple[Verdict, str] | None:
+    """The verdict and its reason at look ``i`` (``n`` buckets), or None to look again."""
+    regressed = [k for k, s in statuses.items() if s == "regressed"]
+    if regressed:
+        reason = "rollback: significant harm beyond the margin on " + ", ".join(
+            f"{k} ({_pct(paths[k].effect[i])}, interval {_pct(paths[k].lo[i])}..{_pct(paths[k].hi[i])}, margin {_pct(settings.kpis[k].margin)})"
+            for k in regressed
+        )
+        return "rollback", reason
+    moved = exposure_broken(drift, i, settings.exposure_tolerance)
+    if moved or missing_share > settings.max_missing_share:
+        what = (
+            f"the canary's players moved {_pct(drift.effect[i])} (interval {_pct(drift.lo[i])}..{_pct(drift.hi[i])}) "
+            f"against their counterfactual, beyond the tolerance of {_pct(settings.exposure_tolerance)}"
+            if moved and drift is not None
+            else f"{_pct(missing_share)} of the canary's buckets are missing "
+            f"(tolerance {_pct(settings.max_missing_share)})"
+        )
+        return (
+            "inconclusive",
+            f"inconclusive: exposure check failed: {what}; the comparison is no longer fair",
+        )
+    guards_ok = all(statuses[k] in ("non_inferior", "improved") for k in settings.guardrails())
+    targets_improved = bool(spec.targets) and all(statuses[k] == "improved" for k in spec.targets)
+    if guards_ok and targets_improved:
+        return "promote", (
+            f"promote: {', '.join(spec.targets)} improved and every guardrail is non-inferior after {n} buckets"
+        )
+    if n < spec.max_buckets:
+        return None
+    if guards_ok:
+        reason = f"promote: exposure budget of {spec.max_buckets} buckets reached with every guardrail non-inferior"
+        if spec.targets:
+            reason += " (targets not shown improved)"
+        return "promote", reason
+    undecided = [k for k in settings.guardrails() if statuses[k] not in ("non_inferior", "improved")]
+    return "inconclusive", (
+        f"inconclusive: exposure budget of {spec.max_buckets} buckets reached and {', '.join(undecided)} not shown non-inferior"
     )
 
 

@@ -9,6 +9,7 @@ does not depend on Aegis itself being healthy.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from aegis.domain import AutonomousChangeSet
@@ -25,6 +26,17 @@ def _integrity_table(integrity: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What every section of the playbook names: the changeset, its shard, snapshot and backend."""
+
+    cs_id: str
+    shard: str
+    snap: str
+    url: str
+    manifest: dict[str, Any]
+
+
 def render_playbook(
     changeset: AutonomousChangeSet,
     manifest: dict[str, Any],
@@ -33,15 +45,25 @@ def render_playbook(
     backend_url: str,
     pager: str = DEFAULT_PAGER,
 ) -> str:
-    cs_id = changeset.id
-    shard = changeset.target
+    """The playbook of ``changeset`` (markdown), from its ``manifest.json`` and ``validation.json``."""
     snap = manifest["snapshot_id"]
-    url = backend_url.rstrip("/")
+    f = _Facts(changeset.id, changeset.target, snap, backend_url.rstrip("/"), manifest)
     params_before = json.dumps({"params": manifest["params_before"]}, sort_keys=True)
     snap_integrity = validation.get("snapshot_integrity") or {}
     status = manifest.get("status", "unknown")
     result = validation.get("result", "pending")
     changed = ", ".join(sorted(_changed(manifest))) or "none"
+    return (
+        _summary(f, changed, status, result, pager)
+        + _look_and_roll_back(f)
+        + _roll_back_by_hand(f, params_before)
+        + _verify_and_record(f, snap_integrity)
+    )
+
+
+def _summary(f: _Facts, changed: str, status: str, result: str, pager: str) -> str:
+    """The title and the facts a person needs before touching anything."""
+    cs_id, shard, snap, manifest = f.cs_id, f.shard, f.snap, f.manifest
     return f"""# Recovery playbook: changeset `{cs_id}`
 
 - **Target shard:** `{shard}`
@@ -52,7 +74,13 @@ def render_playbook(
 - **Status when written:** {status}; validation: {result}
 - **Page:** {pager}
 
-## 1. Look before you act
+"""
+
+
+def _look_and_roll_back(f: _Facts) -> str:
+    """Sections 1-2: check whether the change applied; roll back with Aegis."""
+    cs_id, shard, snap, url, manifest = f.cs_id, f.shard, f.snap, f.url, f.manifest
+    return f"""## 1. Look before you act
 
 ```bash
 aegis changeset status {cs_id}
@@ -75,7 +103,13 @@ aegis changeset rollback {cs_id} --mode config   # puts the old params back, kee
 on this shard since then is discarded. `--mode config` keeps that progress and only puts
 the previous parameters back; use it when player data is intact (integrity check passed).
 
-## 3. Roll back by hand (Aegis unavailable)
+"""
+
+
+def _roll_back_by_hand(f: _Facts, params_before: str) -> str:
+    """Section 3: the raw HTTP calls against the backend contract, for when Aegis is down."""
+    cs_id, shard, snap, url = f.cs_id, f.shard, f.snap, f.url
+    return f"""## 3. Roll back by hand (Aegis unavailable)
 
 Restore the snapshot (the backend verifies integrity before the shard resumes and answers
 409 with both integrities if it cannot):
@@ -99,7 +133,13 @@ curl -s -X PUT {url}/v1/shards/{shard}/config \\
 
 A `412` means the config moved again: re-read it and decide; never retry blindly.
 
-## 4. Verify integrity
+"""
+
+
+def _verify_and_record(f: _Facts, snap_integrity: dict[str, Any]) -> str:
+    """Sections 4-5: the integrity to expect after the rollback; record what was done."""
+    shard, url, manifest = f.shard, f.url, f.manifest
+    return f"""## 4. Verify integrity
 
 After a snapshot restore, `GET {url}/v1/shards/{shard}/integrity` taken before any tick (the
 restore answer carries it) must equal the snapshot's integrity exactly:

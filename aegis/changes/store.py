@@ -1,8 +1,11 @@
 """Durable state of every changeset: its promotion state, its step journal and its artifacts.
 
-SQLAlchemy 2 Core over SQLite locally (``AEGIS_HOME/changesets.db``) and any
-SQLAlchemy URL in production (``postgresql+psycopg://...``); nothing here is
-SQLite-specific except the connection pragmas.
+SQLAlchemy 2 Core over SQLite locally (``AEGIS_HOME/changesets.db``) and the
+platform's PostgreSQL in production (schema ``aegis_changes``; :mod:`aegis.db`
+picks the URL from the profile and migrates the schema on open). Every write
+transaction takes the store's write lock first (``BEGIN IMMEDIATE`` on SQLite,
+an advisory lock on PostgreSQL), so a read-then-write (an intent's attempt
+count, an idempotent outbox row) never interleaves with another writer's.
 
 Crash safety rests on two tables:
 
@@ -32,12 +35,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from aegis import db
 from aegis.changes.states import IllegalTransition, check_transition
 from aegis.config import AegisPaths, paths
 from aegis.domain import AutonomousChangeSet, Decision, PromotionState, Verdict, utcnow
 
+STORE = "changes"
 STORE_FILE = "changesets.db"
-SQLITE_TIMEOUT_S = 30
+SQLITE_TIMEOUT_S = db.SQLITE_BUSY_TIMEOUT_S
+WRITE_LOCK = db.store_schema(STORE)
 
 metadata = sa.MetaData()
 
@@ -105,7 +111,7 @@ artifacts_t = sa.Table(
 )
 
 
-# Added after the first release; ``create_all`` creates them in an existing store
+# Added after the first release; migration 1 creates them in an existing store
 # (new tables only, no column changes), so an old ``changesets.db`` opens unchanged.
 canary_specs_t = sa.Table(
     "canary_specs",
@@ -263,24 +269,21 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def default_url(aegis_paths: AegisPaths | None = None) -> str:
+    """The store's URL: ``$AEGIS_CHANGES_URL``, the platform database in prod, else ``AEGIS_HOME/changesets.db``."""
     p = aegis_paths or paths()
-    return f"sqlite:///{p.home / STORE_FILE}"
+    return db.store_url(STORE, sqlite_path=p.home / STORE_FILE)
 
 
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S})
+    """An engine for the store (:func:`aegis.db.make_engine`: WAL, ``synchronous=FULL``, foreign keys)."""
+    return db.make_engine(url)
 
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")  # an acknowledged intent survives power loss
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
 
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+def _create_tables(conn: Connection) -> None:
+    metadata.create_all(conn)  # only what is missing: adopts a store made before migrations
+
+
+MIGRATIONS = [db.Migration(1, "changesets, journal, outboxes, artifacts, canary specs", _create_tables)]
 
 
 class ChangeSetStore:
@@ -288,17 +291,15 @@ class ChangeSetStore:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_url()
-        if self.url.startswith("sqlite:///"):
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(self.url)
-        metadata.create_all(self.engine)
+        self.engine = db.open_store(self.url, STORE, MIGRATIONS)
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        """A write transaction holding the store's write lock from its first statement."""
+        with db.write_transaction(self.engine, WRITE_LOCK) as conn:
             yield conn
 
     # ------------------------------------------------------------- changesets

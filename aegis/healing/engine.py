@@ -27,6 +27,7 @@ from typing import Any
 from aegis.domain import (
     AutonomousChangeSet,
     ChangeKind,
+    Decision,
     ExecutionPolicy,
     Operation,
     OperationKind,
@@ -229,6 +230,26 @@ class Healer:
                 f"(limit {self.book.limits.max_actions_per_target_hour})",
             )
             return False
+        prepared = self._judge_action(inc, action, recent)
+        if prepared is None:
+            return False
+        changeset, extra, decision = prepared
+        try:
+            self.ledger.record_decision(decision, changeset, HEALER)
+        except Exception:
+            log.exception("could not record the policy decision of %s", changeset.id)
+        if decision.verdict != Verdict.AUTO:
+            self._record_denial(inc, action, changeset, decision)
+            return False
+        applied = self._apply_action(inc, action, changeset, extra, decision)
+        if applied is None:
+            return False
+        return self._verify_action(applied, action, extra)
+
+    def _judge_action(
+        self, inc: Incident, action: PlaybookAction, recent: int
+    ) -> tuple[AutonomousChangeSet, dict[str, Any], Decision] | None:
+        """The action as a changeset and the policy's decision on it; None (recorded) when either fails."""
         try:
             changeset, extra = self._changeset(inc, action)
             decision = self.policy.decide(changeset, self._context(inc, changeset, recent))
@@ -240,28 +261,38 @@ class Healer:
                 f"{action.name} on {inc.target} could not be prepared or judged: {exc}",
                 action=action.name,
             )
-            return False
-        try:
-            self.ledger.record_decision(decision, changeset, HEALER)
-        except Exception:
-            log.exception("could not record the policy decision of %s", changeset.id)
-        if decision.verdict != Verdict.AUTO:
-            self._record_step(
-                inc,
-                action,
-                ActionOutcome.DENIED,
-                {"verdict": decision.verdict.value, "explanation": decision.explanation},
-            )
-            self._ledger(
-                inc,
-                "action",
-                f"{action.name} on {inc.target} not run: the policy answered {decision.verdict.value} "
-                f"({decision.rule or 'no rule'})",
-                action=action.name,
-                decision_id=decision.id,
-                changeset_id=changeset.id,
-            )
-            return False
+            return None
+        return changeset, extra, decision
+
+    def _record_denial(
+        self, inc: Incident, action: PlaybookAction, changeset: AutonomousChangeSet, decision: Decision
+    ) -> None:
+        """The policy did not answer auto: the action is not run, on the incident and in the ledger."""
+        self._record_step(
+            inc,
+            action,
+            ActionOutcome.DENIED,
+            {"verdict": decision.verdict.value, "explanation": decision.explanation},
+        )
+        self._ledger(
+            inc,
+            "action",
+            f"{action.name} on {inc.target} not run: the policy answered {decision.verdict.value} "
+            f"({decision.rule or 'no rule'})",
+            action=action.name,
+            decision_id=decision.id,
+            changeset_id=changeset.id,
+        )
+
+    def _apply_action(
+        self,
+        inc: Incident,
+        action: PlaybookAction,
+        changeset: AutonomousChangeSet,
+        extra: dict[str, Any],
+        decision: Decision,
+    ) -> Incident | None:
+        """Apply an approved action and record it (contained from the first one); None (recorded) on failure."""
         try:
             result = self._apply(inc, action, changeset, extra)
         except Exception as exc:
@@ -278,7 +309,7 @@ class Healer:
                 action=action.name,
                 changeset_id=changeset.id,
             )
-            return False
+            return None
         applied_at = utcnow()
         inc = self._record_step(
             inc,
@@ -298,6 +329,10 @@ class Healer:
             decision_id=decision.id,
             result=result,
         )
+        return inc
+
+    def _verify_action(self, inc: Incident, action: PlaybookAction, extra: dict[str, Any]) -> bool:
+        """Read the SLIs after an applied action until they hold or time out; record and ledger the outcome."""
         ok, last, reads = self._verify(inc, action.verify, extra)
         self._record(
             inc,

@@ -2,7 +2,12 @@
 sensor's memory (inbox cursor, launches for the rate limit, breakers).
 
 SQLAlchemy Core; SQLite in WAL mode with ``synchronous=FULL`` locally, so an
-incident opened before a crash is still there after it. Incidents are stored as
+incident opened before a crash is still there after it, and the platform's
+PostgreSQL in prod (schema ``aegis_healing``, :mod:`aegis.db`). Every
+transaction of :meth:`IncidentStore.tx` holds the store's write lock
+(``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL): the sensor's
+read-decide-write never interleaves with another's, and a timeline update never
+loses another's action. Incidents are stored as
 one JSON document each plus the columns the sensor filters on; the timeline is
 part of the document (an incident has a handful of actions, never thousands).
 """
@@ -17,11 +22,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from aegis import db
 from aegis.config import paths
 from aegis.domain import utcnow
 from aegis.healing.models import TERMINAL, ActionOutcome, Incident, IncidentAction, IncidentStatus
 
-SQLITE_BUSY_TIMEOUT_S = 30.0
+STORE = "healing"
+SQLITE_BUSY_TIMEOUT_S = db.SQLITE_BUSY_TIMEOUT_S
+WRITE_LOCK = db.store_schema(STORE)
 LINK_CHUNK = 500
 CURSOR_KEY = "inbox_cursor"
 SECURITY_CURSOR_KEY = "refusal_cursor"
@@ -56,6 +64,18 @@ state_t = sa.Table(
 )
 
 
+def _create_tables(conn: sa.Connection) -> None:
+    metadata.create_all(conn)  # only what is missing: adopts a store made before migrations
+
+
+MIGRATIONS = [db.Migration(1, "incidents, alert links, sensor state", _create_tables)]
+
+
+def default_url() -> str:
+    """The store's URL: ``$AEGIS_HEALING_URL``, the platform database in prod, else ``AEGIS_HOME/healing.db``."""
+    return db.store_url(STORE, sqlite_path=paths().healing_db)
+
+
 def _naive(ts: datetime) -> datetime:
     return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
 
@@ -68,41 +88,16 @@ class IncidentStore:
     """Incidents and the healing sensor's state; safe across threads and processes."""
 
     def __init__(self, url: str | None = None) -> None:
-        self.url = url or f"sqlite:///{paths().healing_db}"
-        if self.url.startswith("sqlite:///"):
-            from pathlib import Path
-
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = self._make_engine(self.url)
-        metadata.create_all(self.engine)
-
-    @staticmethod
-    def _make_engine(url: str) -> sa.Engine:
-        if not url.startswith("sqlite"):
-            return sa.create_engine(url, pool_pre_ping=True)
-        engine = sa.create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}
-        )
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.close()
-
-        @sa.event.listens_for(engine, "begin")
-        def _begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # writers serialize up front: no lost update
-
-        return engine
+        self.url = url or default_url()
+        self.engine = db.open_store(self.url, STORE, MIGRATIONS)
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def tx(self) -> Iterator[sa.Connection]:
-        with self.engine.begin() as conn:
+        """A write transaction: writers serialize up front, so no update is lost."""
+        with db.write_transaction(self.engine, WRITE_LOCK) as conn:
             yield conn
 
     # ----------------------------------------------------------- incidents

@@ -40,8 +40,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -56,10 +54,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aegis.config import AegisPaths
 from aegis.lake.event_index import INDEX_FILE, EventIndex
-from aegis.lake.landing import LandedBatch, list_landed, sweep_stale_tmp
-from aegis.lake.manifest import Manifest, ManifestEntry, manifest_dir
+from aegis.lake.landing import LandedBatch, list_landed_in, sweep_stale_tmp
+from aegis.lake.manifest import Manifest, ManifestEntry
+from aegis.lake.store import Lake, LocalLakeStore, as_lake
 from aegis.lake.validate import (
     DEFAULT_FUTURE_SKEW,
     WALL_CLOCK,
@@ -72,7 +70,7 @@ from aegis.lake.validate import (
     read_batch,
     validate_many,
 )
-from aegis.telemetry import SCHEMA_V1, write_atomic
+from aegis.telemetry import SCHEMA_V1, WORLD_CLOCK_FILE
 
 # Valid rows de-duplicated together in one DuckDB probe.
 GROUP_ROWS = 1_000_000
@@ -215,9 +213,19 @@ class _Prepared:
 
 
 @contextmanager
-def ingest_lock(paths: AegisPaths, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """One ingest at a time per lake (runs may overlap in Dagster; files must not)."""
-    lock_path = manifest_dir(paths) / ".lock"
+def ingest_lock(where: Lake | object, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """One ingest at a time per lake (runs may overlap in Dagster; files must not).
+
+    Local lake: an exclusive ``flock`` on ``lake/ingest/.lock``.  A lake whose
+    manifest is PostgreSQL (prod: run pods on several nodes): a session advisory
+    lock in that database, released by PostgreSQL itself if the pod dies.
+    """
+    lake = as_lake(where)
+    if lake.manifest_url.startswith("postgresql"):
+        with _pg_lock(lake, timeout_s):
+            yield
+        return
+    lock_path = lake.state_dir / ".lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
     with open(lock_path, "a+") as fh:
@@ -237,24 +245,46 @@ def ingest_lock(paths: AegisPaths, timeout_s: float = LOCK_TIMEOUT_S) -> Iterato
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    """Atomic write (:func:`aegis.telemetry.write_atomic`) with bronze's options."""
-    write_atomic(
+# The advisory lock key of "the ingest of this lake": stable across processes and hosts.
+def _lock_key(lake: Lake) -> int:
+    digest = hashlib.sha256(f"aegis-ingest:{lake.store.uri}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def _pg_lock(lake: Lake, timeout_s: float) -> Iterator[None]:
+    import sqlalchemy as sa
+
+    engine = Manifest(lake).engine
+    key = _lock_key(lake)
+    deadline = time.monotonic() + timeout_s
+    with engine.connect() as con:
+        while not con.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+            con.rollback()
+            if time.monotonic() > deadline:
+                raise IngestBusy(
+                    f"another ingest has held the lock of {lake.store.uri} for over {timeout_s:.0f} s"
+                )
+            time.sleep(LOCK_POLL_S)
+        con.commit()
+        try:
+            yield
+        finally:
+            con.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            con.commit()
+
+
+def _write_parquet(lake: Lake, table: pa.Table, rel: str) -> None:
+    """Atomic write (:meth:`aegis.lake.store.LakeStore.write_parquet`) with bronze's options."""
+    lake.store.write_parquet(
+        rel,
         table,
-        path,
         compression=BRONZE_COMPRESSION,
         compression_level=BRONZE_COMPRESSION_LEVEL,
         store_schema=False,  # plain Parquet types: constant columns stay strings for every reader
         use_dictionary=DICTIONARY_COLUMNS,  # high-cardinality columns gain nothing from trying
         write_statistics=[c for c in table.column_names if c not in NO_STATISTICS],
     )
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def _constant(value: object, n: int, typ: pa.DataType) -> pa.Array:
@@ -272,42 +302,39 @@ def _partition_date(batch: LandedBatch, table: pa.Table | None) -> str:
     return datetime.fromtimestamp(batch.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d")
 
 
-def _rel(paths: AegisPaths, path: Path) -> str:
-    return path.relative_to(paths.lake).as_posix()
-
-
-def pending_batches(paths: AegisPaths, manifest: Manifest | None = None) -> list[LandedBatch]:
+def pending_batches(where: Lake | object, manifest: Manifest | None = None) -> list[LandedBatch]:
     """Landed batches not yet finished, in landing order."""
-    manifest = manifest or Manifest(paths)
+    lake = as_lake(where)
+    manifest = manifest or Manifest(lake)
     done = manifest.done_sources()
-    return [b for b in list_landed(paths.landing_telemetry) if b.rel not in done]
+    return [b for b in list_landed_in(lake) if b.rel not in done]
 
 
 # ------------------------------------------------------------------------ steps
 
 
-def _quarantine_file(paths: AegisPaths, batch: LandedBatch, batch_id: str, reason: str, now: datetime) -> str:
-    """Copy an unreadable file whole and list it, with its reason, in files/manifest.jsonl."""
-    target = paths.quarantine_files / batch_id / batch.path.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # sweep_stale_tmp reads the pid
-    try:
-        shutil.copyfile(batch.path, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _quarantine_file(lake: Lake, batch: LandedBatch, batch_id: str, reason: str, now: datetime) -> str:
+    """Copy an unreadable file whole and record its reason; return its key in the lake.
+
+    A local lake lists it in ``quarantine/files/manifest.jsonl``; S3 cannot append,
+    so there the reason is one object beside the file (``<name>.reason.json``).
+    """
+    target = f"quarantine/files/{batch_id}/{Path(batch.rel).name}"
+    lake.store.copy(lake.landing_rel(batch.rel), target)
     line = {
         "batch_id": batch_id,
         "source_path": batch.rel,
-        "quarantined_path": _rel(paths, target),
+        "quarantined_path": target,
         "size": batch.size,
         "reason": reason,
         "quarantined_at": now.isoformat(),
     }
-    with open(paths.quarantine_files / QUARANTINE_FILES_MANIFEST, "a") as fh:
-        fh.write(json.dumps(line) + "\n")
-    return _rel(paths, target)
+    if isinstance(lake.store, LocalLakeStore):
+        with open(lake.store.path("quarantine/files") / QUARANTINE_FILES_MANIFEST, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+    else:
+        lake.store.write_bytes(f"{target}.reason.json", json.dumps(line).encode())
+    return target
 
 
 @dataclass
@@ -346,8 +373,28 @@ def _fail(x: _Loaded, exc: BaseException) -> None:
     x.error = validator_error(exc)
 
 
+def _stage(lake: Lake, batch: LandedBatch) -> Path:
+    """The batch as a local file: itself in a local lake; fetched into the state directory from S3.
+
+    A storage failure here (an unreachable bucket) is raised, never taken for a bad
+    batch: the run fails, the batch stays unfinished in the manifest, the rerun redoes it.
+    """
+    if lake.is_remote:
+        return lake.store.fetch(lake.landing_rel(batch.rel), batch.path)
+    return batch.path
+
+
+def _unstage(lake: Lake, batch: LandedBatch) -> None:
+    if lake.is_remote:
+        batch.path.unlink(missing_ok=True)
+
+
 def _load(
-    batches: list[LandedBatch], now: datetime, future_skew: timedelta, clock_name: str = WALL_CLOCK
+    lake: Lake,
+    batches: list[LandedBatch],
+    now: datetime,
+    future_skew: timedelta,
+    clock_name: str = WALL_CLOCK,
 ) -> list[_Loaded]:
     """Read and conform each batch on its own (one bad file never touches another), validate together.
 
@@ -358,14 +405,15 @@ def _load(
     loaded: list[_Loaded] = []
     for batch in batches:
         table: pa.Table | None = None
+        path = _stage(lake, batch)
         try:
-            table = read_batch(batch.path)
+            table = read_batch(path)
             loaded.append(_Loaded(conform(table), rows=table.num_rows))
         except UnreadableBatch as exc:
-            rows = table.num_rows if table is not None else footer_rows(batch.path)
+            rows = table.num_rows if table is not None else footer_rows(path)
             loaded.append(_Loaded(rows=rows, error=exc.reason))
         except Exception as exc:
-            rows = table.num_rows if table is not None else footer_rows(batch.path)
+            rows = table.num_rows if table is not None else footer_rows(path)
             loaded.append(_Loaded(rows=rows, error=validator_error(exc)))
     readable = [x for x in loaded if x.conformed is not None]
     conformed = [x.conformed for x in readable if x.conformed is not None]
@@ -430,35 +478,6 @@ def _prepared(batch: LandedBatch, batch_id: str, batch_no: int, loaded: _Loaded)
             first = rules.index(rule)
             result.examples[rule] = verdicts.reasons[first].as_py()
     return _Prepared(batch, batch_id, batch_no, loaded.conformed, verdicts, loaded.valid, result)
-
-
-def _reject(
-    paths: AegisPaths,
-    manifest: Manifest,
-    batch: LandedBatch,
-    batch_id: str,
-    batch_no: int,
-    reason: str,
-    rows: int,
-    run_id: str | None,
-    now: datetime,
-) -> BatchResult:
-    date = _partition_date(batch, None)
-    # A batch rejected now may have had bronze/quarantine files from an earlier, different copy.
-    _remove(paths.bronze / f"date={date}" / f"{batch_id}.parquet")
-    _remove(paths.quarantine / f"date={date}" / f"{batch_id}.parquet")
-    qpath = _quarantine_file(paths, batch, batch_id, reason, now)
-    result = BatchResult(
-        batch_id=batch_id,
-        source_path=batch.rel,
-        status="rejected",
-        rows_in=rows,
-        quarantined_rows=rows,
-        reason=reason,
-        quarantine_path=qpath,
-    )
-    manifest.record(_entry(batch_no, batch, result, run_id, now))
-    return result
 
 
 def _entry(
@@ -614,7 +633,7 @@ def _collision_reasons(ids: pa.Array, diffs: list[np.ndarray], where: str | list
 
 
 def _judge_ids(
-    paths: AegisPaths,
+    lake: Lake,
     manifest: Manifest,
     index: EventIndex,
     group: list[_Prepared],
@@ -640,7 +659,7 @@ def _judge_ids(
             rel = files.get(int(batch_no))
             if rel is None:
                 continue
-            table = _plain(pq.read_table(paths.lake / rel, columns=list(SCHEMA_V1.names)))
+            table = _plain(lake.store.read_parquet(rel, columns=list(SCHEMA_V1.names)))
             # bronze files are named <batch id>.parquet
             held.append(judge.against_bronze(table, Path(rel).stem, np.sort(pos[batch_nos == batch_no])))
     first = _first_seen(ids, hashes)
@@ -686,92 +705,229 @@ def _quarantine_collisions(p: _Prepared, local: np.ndarray, reasons: pa.Array) -
     r.examples.setdefault(ID_COLLISION, reasons[0].as_py())
 
 
-def _write_batch_files(paths: AegisPaths, p: _Prepared, bronze: pa.Table, ingested_at: datetime) -> None:
+def _batch_keys(p: _Prepared | None, batch: LandedBatch, batch_id: str) -> tuple[str, str]:
+    """The bronze and quarantine keys of a batch (partitioned by the date of its events)."""
+    table = None if p is None else (p.valid if p.valid.num_rows else p.conformed.table)
+    date = _partition_date(batch, table)
+    return f"bronze/date={date}/{batch_id}.parquet", f"quarantine/date={date}/{batch_id}.parquet"
+
+
+def _write_batch_files(lake: Lake, p: _Prepared, bronze: pa.Table, ingested_at: datetime) -> None:
     """Replace the batch's bronze and quarantine files (or remove stale ones when it has none)."""
     r = p.result
-    date = _partition_date(p.batch, p.valid if p.valid.num_rows else p.conformed.table)
-    bronze_path = paths.bronze / f"date={date}" / f"{p.batch_id}.parquet"
-    quarantine_path = paths.quarantine / f"date={date}" / f"{p.batch_id}.parquet"
+    bronze_key, quarantine_key = _batch_keys(p, p.batch, p.batch_id)
     ts_type = BRONZE_SCHEMA.field("ingested_at").type
     if r.bronze_rows:
         columns = [*bronze.columns, _constant(p.batch_id, r.bronze_rows, pa.string())]
         columns.append(_constant(ingested_at, r.bronze_rows, ts_type))
-        _write_parquet(pa.Table.from_arrays(columns, names=BRONZE_SCHEMA.names), bronze_path)
-        r.bronze_path = _rel(paths, bronze_path)
+        _write_parquet(lake, pa.Table.from_arrays(columns, names=BRONZE_SCHEMA.names), bronze_key)
+        r.bronze_path = bronze_key
     else:
-        _remove(bronze_path)
+        lake.store.delete(bronze_key)
     if r.quarantined_rows:
         q = quarantine_rows(p.conformed, p.verdicts)
         q = q.append_column("batch_id", _constant(p.batch_id, q.num_rows, pa.string()))
         q = q.append_column("source_file", _constant(p.batch.rel, q.num_rows, pa.string()))
         q = q.append_column("quarantined_at", _constant(ingested_at, q.num_rows, ts_type))
-        _write_parquet(q, quarantine_path)
-        r.quarantine_path = _rel(paths, quarantine_path)
+        _write_parquet(lake, q, quarantine_key)
+        r.quarantine_path = quarantine_key
     else:
-        _remove(quarantine_path)
+        lake.store.delete(quarantine_key)
 
 
-def _commit(
-    paths: AegisPaths,
-    manifest: Manifest,
-    index: EventIndex,
-    group: list[_Prepared],
-    ingested_at: datetime,
-    run_id: str | None,
-    pool: ThreadPoolExecutor,
-) -> list[BatchResult]:
-    """De-duplicate a group of validated batches, write their files, index and record them."""
-    if not group:
-        return []
-    index.forget([p.batch_no for p in group])
-    chunks = [c for p in group for c in p.valid.column("event_id").chunks]
-    ids = pa.chunked_array(chunks, pa.string())
-    hashes = index.hashes(ids) if len(ids) else np.zeros(0, np.uint64)
-    dup, collisions, reasons = _judge_ids(paths, manifest, index, group, ids, hashes)
-    dropped = dup.copy()
-    dropped[collisions] = True  # neither in bronze nor indexed: quarantined below
-    results = []
-    add_h: list[np.ndarray] = []
-    add_b: list[np.ndarray] = []
-    writes = []
-    offset = 0
-    for p in group:
-        n = p.valid.num_rows
-        batch_dup = dup[offset : offset + n]
-        batch_out = dropped[offset : offset + n]
-        batch_h = hashes[offset : offset + n]
-        lo, hi = np.searchsorted(collisions, [offset, offset + n])
-        if hi > lo:
-            _quarantine_collisions(p, collisions[lo:hi] - offset, reasons.slice(lo, hi - lo))
-        offset += n
-        r = p.result
-        r.duplicate_rows = int(batch_dup.sum())
-        kept = r.duplicate_rows or hi > lo
-        bronze = p.valid.filter(pa.array(~batch_out)) if kept else p.valid
-        r.bronze_rows = bronze.num_rows
-        if r.bronze_rows:
-            add_h.append(batch_h[~batch_out] if kept else batch_h)
-            add_b.append(np.full(r.bronze_rows, p.batch_no, dtype=np.int32))
-        if r.rows_in == 0:
-            r.status = "empty"
-        elif r.quarantined_rows or r.duplicate_rows:
-            r.status = "partial"
-        writes.append(pool.submit(_write_batch_files, paths, p, bronze, ingested_at))
-        results.append(r)
-    for w in writes:
-        w.result()  # re-raises a failed write before anything is indexed or recorded
-    if add_h:
-        index.add(np.concatenate(add_h), np.concatenate(add_b))
-    for p, r in zip(group, results, strict=True):
-        manifest.record(_entry(p.batch_no, p.batch, r, run_id, ingested_at))
-    return results
+def _settle(
+    p: _Prepared,
+    dup: np.ndarray,
+    dropped: np.ndarray,
+    collisions: np.ndarray,
+    reasons: pa.Array,
+    offset: int,
+    hashes: np.ndarray,
+) -> tuple[pa.Table, np.ndarray]:
+    """One batch's share of a group's verdicts: its bronze rows and their hashes (status set)."""
+    n = p.valid.num_rows
+    batch_out = dropped[offset : offset + n]
+    lo, hi = np.searchsorted(collisions, [offset, offset + n])
+    if hi > lo:
+        _quarantine_collisions(p, collisions[lo:hi] - offset, reasons.slice(lo, hi - lo))
+    r = p.result
+    r.duplicate_rows = int(dup[offset : offset + n].sum())
+    kept = r.duplicate_rows or hi > lo
+    bronze = p.valid.filter(pa.array(~batch_out)) if kept else p.valid
+    batch_h = hashes[offset : offset + n]
+    r.bronze_rows = bronze.num_rows
+    if r.rows_in == 0:
+        r.status = "empty"
+    elif r.quarantined_rows or r.duplicate_rows:
+        r.status = "partial"
+    return bronze, (batch_h[~batch_out] if kept else batch_h)
+
+
+# -------------------------------------------------------------------- one run
+
+
+@dataclass
+class _Ingest:
+    """One ingest run under the lock: the lake, its manifest and event index, and what it decided."""
+
+    lake: Lake
+    manifest: Manifest
+    index: EventIndex
+    pool: ThreadPoolExecutor
+    ingested_at: datetime  # when things happened (files, records), not what ts may be
+    run_id: str | None
+    say: Callable[[str], None]
+    results: list[BatchResult] = field(default_factory=list)
+
+    def reject(self, batch: LandedBatch, batch_id: str, batch_no: int, reason: str, rows: int) -> None:
+        """Quarantine a batch whole (its file kept as it landed) and record it."""
+        # A batch rejected now may have had bronze/quarantine files from an earlier, different copy.
+        for key in _batch_keys(None, batch, batch_id):
+            self.lake.store.delete(key)
+        qpath = _quarantine_file(self.lake, batch, batch_id, reason, self.ingested_at)
+        result = BatchResult(
+            batch_id=batch_id,
+            source_path=batch.rel,
+            status="rejected",
+            rows_in=rows,
+            quarantined_rows=rows,
+            reason=reason,
+            quarantine_path=qpath,
+        )
+        self.manifest.record(_entry(batch_no, batch, result, self.run_id, self.ingested_at))
+        _unstage(self.lake, batch)
+        self.results.append(result)
+
+    def commit(self, group: list[_Prepared]) -> None:
+        """De-duplicate a group of validated batches, write their files, index and record them."""
+        if not group:
+            return
+        self.index.forget([p.batch_no for p in group])
+        chunks = [c for p in group for c in p.valid.column("event_id").chunks]
+        ids = pa.chunked_array(chunks, pa.string())
+        hashes = self.index.hashes(ids) if len(ids) else np.zeros(0, np.uint64)
+        dup, collisions, reasons = _judge_ids(self.lake, self.manifest, self.index, group, ids, hashes)
+        dropped = dup.copy()
+        dropped[collisions] = True  # neither in bronze nor indexed: quarantined below
+        add_h: list[np.ndarray] = []
+        add_b: list[np.ndarray] = []
+        writes = []
+        offset = 0
+        for p in group:
+            bronze, kept_h = _settle(p, dup, dropped, collisions, reasons, offset, hashes)
+            offset += p.valid.num_rows
+            if bronze.num_rows:
+                add_h.append(kept_h)
+                add_b.append(np.full(bronze.num_rows, p.batch_no, dtype=np.int32))
+            writes.append(self.pool.submit(_write_batch_files, self.lake, p, bronze, self.ingested_at))
+        for w in writes:
+            w.result()  # re-raises a failed write before anything is indexed or recorded
+        if add_h:
+            self.index.add(np.concatenate(add_h), np.concatenate(add_b))
+        for p in group:
+            entry = _entry(p.batch_no, p.batch, p.result, self.run_id, self.ingested_at)
+            self.manifest.record(entry)
+            if self.lake.is_remote:  # the index is a cache there: remember which version it holds
+                self.index.mark_synced(p.batch_no, entry.processed_at)
+            _unstage(self.lake, p.batch)
+            self.results.append(p.result)
+
+    def run(
+        self,
+        registered: list[tuple[LandedBatch, str, int, str | None]],
+        judge_at: datetime,
+        future_skew: timedelta,
+        clock_name: str,
+        group_rows: int,
+    ) -> None:
+        """Load ahead on the workers, take batches in order, commit in groups of ``group_rows``."""
+        chunks = _chunks(registered)
+        chunk_of = {i: (c, k) for c, members in enumerate(chunks) for k, i in enumerate(members)}
+        futures: dict[int, Future[list[_Loaded]]] = {}
+        submitted = 0  # chunks submitted
+        in_flight = 0  # landed bytes submitted and not yet taken
+        group: list[_Prepared] = []
+        rows = 0
+        for i, (batch, batch_id, batch_no, clash) in enumerate(registered):
+            current = chunk_of[i][0] if i in chunk_of else submitted
+            while submitted < len(chunks) and (  # keep the workers busy, memory bounded
+                submitted <= current + PREFETCH_MIN or in_flight < PREFETCH_BYTES
+            ):
+                ahead = [registered[j][0] for j in chunks[submitted]]
+                futures[submitted] = self.pool.submit(
+                    _load, self.lake, ahead, judge_at, future_skew, clock_name
+                )
+                in_flight += sum(b.size for b in ahead)
+                submitted += 1
+            if clash is not None:  # the file is kept whole: count what it holds
+                self.reject(batch, batch_id, batch_no, clash, footer_rows(_stage(self.lake, batch)))
+                continue
+            c, k = chunk_of[i]
+            loaded = futures[c].result()[k]
+            in_flight -= batch.size
+            if k == len(chunks[c]) - 1:
+                del futures[c]
+            if loaded.error is not None:
+                self.reject(batch, batch_id, batch_no, loaded.error, loaded.rows)
+                self.say(f"{batch.rel}: rejected whole: {loaded.error}")
+                continue
+            group.append(_prepared(batch, batch_id, batch_no, loaded))
+            rows += loaded.rows
+            if rows >= group_rows:
+                self.commit(group)
+                group, rows = [], 0
+        self.commit(group)
+
+
+def _todo(
+    lake: Lake, manifest: Manifest, batches: list[LandedBatch] | None, reprocess: bool
+) -> tuple[list[LandedBatch], list[str]]:
+    """The batches to ingest, and the ids of those given but already finished."""
+    if batches is None:
+        return pending_batches(lake, manifest), []
+    if reprocess:
+        return sorted(batches), []
+    done = manifest.done_sources()
+    return [b for b in sorted(batches) if b.rel not in done], [b.batch_id for b in batches if b.rel in done]
+
+
+def _clock(lake: Lake, now: datetime | None) -> tuple[datetime, str]:
+    """:func:`aegis.lake.validate.ingest_clock` of the lake (an S3 world clock is read into the state dir)."""
+    if not lake.is_remote or now is not None:
+        root = (
+            lake.store.path(lake.landing_prefix) if isinstance(lake.store, LocalLakeStore) else lake.state_dir
+        )
+        return ingest_clock(root, now)
+    staged = lake.state_dir / "clock"
+    (staged / WORLD_CLOCK_FILE).unlink(missing_ok=True)
+    try:
+        lake.store.fetch(lake.landing_rel(WORLD_CLOCK_FILE), staged / WORLD_CLOCK_FILE)
+    except FileNotFoundError:
+        staged.mkdir(parents=True, exist_ok=True)  # no world clock: the wall clock judges
+    return ingest_clock(staged, None)
+
+
+def _open_index(lake: Lake, manifest: Manifest, say: Callable[[str], None]) -> EventIndex:
+    """The event index, brought up to date with the manifest where it is only a cache (S3 lakes)."""
+    index = EventIndex(lake.state_dir / INDEX_FILE)
+    if lake.is_remote:
+        changed = index.sync(
+            manifest.bronze_versions(), lambda rel: lake.store.read_parquet(rel, ["event_id"])
+        )
+        if changed:
+            say(f"event index brought up to date with the manifest ({changed} batch(es) re-read from bronze)")
+    elif index.stale:
+        say("event index was built by another DuckDB version; rebuilding it from bronze")
+        entries = [e for e in manifest.entries() if e.bronze_path]
+        index.rebuild({e.batch_no: lake.store.uri_of(e.bronze_path) for e in entries if e.bronze_path})
+    return index
 
 
 # --------------------------------------------------------------------- the API
 
 
 def ingest_batches(
-    paths: AegisPaths,
+    where: Lake | object,
     batches: list[LandedBatch] | None = None,
     *,
     reprocess: bool = False,
@@ -783,97 +939,33 @@ def ingest_batches(
 ) -> IngestReport:
     """Ingest ``batches`` (default: every pending one) into bronze; see the module docstring.
 
-    Batches already finished are skipped unless ``reprocess``; a re-processed
-    batch replaces its own bronze and quarantine files.
+    ``where`` is a :class:`~aegis.lake.store.Lake` or an :class:`~aegis.config.AegisPaths`
+    (its local lake).  Batches already finished are skipped unless ``reprocess``; a
+    re-processed batch replaces its own bronze and quarantine files.
     """
     started = time.perf_counter()
-    paths.ensure()
+    lake = as_lake(where).ensure()
+    lake.store.check()
     say = log or (lambda _msg: None)
-    with ingest_lock(paths), Manifest(paths).session() as manifest:
-        swept = [t for d in (paths.bronze, paths.quarantine, manifest.dir) for t in sweep_stale_tmp(d)]
-        if swept:
-            say(f"removed {len(swept)} stale temporary file(s) of killed writers from the lake")
-        skipped: list[str] = []
-        if batches is None:
-            todo = pending_batches(paths, manifest)
-        elif reprocess:
-            todo = sorted(batches)
-        else:
-            done = manifest.done_sources()
-            todo = [b for b in sorted(batches) if b.rel not in done]
-            skipped = [b.batch_id for b in batches if b.rel in done]
-        # when things happened (files, records), not what ts may be (that is judge_at)
-        ingested_at = (now or datetime.now(UTC)).astimezone(UTC)
-        judge_at, clock_name = ingest_clock(paths.landing_telemetry, now)
-        results: list[BatchResult] = []
-        with EventIndex(manifest.dir / INDEX_FILE) as index:
-            if index.stale:
-                say("event index was built by another DuckDB version; rebuilding it from bronze")
-                entries = [e for e in manifest.entries() if e.bronze_path]
-                index.rebuild({e.batch_no: str(paths.lake / e.bronze_path) for e in entries if e.bronze_path})
+    with ingest_lock(lake), Manifest(lake).session() as manifest:
+        if isinstance(lake.store, LocalLakeStore):
+            dirs = (lake.store.path("bronze"), lake.store.path("quarantine"), manifest.dir)
+            swept = [t for d in dirs for t in sweep_stale_tmp(d)]
+            if swept:
+                say(f"removed {len(swept)} stale temporary file(s) of killed writers from the lake")
+        todo, skipped = _todo(lake, manifest, batches, reprocess)
+        judge_at, clock_name = _clock(lake, now)
+        with (
+            _open_index(lake, manifest, say) as index,
+            ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ingest") as pool,
+        ):
+            run = _Ingest(
+                lake, manifest, index, pool, (now or datetime.now(UTC)).astimezone(UTC), run_id, say
+            )
             registered = [(b, *_register(manifest, b, run_id)) for b in todo]
-            group: list[_Prepared] = []
-            rows = 0
-            chunks = _chunks(registered)
-            chunk_of = {i: (c, k) for c, members in enumerate(chunks) for k, i in enumerate(members)}
-            with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ingest") as pool:
-                futures: dict[int, Future[list[_Loaded]]] = {}
-                submitted = 0  # chunks submitted
-                in_flight = 0  # landed bytes submitted and not yet taken
-                for i, (batch, batch_id, batch_no, clash) in enumerate(registered):
-                    current = chunk_of[i][0] if i in chunk_of else submitted
-                    while submitted < len(chunks) and (  # keep the workers busy, memory bounded
-                        submitted <= current + PREFETCH_MIN or in_flight < PREFETCH_BYTES
-                    ):
-                        ahead = [registered[j][0] for j in chunks[submitted]]
-                        futures[submitted] = pool.submit(_load, ahead, judge_at, future_skew, clock_name)
-                        in_flight += sum(b.size for b in ahead)
-                        submitted += 1
-                    if clash is not None:
-                        rows_in = footer_rows(batch.path)  # the file is kept whole: count what it holds
-                        results.append(
-                            _reject(
-                                paths,
-                                manifest,
-                                batch,
-                                batch_id,
-                                batch_no,
-                                clash,
-                                rows_in,
-                                run_id,
-                                ingested_at,
-                            )
-                        )
-                        continue
-                    c, k = chunk_of[i]
-                    loaded = futures[c].result()[k]
-                    in_flight -= batch.size
-                    if k == len(chunks[c]) - 1:
-                        del futures[c]
-                    if loaded.error is not None:
-                        results.append(
-                            _reject(
-                                paths,
-                                manifest,
-                                batch,
-                                batch_id,
-                                batch_no,
-                                loaded.error,
-                                loaded.rows,
-                                run_id,
-                                ingested_at,
-                            )
-                        )
-                        say(f"{batch.rel}: rejected whole: {loaded.error}")
-                        continue
-                    group.append(_prepared(batch, batch_id, batch_no, loaded))
-                    rows += loaded.rows
-                    if rows >= group_rows:
-                        results += _commit(paths, manifest, index, group, ingested_at, run_id, pool)
-                        group, rows = [], 0
-                results += _commit(paths, manifest, index, group, ingested_at, run_id, pool)
+            run.run(registered, judge_at, future_skew, clock_name, group_rows)
         manifest.export()
-    report = IngestReport(results=results, skipped=skipped, seconds=time.perf_counter() - started)
+    report = IngestReport(results=run.results, skipped=skipped, seconds=time.perf_counter() - started)
     if not report.conserved:  # record() already refuses a non-conserving batch; this guards the results
         raise AssertionError("ingest counts are not conserved; see the manifest")
     return report

@@ -14,6 +14,7 @@ Only the ingest opens it, under the ingest lock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -79,6 +80,42 @@ class EventIndex:
             return
         new = pa.table({"h": pa.array(hashes, pa.uint64()), "batch_no": pa.array(batch_nos, pa.int32())})  # noqa: F841
         self.con.execute("INSERT INTO events SELECT h, batch_no FROM new")
+
+    def sync(self, versions: dict[int, tuple[str, str | None]], read_ids: Callable[[str], pa.Table]) -> int:
+        """Bring a cached index up to date with the manifest; return how many batches changed.
+
+        ``versions``: batch number -> (bronze key, processed at) of every finished batch
+        with bronze rows (:meth:`aegis.lake.manifest.Manifest.bronze_versions`).  The index
+        remembers which version of each batch it holds; a batch another host re-processed,
+        added or dropped since is re-read (only its ``event_id`` column) or forgotten.  Used
+        where the index lives on a run's scratch disk and the manifest is shared (S3 lakes).
+        """
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS synced (batch_no INTEGER PRIMARY KEY, processed_at VARCHAR)"
+        )
+        if self.stale:
+            self.con.execute("DELETE FROM events")
+            self.con.execute("DELETE FROM synced")
+        held = dict(self.con.execute("SELECT batch_no, processed_at FROM synced").fetchall())
+        gone = [b for b in held if b not in versions or versions[b][1] != held[b]]
+        fresh = [b for b, (_, at) in versions.items() if held.get(b, "\0") != at or b in gone]
+        self.forget(gone)
+        if gone:
+            self.con.execute("DELETE FROM synced WHERE batch_no IN (SELECT unnest(?::INTEGER[]))", [gone])
+        for batch_no in fresh:
+            ids = read_ids(versions[batch_no][0]).column("event_id")
+            self.add(self.hashes(ids), np.full(len(ids), batch_no, dtype=np.int32))
+            self.con.execute("INSERT OR REPLACE INTO synced VALUES (?, ?)", [batch_no, versions[batch_no][1]])
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES ('duckdb_version', ?)", [duckdb.__version__])
+        self.stale = False
+        return len(fresh) + len([b for b in gone if b not in versions])
+
+    def mark_synced(self, batch_no: int, processed_at: str | None) -> None:
+        """Record that the index holds this version of a batch (see :meth:`sync`)."""
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS synced (batch_no INTEGER PRIMARY KEY, processed_at VARCHAR)"
+        )
+        self.con.execute("INSERT OR REPLACE INTO synced VALUES (?, ?)", [batch_no, processed_at])
 
     def rebuild(self, bronze_files: dict[int, str]) -> int:
         """Refill the index from bronze files (batch number -> path); returns the entries written."""

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BATCH_SUFFIX = ".parquet"
 
@@ -90,6 +91,44 @@ def list_landed(root: Path, newer_than_ns: int | None = None) -> list[LandedBatc
         out.append(_landed(path, path.relative_to(root).as_posix(), st))
     out.sort()
     return out
+
+
+def list_landed_in(lake: Any, newer_than_ns: int | None = None) -> list[LandedBatch]:
+    """:func:`list_landed` of a :class:`~aegis.lake.store.Lake`: its directory, or its S3 landing prefix.
+
+    An S3 object appears whole (Firehose and :class:`~aegis.lake.store.S3LakeStore`
+    write with one ``PutObject``), so every listed ``*.parquet`` key is complete.  Its
+    ``path`` is where the ingest stages it locally (under the lake's state directory).
+    """
+    from aegis.lake.store import LocalLakeStore
+
+    if isinstance(lake.store, LocalLakeStore):
+        return list_landed(lake.store.path(lake.landing_prefix), newer_than_ns)
+    staging = lake.state_dir / "staging"
+    cut = len(lake.landing_prefix) + 1
+    out = []
+    for f in lake.store.list_files(lake.landing_prefix):
+        if newer_than_ns is not None and f.mtime_ns <= newer_than_ns:
+            continue
+        rel = f.rel[cut:]
+        name = rel.rsplit("/", 1)[-1]
+        out.append(LandedBatch(f.mtime_ns, rel, name.removesuffix(BATCH_SUFFIX), staging / rel, f.size))
+    out.sort()
+    return out
+
+
+def resolve_in(lake: Any, rels: list[str]) -> tuple[list[LandedBatch], list[str]]:
+    """:func:`resolve` for a :class:`~aegis.lake.store.Lake` (one listing of an S3 landing prefix)."""
+    from aegis.lake.store import LocalLakeStore
+
+    if isinstance(lake.store, LocalLakeStore):
+        return resolve(lake.store.path(lake.landing_prefix), rels)
+    for rel in rels:
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise ValueError(f"batch path {rel!r} is outside the landing area {lake.store.uri}")
+    landed = {b.rel: b for b in list_landed_in(lake)}
+    found = sorted(landed[r] for r in rels if r in landed)
+    return found, [r for r in rels if r not in landed]
 
 
 def resolve(root: Path, rels: list[str]) -> tuple[list[LandedBatch], list[str]]:

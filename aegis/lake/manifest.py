@@ -3,35 +3,70 @@
 One row per batch id: rows in, rows to bronze, rows quarantined, duplicates
 dropped.  ``rows_in = bronze_rows + quarantined_rows + duplicate_rows`` is
 asserted when a batch is recorded and re-checked by the asset check over the
-whole manifest.  SQLite (WAL) because the sensor and the UI read it while an
-ingest run writes it; a Parquet copy is exported for DuckDB/dbt readers.
+whole manifest.  SQLite (WAL) in a local lake, because the sensor and the UI read it while an
+ingest run writes it; PostgreSQL (schema ``aegis_lake`` of the platform
+database, :func:`aegis.db.store_url`) in prod, where runs are pods.  A Parquet copy is exported into the lake
+(``ingest/manifest.parquet``) for DuckDB/dbt readers.
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
-from aegis.config import AegisPaths
-from aegis.telemetry import write_atomic
+from aegis.lake.store import MANIFEST_DB, Lake, as_lake
 
-MANIFEST_DB = "manifest.db"
 MANIFEST_PARQUET = "manifest.parquet"
+# Where the manifest's Parquet copy lives, relative to the lake root.
+MANIFEST_PARQUET_REL = f"ingest/{MANIFEST_PARQUET}"
 # ok: every row reached bronze; partial: some rows were quarantined or duplicates;
 # rejected: the file was quarantined whole; empty: a valid file with no rows;
 # processing: started and not finished (a crash): the next run redoes it.
 STATUSES = ("processing", "ok", "partial", "rejected", "empty")
 DONE_STATUSES = ("ok", "partial", "rejected", "empty")
 
-_SCHEMA = """
+_metadata = sa.MetaData()
+batches_t = sa.Table(
+    "batches",
+    _metadata,
+    sa.Column("batch_no", sa.Integer, sa.Identity(), primary_key=True, autoincrement=True),
+    sa.Column("batch_id", sa.Text, nullable=False, unique=True),
+    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("source_size", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("rows_in", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bronze_rows", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("quarantined_rows", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("duplicate_rows", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("reason", sa.Text),
+    sa.Column("notes", sa.Text),
+    sa.Column("bronze_path", sa.Text),
+    sa.Column("quarantine_path", sa.Text),
+    sa.Column("run_id", sa.Text),
+    sa.Column("processed_at", sa.Text),
+    sa.CheckConstraint(
+        "status IN ('processing', 'ok', 'partial', 'rejected', 'empty')", name="batches_status_known"
+    ),
+    sa.CheckConstraint(
+        "status = 'processing' OR rows_in = bronze_rows + quarantined_rows + duplicate_rows",
+        name="batches_conserved",
+    ),
+    sa.Index("batches_status", "status"),
+)
+
+# SQLite as the code before the SQLAlchemy port created it (AUTOINCREMENT): kept so an
+# existing AEGIS_HOME and a new one have the same table.
+_SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
     batch_no INTEGER PRIMARY KEY AUTOINCREMENT,
     batch_id TEXT NOT NULL UNIQUE,
@@ -102,45 +137,100 @@ class ManifestEntry:
         return self.rows_in == self.bronze_rows + self.quarantined_rows + self.duplicate_rows
 
 
-def manifest_dir(paths: AegisPaths) -> Path:
-    return paths.lake / "ingest"
+def manifest_dir(where: Any) -> Path:
+    """The ingest's local state directory (the manifest database of a local lake lives there)."""
+    return as_lake(where).state_dir
+
+
+_ENGINES: dict[str, Engine] = {}
+_WRITING = threading.local()  # set while a write transaction begins (SQLite: BEGIN IMMEDIATE)
+
+
+def _engine(url: str) -> Engine:
+    """One engine per manifest URL and process (the schema is created once, on first use)."""
+    engine = _ENGINES.get(url)
+    if engine is not None:
+        return engine
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # transactions are begun explicitly (BEGIN IMMEDIATE)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # writers take the write lock up front (no upgrade deadlock); readers never wait (WAL)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(_WRITING, "on", False) else "BEGIN")
+
+        with engine.connect() as con:
+            for statement in filter(str.strip, _SQLITE_SCHEMA.split(";")):
+                con.exec_driver_sql(statement)
+            con.commit()
+    elif url.startswith(("postgresql", "postgres")):
+        # The platform database, schema aegis_lake (aegis.db.store_url puts it on the search_path).
+        from aegis.db import Migration, make_engine, migrate
+
+        engine = make_engine(url)
+        migrate(engine, "lake", [Migration(1, "batches", lambda con: _metadata.create_all(con))])
+    else:
+        raise ValueError(f"unsupported manifest URL {url!r}: use sqlite:///PATH or postgresql+psycopg://...")
+    _ENGINES[url] = engine
+    return engine
+
+
+def _entry(row: Any) -> ManifestEntry:
+    return ManifestEntry(**{c: row._mapping[c] for c in ARROW_SCHEMA.names})
 
 
 class Manifest:
-    """The processed-batches table; cheap to open, safe to read while another process writes."""
+    """The processed-batches table; cheap to open, safe to read while another process writes.
 
-    def __init__(self, paths: AegisPaths) -> None:
-        self.dir = manifest_dir(paths)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.dir / MANIFEST_DB
-        self._held: sqlite3.Connection | None = None
-        with self._connect() as con:
-            con.executescript(_SCHEMA)
+    ``Manifest(paths)`` opens a local lake's SQLite manifest; ``Manifest(lake)`` the
+    manifest a :class:`~aegis.lake.store.Lake` names (PostgreSQL in prod).
+    """
 
-    def _open(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        con.row_factory = sqlite3.Row
-        return con
+    def __init__(self, where: Any) -> None:
+        self.lake: Lake = as_lake(where)
+        self.dir = self.lake.state_dir
+        self.url = self.lake.manifest_url
+        self.db_path = self.dir / MANIFEST_DB  # the local database (sqlite URL) or unused
+        self.engine = _engine(self.url)
+        self._held: Connection | None = None
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self) -> Iterator[Connection]:
         if self._held is not None:
             yield self._held
             return
-        with closing(self._open()) as con:
+        with self.engine.connect() as con:
             yield con
 
     @contextmanager
     def session(self) -> Iterator[Manifest]:
         """Keep one connection open for many calls (an ingest run); readers still see every commit."""
-        self._held = self._open()
-        try:
-            yield self
-        finally:
-            self._held.close()
-            self._held = None
+        with self.engine.connect() as con:
+            self._held = con
+            try:
+                yield self
+            finally:
+                self._held = None
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._connect() as con:
+            _WRITING.on = True
+            try:
+                tx = con.begin()
+            finally:
+                _WRITING.on = False
+            with tx:
+                yield con
 
     def register(
         self, batch_id: str, source_path: str, source_size: int, run_id: str | None
@@ -150,26 +240,32 @@ class Manifest:
         A batch id seen before keeps its number (the event index and bronze file
         are keyed by it), so re-processing replaces rather than adds.
         """
-        with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
+        with self._write() as con:
             row = con.execute(
-                "SELECT batch_no, source_path FROM batches WHERE batch_id = ?", (batch_id,)
-            ).fetchone()
+                sa.select(batches_t.c.batch_no, batches_t.c.source_path)
+                .where(batches_t.c.batch_id == batch_id)
+                .with_for_update()
+            ).first()
             if row is None:
-                cur = con.execute(
-                    "INSERT INTO batches(batch_id, source_path, source_size, status, run_id) "
-                    "VALUES (?, ?, ?, 'processing', ?)",
-                    (batch_id, source_path, source_size, run_id),
-                )
-                con.execute("COMMIT")
-                return int(cur.lastrowid or 0), None
-            if row["source_path"] == source_path:
+                batch_no: int = con.execute(
+                    batches_t.insert()
+                    .values(
+                        batch_id=batch_id,
+                        source_path=source_path,
+                        source_size=source_size,
+                        status="processing",
+                        run_id=run_id,
+                    )
+                    .returning(batches_t.c.batch_no)
+                ).scalar_one()
+                return int(batch_no), None
+            if row.source_path == source_path:
                 con.execute(
-                    "UPDATE batches SET status='processing', source_size=?, run_id=? WHERE batch_no=?",
-                    (source_size, run_id, row["batch_no"]),
+                    batches_t.update()
+                    .where(batches_t.c.batch_no == row.batch_no)
+                    .values(status="processing", source_size=source_size, run_id=run_id)
                 )
-            con.execute("COMMIT")
-            return int(row["batch_no"]), str(row["source_path"])
+            return int(row.batch_no), str(row.source_path)
 
     def record(self, entry: ManifestEntry) -> None:
         """Store a finished batch; refuses counts that do not add up."""
@@ -181,76 +277,84 @@ class Manifest:
                 f"quarantined {entry.quarantined_rows} + duplicates {entry.duplicate_rows}"
             )
         data = asdict(entry)
-        cols = [c for c in data if c != "batch_no"]
+        batch_no = data.pop("batch_no")
+        with self._write() as con:
+            con.execute(batches_t.update().where(batches_t.c.batch_no == batch_no).values(**data))
+
+    def _rows(self, query: sa.Select[Any]) -> list[Any]:
         with self._connect() as con:
-            con.execute(
-                f"UPDATE batches SET {', '.join(f'{c}=?' for c in cols)} WHERE batch_no=?",
-                [data[c] for c in cols] + [entry.batch_no],
-            )
+            try:
+                return list(con.execute(query))
+            finally:
+                con.rollback()  # end the read: a held connection must not pin a snapshot
 
     def entries(self, batch_ids: Iterable[str] | None = None) -> list[ManifestEntry]:
-        with self._connect() as con:
-            if batch_ids is None:
-                rows = con.execute("SELECT * FROM batches ORDER BY batch_no").fetchall()
-            else:
-                ids = list(batch_ids)
-                rows = []
-                for i in range(0, len(ids), 500):
-                    chunk = ids[i : i + 500]
-                    rows += con.execute(
-                        f"SELECT * FROM batches WHERE batch_id IN ({','.join('?' * len(chunk))}) ORDER BY batch_no",
-                        chunk,
-                    ).fetchall()
-        return [ManifestEntry(**dict(r)) for r in rows]
+        base = sa.select(batches_t).order_by(batches_t.c.batch_no)
+        if batch_ids is None:
+            return [_entry(r) for r in self._rows(base)]
+        ids = list(batch_ids)
+        rows = []
+        for i in range(0, len(ids), 500):
+            rows += self._rows(base.where(batches_t.c.batch_id.in_(ids[i : i + 500])))
+        return sorted((_entry(r) for r in rows), key=lambda e: e.batch_no)
 
     def bronze_paths(self, batch_nos: Iterable[int]) -> dict[int, str]:
-        nos = list(batch_nos)
+        nos = [int(n) for n in batch_nos]
         out: dict[int, str] = {}
-        with self._connect() as con:
-            for i in range(0, len(nos), 500):
-                chunk = nos[i : i + 500]
-                for r in con.execute(
-                    f"SELECT batch_no, bronze_path FROM batches WHERE batch_no IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                ):
-                    if r["bronze_path"]:
-                        out[int(r["batch_no"])] = str(r["bronze_path"])
+        for i in range(0, len(nos), 500):
+            query = sa.select(batches_t.c.batch_no, batches_t.c.bronze_path).where(
+                batches_t.c.batch_no.in_(nos[i : i + 500])
+            )
+            for r in self._rows(query):
+                if r.bronze_path:
+                    out[int(r.batch_no)] = str(r.bronze_path)
         return out
+
+    def bronze_versions(self) -> dict[int, tuple[str, str | None]]:
+        """Every finished batch with bronze rows: batch number -> (bronze path, processed at)."""
+        query = sa.select(batches_t.c.batch_no, batches_t.c.bronze_path, batches_t.c.processed_at).where(
+            batches_t.c.bronze_path.is_not(None), batches_t.c.status.in_(DONE_STATUSES)
+        )
+        return {int(r.batch_no): (str(r.bronze_path), r.processed_at) for r in self._rows(query)}
 
     def done_sources(self) -> set[str]:
         """Source paths (relative to landing) of batches finished, whatever their outcome."""
-        with self._connect() as con:
-            rows = con.execute(
-                f"SELECT source_path FROM batches WHERE status IN ({','.join('?' * len(DONE_STATUSES))})",
-                DONE_STATUSES,
-            ).fetchall()
-        return {r[0] for r in rows}
+        query = sa.select(batches_t.c.source_path).where(batches_t.c.status.in_(DONE_STATUSES))
+        return {r[0] for r in self._rows(query)}
 
     def totals(self) -> dict[str, int]:
-        with self._connect() as con:
-            row = con.execute(
-                "SELECT count(*) AS batches, coalesce(sum(rows_in),0) AS rows_in, "
-                "coalesce(sum(bronze_rows),0) AS bronze_rows, coalesce(sum(quarantined_rows),0) AS quarantined_rows, "
-                "coalesce(sum(duplicate_rows),0) AS duplicate_rows, "
-                "coalesce(sum(status='rejected'),0) AS rejected_files, coalesce(sum(status='processing'),0) AS unfinished "
-                "FROM batches"
-            ).fetchone()
-        return {k: int(row[k]) for k in row.keys()}  # noqa: SIM118 - sqlite3.Row
+        c = batches_t.c
+
+        def flagged(status: str) -> Any:
+            return sa.func.coalesce(sa.func.sum(sa.case((c.status == status, 1), else_=0)), 0)
+
+        query = sa.select(
+            sa.func.count().label("batches"),
+            sa.func.coalesce(sa.func.sum(c.rows_in), 0).label("rows_in"),
+            sa.func.coalesce(sa.func.sum(c.bronze_rows), 0).label("bronze_rows"),
+            sa.func.coalesce(sa.func.sum(c.quarantined_rows), 0).label("quarantined_rows"),
+            sa.func.coalesce(sa.func.sum(c.duplicate_rows), 0).label("duplicate_rows"),
+            flagged("rejected").label("rejected_files"),
+            flagged("processing").label("unfinished"),
+        )
+        row = self._rows(query)[0]
+        return {k: int(v) for k, v in row._mapping.items()}
 
     def to_arrow(self) -> pa.Table:
         entries = self.entries()
         return pa.Table.from_pylist([asdict(e) for e in entries], schema=ARROW_SCHEMA)
 
-    def export(self) -> Path:
-        """Write ``manifest.parquet`` beside the database for DuckDB/dbt readers."""
-        return write_atomic(self.to_arrow(), self.dir / MANIFEST_PARQUET)
+    def export(self) -> str:
+        """Write ``ingest/manifest.parquet`` into the lake for DuckDB/dbt readers; return its URI."""
+        self.lake.store.write_parquet(MANIFEST_PARQUET_REL, self.to_arrow())
+        return self.lake.store.uri_of(MANIFEST_PARQUET_REL)
 
 
 # How long a pending_keeper trusts the finished set it read (a retention pass asks per file).
 KEEPER_REFRESH_S = 2.0
 
 
-def pending_keeper(paths: AegisPaths, refresh_s: float = KEEPER_REFRESH_S) -> Callable[[Path], bool]:
+def pending_keeper(paths: Any, refresh_s: float = KEEPER_REFRESH_S) -> Callable[[Path], bool]:
     """A landing retention ``keep`` predicate: true for a landed batch the ingest has not finished.
 
     Built on :meth:`Manifest.done_sources`, re-read at most every ``refresh_s``

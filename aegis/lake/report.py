@@ -15,6 +15,9 @@ import duckdb
 from aegis.config import AegisPaths
 from aegis.lake.bronze import QUARANTINE_FILES_MANIFEST, pending_batches
 from aegis.lake.manifest import Manifest
+from aegis.lake.store import Lake, LocalLakeStore, as_lake, register_duckdb
+
+REASON_SUFFIX = ".reason.json"  # an S3 lake's record of a file quarantined whole (aegis.lake.bronze)
 
 
 @dataclass
@@ -27,36 +30,47 @@ class LakeReport:
     generated_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
-def lake_report(paths: AegisPaths, max_files: int = 20) -> LakeReport:
-    manifest = Manifest(paths)
+def _rejected(lake: Lake, max_files: int) -> list[dict[str, str]]:
+    """The newest files quarantined whole, with their reasons."""
+    rejected: list[dict[str, str]] = []
+    if isinstance(lake.store, LocalLakeStore):
+        listing = lake.store.path("quarantine/files") / QUARANTINE_FILES_MANIFEST
+        lines = listing.read_text().splitlines() if listing.exists() else []
+    else:
+        records = lake.store.list_files("quarantine/files", suffix=REASON_SUFFIX)[-max_files:]
+        lines = [lake.store.read_bytes(r.rel).decode() for r in records]
+    for line in reversed(lines[-max_files:]):
+        try:
+            rejected.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line after a crash: skip it, never fail the report
+            continue
+    return rejected
+
+
+def lake_report(where: AegisPaths | Lake, max_files: int = 20) -> LakeReport:
+    lake = as_lake(where)
+    manifest = Manifest(lake)
     totals = manifest.totals()
     by_rule: list[tuple[str, int, str]] = []
-    files = list(paths.quarantine.glob("date=*/*.parquet"))
+    files = [f.rel for f in lake.store.list_files("quarantine") if f.rel.startswith("quarantine/date=")]
     if files:
         con = duckdb.connect()
+        if lake.is_remote:
+            register_duckdb(con)
         try:
             rows = con.execute(
                 "SELECT rule, count(*) AS n, min(reason) AS example FROM read_parquet(?, union_by_name=true) "
                 "GROUP BY rule ORDER BY n DESC",
-                [[str(f) for f in files]],
+                [[lake.store.uri_of(f) for f in files]],
             ).fetchall()
         finally:
             con.close()
         by_rule = [(str(r), int(n), str(e)) for r, n, e in rows]
-    rejected: list[dict[str, str]] = []
-    listing = paths.quarantine_files / QUARANTINE_FILES_MANIFEST
-    if listing.exists():
-        lines = listing.read_text().splitlines()
-        for line in reversed(lines[-max_files:]):
-            try:
-                rejected.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn last line after a crash: skip it, never fail the report
-                continue
     last = max((e.processed_at for e in manifest.entries() if e.processed_at), default=None)
     return LakeReport(
         totals=totals,
         by_rule=by_rule,
-        rejected_files=rejected,
-        pending_batches=len(pending_batches(paths, manifest)),
+        rejected_files=_rejected(lake, max_files),
+        pending_batches=len(pending_batches(lake, manifest)),
         last_processed_at=last,
     )

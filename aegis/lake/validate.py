@@ -23,8 +23,9 @@ Three layers, each answering a different question:
      belongs) quarantines the file.
 3. :func:`validate` - is each row a possible event?  Kind enum, required fields
    per kind, value ranges, string lengths, currencies, session-end causes and
-   timestamp sanity.  The result names, for every rejected row, the first rule it
-   broke as a short code (for counting) and a sentence (for people).
+   timestamp sanity, one entry each in the table :data:`RULES` (in precedence
+   order).  The result names, for every rejected row, the first rule it broke as
+   a short code (for counting) and a sentence (for people).
 
    "In the future" means later than the ingest clock plus ``future_skew``, and
    which clock depends on who stamps ``ts`` (:func:`ingest_clock`): the bundled
@@ -48,8 +49,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from string import Formatter
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -432,23 +435,105 @@ def _byte_lengths(col: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
-def _checks(
-    table: pa.Table, now: datetime, future_skew: timedelta, clock_name: str = WALL_CLOCK
-) -> list[Check]:
-    """Every rule of schema v1 that some row breaks, in the order a person wants them.
+# ------------------------------------------------------------------------ rules
+#
+# Every rule of schema v1 is one row of RULES: the code a rejected row carries,
+# what the rule checks, the sentence a person reads (a template) and a small
+# function that finds the rows breaking it.  RULES is in precedence order: a row
+# breaking several rules is reported under the first.  A rule's function first
+# asks a whole-column question that is cheap (null counts, min/max, distinct
+# values) and returns None when no row can break the rule; only otherwise does it
+# compute the per-row mask.  A clean batch costs a handful of passes.
+#
+# A reason template's {fields} are filled two ways: the ones the function's
+# ``values`` returns are per row (arrays over the rejected rows only), the rest
+# are per rule (``fills``, e.g. the column and its limit).
 
-    Each rule first asks a whole-column question that is cheap (null counts,
-    min/max, distinct values); only when that says "some row may break me" is the
-    per-row mask computed.  A clean batch costs a handful of passes.
-    """
-    t = table
-    n = t.num_rows
-    checks: list[Check] = []
+_Text: TypeAlias = pa.Array | pa.ChunkedArray  # per-row text
+_TS_TYPE = SCHEMA_V1.field("ts").type
+# kind index -> bits of the fields it needs (the last slot, an unknown or null kind, needs nothing)
+_KIND_FIELDS: tuple[str, ...] = tuple(sorted({f for fields in REQUIRED_BY_KIND.values() for f in fields}))
+_NEED_BITS: np.ndarray = np.array(
+    [sum(1 << b for b, f in enumerate(_KIND_FIELDS) if f in REQUIRED_BY_KIND[k]) for k in KINDS] + [0],
+    dtype=np.uint16,
+)
+_KIND_NAMES = pa.array(KINDS, pa.string())
+_KIND_NEEDS = pa.array([_list(REQUIRED_BY_KIND[k]) for k in KINDS], pa.string())
 
-    # Required on every event: null, or an empty string, is missing.
+
+class _Batch:
+    """One table being judged, with the whole-column facts several rules share, found once."""
+
+    def __init__(self, table: pa.Table, now: datetime, future_skew: timedelta, clock_name: str) -> None:
+        self.table = table
+        self.n = table.num_rows
+        self.now = now
+        self.future_skew = future_skew
+        self.clock_name = clock_name
+        self.latest = now.astimezone(UTC) + future_skew  # the latest ts allowed
+        # Each row's position in KINDS, null for an unknown or null kind; and the same with
+        # len(KINDS) for those, as numpy (it indexes _NEED_BITS).
+        self.kind_index = _flat(pc.index_in(table.column("kind"), value_set=pa.array(KINDS)))
+        self.kind_ix: np.ndarray = pc.fill_null(self.kind_index, len(KINDS)).to_numpy(zero_copy_only=False)
+        self.ts_min_max: tuple[Any, Any] = _min_max(table.column("ts"))
+
+
+@dataclass(frozen=True)
+class Found:
+    """Rows that break a rule: ``mask`` (never null) and the template's fills."""
+
+    mask: pa.Array
+    # The per-row fills, for the rows given by index (called only for rows this rule rejects).
+    values: Callable[[pa.Array], dict[str, _Text]]
+    fills: dict[str, str] = field(default_factory=dict)  # the per-rule fills
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of schema v1; see RULES."""
+
+    name: str  # the short code a rejected row carries (several rules may share one)
+    checks: str  # what the rule checks, for people reading the table
+    reason: str  # the sentence a rejected row carries, a template (see above)
+    find: Callable[[_Batch], Found | None]  # None: no row of the batch breaks the rule
+
+    def check(self, batch: _Batch) -> Check | None:
+        found = self.find(batch)
+        if found is None:
+            return None
+        return Check(self.name, found.mask, partial(_render, self.reason, found))
+
+
+def _render(template: str, found: Found, idx: pa.Array) -> pa.Array:
+    """The reason of each row in ``idx``: ``template`` with its fills, per rule and per row."""
+    per_row = found.values(idx)
+    pieces: list[str | _Text] = []
+    text = ""
+    for literal, name, _spec, _conversion in Formatter().parse(template):
+        text += literal
+        if name is None:
+            continue
+        if name in per_row:
+            pieces += [text, per_row[name]] if text else [per_row[name]]
+            text = ""
+        else:
+            text += found.fills[name]
+    if not pieces:  # a template without a per-row field
+        return _lit(text, len(idx))
+    return pc.binary_join_element_wise(*pieces, *([text] if text else []), "")
+
+
+def _names_where(masks: dict[str, pa.Array]) -> pa.Array:
+    """For each row, the names whose (aligned) mask is true there, comma-separated."""
+    none = pa.scalar(None, pa.string())
+    pieces = [pc.if_else(m, name, none) for name, m in masks.items()]
+    return pc.binary_join_element_wise(*pieces, ", ", null_handling="skip")
+
+
+def _missing_everywhere(b: _Batch) -> Found | None:
     missing: dict[str, pa.Array] = {}
     for name in REQUIRED_ALWAYS:
-        col = t.column(name)
+        col = b.table.column(name)
         empty_possible = _is_string_like(col.type) and len(col) > 0 and _byte_lengths(col).min(initial=1) == 0
         if col.null_count == 0 and not empty_possible:
             continue
@@ -456,198 +541,236 @@ def _checks(
         if empty_possible:
             miss = pc.or_(miss, pc.fill_null(pc.equal(_per_value(col, pc.utf8_length), 0), False))
         missing[name] = _flat(miss)
-    if missing:
+    if not missing:
+        return None
+    return Found(
+        _or_all(list(missing.values())),
+        lambda idx: {"fields": _names_where({n: m.take(idx) for n, m in missing.items()})},
+    )
 
-        def missing_message(idx: pa.Array) -> pa.Array:
-            none = pa.scalar(None, pa.string())
-            pieces = [pc.if_else(m.take(idx), name, none) for name, m in missing.items()]
-            names = pc.binary_join_element_wise(*pieces, ", ", null_handling="skip")
-            return pc.binary_join_element_wise("required field(s) missing on every event: ", names, "")
 
-        checks.append(Check("missing_field", _or_all(list(missing.values())), missing_message))
+def _wrong_schema_version(b: _Batch) -> Found | None:
+    version = b.table.column("schema_version")
+    if _min_max(version) == (SCHEMA_VERSION, SCHEMA_VERSION) or version.null_count == b.n:
+        return None
+    return Found(
+        _false_if_null(pc.not_equal(version, SCHEMA_VERSION)),
+        lambda idx: {"value": _as_text(version.take(idx))},
+        {"expected": str(SCHEMA_VERSION)},
+    )
 
-    version = t.column("schema_version")
-    if _min_max(version) != (SCHEMA_VERSION, SCHEMA_VERSION) and version.null_count < n:
-        checks.append(
-            Check(
-                "schema_version",
-                _false_if_null(pc.not_equal(version, SCHEMA_VERSION)),
-                lambda idx: pc.binary_join_element_wise(
-                    "schema_version is ", _as_text(version.take(idx)), f", expected {SCHEMA_VERSION}", ""
-                ),
-            )
-        )
 
-    kind = t.column("kind")
-    kind_index = _flat(pc.index_in(kind, value_set=pa.array(KINDS)))
-    if kind_index.null_count > kind.null_count:
-        checks.append(
-            Check(
-                "unknown_kind",
-                _false_if_null(pc.and_(pc.is_valid(kind), pc.is_null(kind_index))),
-                lambda idx: pc.binary_join_element_wise(
-                    "kind ",
-                    _quote(_as_text(kind.take(idx))),
-                    f" is not a known event kind (expected one of: {_list(KINDS)})",
-                    "",
-                ),
-            )
-        )
+def _unknown_kind(b: _Batch) -> Found | None:
+    kind = b.table.column("kind")
+    if b.kind_index.null_count <= kind.null_count:
+        return None
+    return Found(
+        _false_if_null(pc.and_(pc.is_valid(kind), pc.is_null(b.kind_index))),
+        lambda idx: {"value": _as_text(kind.take(idx))},
+        {"kinds": _list(KINDS)},
+    )
 
-    # Fields each kind needs: one bit per field; a row lacks a needed field when
-    # the bits its kind needs and the bits of its null fields overlap.
-    kind_ix = pc.fill_null(kind_index, len(KINDS)).to_numpy(zero_copy_only=False)
-    null_bits = np.zeros(n, dtype=np.uint16)
+
+def _missing_for_kind(b: _Batch) -> Found | None:
+    # One bit per field; a row lacks a needed field when the bits its kind needs
+    # and the bits of its null fields overlap.
+    null_bits = np.zeros(b.n, dtype=np.uint16)
     for bit, name in enumerate(_KIND_FIELDS):
-        col = t.column(name)
+        col = b.table.column(name)
         if col.null_count:
             null_bits |= pc.is_null(col).to_numpy(zero_copy_only=False).astype(np.uint16) << bit
-    lacking_bits = _NEED_BITS[kind_ix] & null_bits
-    if lacking_bits.any():
-        requirement_text = pa.array(
-            [f"{k} requires {_list(REQUIRED_BY_KIND[k])}; missing: " for k in KINDS] + [""]
-        )
-        kind_ix_arrow = pa.array(kind_ix)
-        lacking_arrow = pa.array(lacking_bits)
+    lacking = _NEED_BITS[b.kind_ix] & null_bits
+    if not lacking.any():
+        return None
 
-        def kind_missing_message(idx: pa.Array) -> pa.Array:
-            prefix = requirement_text.take(kind_ix_arrow.take(idx))
-            bits = lacking_arrow.take(idx).to_numpy()
-            none = pa.scalar(None, pa.string())
-            pieces = [
-                pc.if_else(pa.array((bits >> b) & 1 == 1), name, none) for b, name in enumerate(_KIND_FIELDS)
-            ]
-            names = pc.binary_join_element_wise(*pieces, ", ", null_handling="skip")
-            return pc.binary_join_element_wise(prefix, names, "")
+    def values(idx: pa.Array) -> dict[str, _Text]:
+        rows = idx.to_numpy()
+        bits = lacking[rows]
+        kinds = pa.array(b.kind_ix[rows])  # a known kind: an unknown or null one needs nothing
+        masks = {name: pa.array((bits >> bit) & 1 == 1) for bit, name in enumerate(_KIND_FIELDS)}
+        return {
+            "kind": _KIND_NAMES.take(kinds),
+            "needs": _KIND_NEEDS.take(kinds),
+            "fields": _names_where(masks),
+        }
 
-        checks.append(Check("missing_field", pa.array(lacking_bits != 0), kind_missing_message))
+    return Found(pa.array(lacking != 0), values)
 
-    for name, limit in MAX_STRING_LENGTH.items():
-        col = t.column(name)
+
+def _oversized(name: str, limit: int) -> Callable[[_Batch], Found | None]:
+    def find(b: _Batch) -> Found | None:
+        col = b.table.column(name)
         # Bytes >= characters: when no value has more bytes than the limit allows
         # characters, no value is too long, and the characters need not be counted.
-        if col.null_count == n or _byte_lengths(col).max(initial=0) <= limit:
-            continue
+        if col.null_count == b.n or _byte_lengths(col).max(initial=0) <= limit:
+            return None
         length = _per_value(col, pc.utf8_length)
+        return Found(
+            _false_if_null(pc.greater(length, limit)),
+            lambda idx: {"length": _as_text(length.take(idx))},
+            {"column": name, "limit": str(limit)},
+        )
 
-        def long_message(idx: pa.Array, name: str = name, limit: int = limit, length=length) -> pa.Array:
-            return pc.binary_join_element_wise(
-                f"{name} is ",
-                _as_text(length.take(idx)),
-                f" characters long; at most {limit} are allowed",
-                "",
-            )
+    return find
 
-        checks.append(Check("oversized_string", _false_if_null(pc.greater(length, limit)), long_message))
 
-    for name, (lo, hi) in VALUE_RANGES.items():
-        col = t.column(name)
-        if col.null_count == n:
-            continue
+def _out_of_range(name: str, lo: float, hi: float) -> Callable[[_Batch], Found | None]:
+    def find(b: _Batch) -> Found | None:
+        col = b.table.column(name)
+        if col.null_count == b.n:
+            return None
         floating = pa.types.is_floating(col.type)
         cmin, cmax = _min_max(col)
         has_nan = floating and pc.any(pc.is_nan(col)).as_py()
         if not has_nan and cmin is not None and lo <= cmin and cmax <= hi:
-            continue
+            return None
         low = pa.scalar(lo if floating else int(lo), col.type)
         high = pa.scalar(hi if floating else int(hi), col.type)
         outside = pc.or_(pc.less(col, low), pc.greater(col, high))
         if floating:  # NaN compares false both ways: reject it explicitly
             outside = pc.or_(outside, pc.is_nan(col))
+        return Found(
+            _false_if_null(outside),
+            lambda idx: {"value": _as_text(col.take(idx))},
+            {"column": name, "lo": _fmt(lo), "hi": _fmt(hi)},
+        )
 
-        def range_message(idx: pa.Array, name: str = name, col=col, lo=lo, hi=hi) -> pa.Array:
-            return pc.binary_join_element_wise(
-                f"{name} ",
-                _as_text(col.take(idx)),
-                f" is outside the allowed range {_fmt(lo)}..{_fmt(hi)}",
-                "",
-            )
+    return find
 
-        checks.append(Check("out_of_range", _false_if_null(outside), range_message))
 
-    currency = t.column("currency")
+def _unknown_currency(b: _Batch) -> Found | None:
+    currency = b.table.column("currency")
     seen = {v for v in pc.unique(currency).to_pylist() if v is not None}
-    if seen - set(CURRENCIES):
-        checks.append(
-            Check(
-                "unknown_currency",
-                _false_if_null(
-                    pc.and_(
-                        pc.is_valid(currency), pc.invert(pc.is_in(currency, value_set=pa.array(CURRENCIES)))
-                    )
-                ),
-                lambda idx: pc.binary_join_element_wise(
-                    "currency ",
-                    _quote(_as_text(currency.take(idx))),
-                    f" is not a known currency (expected one of: {_list(CURRENCIES)})",
-                    "",
-                ),
-            )
-        )
-
-    cause = t.column("cause")
-    is_end = pa.array(kind_ix == KINDS.index("session_end"))
-    end_causes = {v for v in pc.unique(pc.filter(cause, is_end)).to_pylist() if v}
-    if end_causes - set(SESSION_END_CAUSES):
-        checks.append(
-            Check(
-                "unknown_cause",
-                _false_if_null(
-                    pc.and_(
-                        pc.and_(is_end, pc.is_valid(cause)),
-                        pc.invert(pc.is_in(cause, value_set=pa.array(SESSION_END_CAUSES))),
-                    )
-                ),
-                lambda idx: pc.binary_join_element_wise(
-                    "session_end cause ",
-                    _quote(_as_text(cause.take(idx))),
-                    f" is not a known cause (expected one of: {_list(SESSION_END_CAUSES)})",
-                    "",
-                ),
-            )
-        )
-
-    ts = t.column("ts")
-    ts_type = SCHEMA_V1.field("ts").type
-    latest = now.astimezone(UTC) + future_skew
-    tmin, tmax = _min_max(ts)
-    if tmin is not None and tmin < WORLD_EPOCH:
-        checks.append(
-            Check(
-                "ts_before_epoch",
-                _false_if_null(pc.less(ts, pa.scalar(WORLD_EPOCH, ts_type))),
-                lambda idx: pc.binary_join_element_wise(
-                    "ts ",
-                    _as_text(ts.take(idx)),
-                    f" is before the world began ({WORLD_EPOCH.isoformat()})",
-                    "",
-                ),
-            )
-        )
-    if tmax is not None and tmax > latest:
-        checks.append(
-            Check(
-                "ts_in_future",
-                _false_if_null(pc.greater(ts, pa.scalar(latest, ts_type))),
-                lambda idx: pc.binary_join_element_wise(
-                    "ts ",
-                    _as_text(ts.take(idx)),
-                    f" is in the future (later than {latest.isoformat(timespec='seconds')}: {clock_name} "
-                    f"{now.astimezone(UTC).isoformat(timespec='seconds')} plus the skew allowance of "
-                    f"{int(future_skew.total_seconds())} s)",
-                    "",
-                ),
-            )
-        )
-    return checks
+    if not seen - set(CURRENCIES):
+        return None
+    known = pc.is_in(currency, value_set=pa.array(CURRENCIES))
+    return Found(
+        _false_if_null(pc.and_(pc.is_valid(currency), pc.invert(known))),
+        lambda idx: {"value": _as_text(currency.take(idx))},
+        {"currencies": _list(CURRENCIES)},
+    )
 
 
-# kind index -> bits of the fields it needs (the last slot, an unknown or null kind, needs nothing)
-_KIND_FIELDS: tuple[str, ...] = tuple(sorted({f for fields in REQUIRED_BY_KIND.values() for f in fields}))
-_NEED_BITS: np.ndarray = np.array(
-    [sum(1 << b for b, f in enumerate(_KIND_FIELDS) if f in REQUIRED_BY_KIND[k]) for k in KINDS] + [0],
-    dtype=np.uint16,
+def _unknown_cause(b: _Batch) -> Found | None:
+    cause = b.table.column("cause")
+    is_end = pa.array(b.kind_ix == KINDS.index("session_end"))
+    end_causes = {v for v in pc.unique(pc.filter(cause, is_end)).to_pylist() if v is not None}
+    if not end_causes - set(SESSION_END_CAUSES):
+        return None
+    known = pc.is_in(cause, value_set=pa.array(SESSION_END_CAUSES))
+    return Found(
+        _false_if_null(pc.and_(pc.and_(is_end, pc.is_valid(cause)), pc.invert(known))),
+        lambda idx: {"value": _as_text(cause.take(idx))},
+        {"causes": _list(SESSION_END_CAUSES)},
+    )
+
+
+def _ts_before_epoch(b: _Batch) -> Found | None:
+    tmin = b.ts_min_max[0]
+    if tmin is None or tmin >= WORLD_EPOCH:
+        return None
+    ts = b.table.column("ts")
+    return Found(
+        _false_if_null(pc.less(ts, pa.scalar(WORLD_EPOCH, _TS_TYPE))),
+        lambda idx: {"value": _as_text(ts.take(idx))},
+        {"epoch": WORLD_EPOCH.isoformat()},
+    )
+
+
+def _ts_in_future(b: _Batch) -> Found | None:
+    tmax, latest = b.ts_min_max[1], b.latest
+    if tmax is None or tmax <= latest:
+        return None
+    ts = b.table.column("ts")
+    return Found(
+        _false_if_null(pc.greater(ts, pa.scalar(latest, _TS_TYPE))),
+        lambda idx: {"value": _as_text(ts.take(idx))},
+        {
+            "latest": latest.isoformat(timespec="seconds"),
+            "clock": b.clock_name,
+            "now": b.now.astimezone(UTC).isoformat(timespec="seconds"),
+            "skew_s": str(int(b.future_skew.total_seconds())),
+        },
+    )
+
+
+# The rules of schema v1, in precedence order (conversion failures from conform come before all).
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "missing_field",
+        "the fields every event carries (REQUIRED_ALWAYS) are present: not null, not an empty string",
+        "required field(s) missing on every event: {fields}",
+        _missing_everywhere,
+    ),
+    Rule(
+        "schema_version",
+        "schema_version is the version this validator knows",
+        "schema_version is {value}, expected {expected}",
+        _wrong_schema_version,
+    ),
+    Rule(
+        "unknown_kind",
+        "kind is one of KINDS",
+        "kind '{value}' is not a known event kind (expected one of: {kinds})",
+        _unknown_kind,
+    ),
+    Rule(
+        "missing_field",
+        "the fields the row's kind needs (REQUIRED_BY_KIND) are not null",
+        "{kind} requires {needs}; missing: {fields}",
+        _missing_for_kind,
+    ),
+    *(
+        Rule(
+            "oversized_string",
+            f"{name} has at most {limit} characters (MAX_STRING_LENGTH)",
+            "{column} is {length} characters long; at most {limit} are allowed",
+            _oversized(name, limit),
+        )
+        for name, limit in MAX_STRING_LENGTH.items()
+    ),
+    *(
+        Rule(
+            "out_of_range",
+            f"{name} lies within {_fmt(lo)}..{_fmt(hi)} (VALUE_RANGES; NaN never does)",
+            "{column} {value} is outside the allowed range {lo}..{hi}",
+            _out_of_range(name, lo, hi),
+        )
+        for name, (lo, hi) in VALUE_RANGES.items()
+    ),
+    Rule(
+        "unknown_currency",
+        "currency, when given, is one of CURRENCIES",
+        "currency '{value}' is not a known currency (expected one of: {currencies})",
+        _unknown_currency,
+    ),
+    Rule(
+        "unknown_cause",
+        "a session_end's cause, when given, is one of SESSION_END_CAUSES",
+        "session_end cause '{value}' is not a known cause (expected one of: {causes})",
+        _unknown_cause,
+    ),
+    Rule(
+        "ts_before_epoch",
+        "ts is not before WORLD_EPOCH",
+        "ts {value} is before the world began ({epoch})",
+        _ts_before_epoch,
+    ),
+    Rule(
+        "ts_in_future",
+        "ts is not later than the ingest clock plus the skew allowance",
+        "ts {value} is in the future (later than {latest}: {clock} {now} plus the skew allowance of {skew_s} s)",
+        _ts_in_future,
+    ),
 )
+
+
+def _checks(
+    table: pa.Table, now: datetime, future_skew: timedelta, clock_name: str = WALL_CLOCK
+) -> list[Check]:
+    """The RULES that some row of ``table`` breaks, as checks, in precedence order."""
+    batch = _Batch(table, now, future_skew, clock_name)
+    return [check for rule in RULES if (check := rule.check(batch)) is not None]
 
 
 def _or_all(masks: list[pa.Array]) -> pa.Array:
@@ -679,9 +802,11 @@ def validate(
         return Verdicts(pa.array(np.ones(n, dtype=bool)), pa.array([], pa.int64()), empty_s, empty_s)
     bad = _or_all([c.mask for c in checks])
     assigned = pa.array(np.zeros(n, dtype=bool))
-    rows_parts: list[pa.Array] = []
-    rule_parts: list[pa.Array] = []
-    reason_parts: list[pa.Array] = []
+    # Seeded empty: a rule whose cheap test said "maybe" (bytes, not characters, over a
+    # limit; an unused empty dictionary value) may end up rejecting no row at all.
+    rows_parts: list[pa.Array] = [pa.array([], pa.int64())]
+    rule_parts: list[pa.Array] = [pa.array([], pa.string())]
+    reason_parts: list[pa.Array] = [pa.array([], pa.string())]
     for check in checks:
         first = pc.and_(check.mask, pc.invert(assigned))
         idx = pc.indices_nonzero(first)

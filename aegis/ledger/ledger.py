@@ -20,9 +20,14 @@ fingerprints, time) goes to the witness (:mod:`aegis.ledger.witness`); verify
 fails when the witness saw more, or other, records than the ledger holds.
 
 Appends are serialized so concurrent writers never fork the chain: SQLite takes
-the write lock up front (``BEGIN IMMEDIATE``), PostgreSQL locks the chain-head
-row (``SELECT ... FOR UPDATE``); unique constraints on ``seq`` and
-``prev_hash`` back both up. There is no update or delete API.
+the write lock up front (``BEGIN IMMEDIATE``), PostgreSQL takes the ledger's
+advisory lock and locks the chain-head row (``SELECT ... FOR UPDATE``); unique
+constraints on ``seq`` and ``prev_hash`` back both up. There is no update or
+delete API.
+
+Where: ``AEGIS_HOME/ledger.db`` locally; in prod the platform's PostgreSQL,
+schema ``aegis_ledger`` (:func:`default_url`, :mod:`aegis.db`). A writer
+migrates the schema on open (:data:`MIGRATIONS`); a reader never does.
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from pydantic_core import to_jsonable_python
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from aegis.config import paths
+from aegis import db
+from aegis.config import AegisPaths, paths
 from aegis.domain import AuditRecord, AutonomousChangeSet, Decision, PromotionState, new_id, utcnow
 from aegis.ledger import signing
 from aegis.ledger.models import (
@@ -68,9 +74,10 @@ HASHED_FIELDS = (
 )
 APPEND_RETRIES = 20
 RETRY_BACKOFF_S = 0.05
-SQLITE_BUSY_TIMEOUT_S = 60.0
+SQLITE_BUSY_TIMEOUT_S = db.SQLITE_BUSY_TIMEOUT_S
 VERIFY_BATCH = 1000
-INIT_LOCK_KEY = 0x41E615  # pg advisory lock serializing schema creation between processes
+STORE = "ledger"
+WRITE_LOCK = db.store_schema(STORE)  # every writer's lock on PostgreSQL (SQLite: BEGIN IMMEDIATE)
 MAX_TEXT = {"actor": 200, "kind": 64, "subject": 200}
 GENESIS_KIND = "genesis"
 ROTATION_KIND = "key_rotation"
@@ -84,6 +91,22 @@ log = logging.getLogger(__name__)
 
 class LedgerError(RuntimeError):
     """The ledger cannot be opened or written (corrupt file, refused key, broken chain head)."""
+
+
+def default_url(aegis_paths: AegisPaths | None = None) -> str:
+    """The ledger's URL: ``$AEGIS_LEDGER_URL``, the platform database in prod, else ``AEGIS_HOME/ledger.db``."""
+    return db.store_url(STORE, sqlite_path=(aegis_paths or paths()).ledger)
+
+
+def _create_schema(conn: Connection) -> None:
+    """Tables, append-only triggers and the kind index, each only if missing (adopts an older ledger)."""
+    metadata.create_all(conn)
+    for ddl in SQLITE_TRIGGERS if conn.dialect.name == "sqlite" else POSTGRES_TRIGGERS:
+        conn.exec_driver_sql(ddl)
+    conn.exec_driver_sql(KIND_INDEX_DDL)  # finds the newest key record on each append
+
+
+MIGRATIONS = [db.Migration(1, "audit records, chain head, append-only triggers", _create_schema)]
 
 
 class BadRecord(BaseModel):
@@ -161,7 +184,7 @@ def _normalize_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 class Ledger:
-    """The audit ledger at ``url`` (default ``paths().ledger_url``), signed with the key in ``key_dir``."""
+    """The audit ledger at ``url`` (default :func:`default_url`), signed with the key in ``key_dir``."""
 
     def __init__(
         self,
@@ -180,7 +203,7 @@ class Ledger:
         ``witness`` defaults to :func:`aegis.ledger.witness.default_witness` of the URL.
         """
         home = paths()
-        self.url = url or home.ledger_url
+        self.url = url or default_url(home)
         self.key_dir = key_dir or home.keys
         self.read_only = read_only
         self._key: signing.SigningKey | None = None
@@ -230,38 +253,25 @@ class Ledger:
             )
 
     def _make_engine(self, url: str, create_dirs: bool = True) -> Engine:
-        if url.startswith("sqlite"):
-            db_path = self._sqlite_path(url)
-            if create_dirs and db_path and db_path != ":memory:":
-                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
-
-            @event.listens_for(engine, "connect")
-            def _no_implicit_tx(dbapi_conn: Any, _record: Any) -> None:
-                dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite would defer it)
-
-            @event.listens_for(engine, "begin")
-            def _begin(conn: Connection) -> None:
-                immediate = conn.get_execution_options().get("ledger_write", False)
-                conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-            return engine
-        if url.startswith("postgresql"):
-            return create_engine(url, pool_pre_ping=True)
-        raise LedgerError(f"unsupported ledger URL {url!r}: use sqlite:///PATH or postgresql+psycopg://...")
+        try:
+            engine = db.make_engine(url, read_only=self.read_only)
+        except ValueError as exc:
+            raise LedgerError(
+                f"unsupported ledger URL {db.safe_url(url)!r}: use sqlite:///PATH or postgresql+psycopg://..."
+            ) from exc
+        file = db.sqlite_file(url)
+        if create_dirs and file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        return engine
 
     def _write_conn(self) -> Connection:
-        return self._engine.connect().execution_options(ledger_write=True)
+        """A connection whose transactions take the ledger's write lock first."""
+        return self._engine.connect().execution_options(**{db.WRITE_LOCK: WRITE_LOCK})
 
     def _init_schema(self) -> None:
         try:
+            db.migrate(self._engine, STORE, MIGRATIONS)
             with self._write_conn() as conn, conn.begin():
-                if self.dialect == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INIT_LOCK_KEY})
-                metadata.create_all(conn)
-                for ddl in SQLITE_TRIGGERS if self.dialect == "sqlite" else POSTGRES_TRIGGERS:
-                    conn.exec_driver_sql(ddl)
-                conn.exec_driver_sql(KIND_INDEX_DDL)  # finds the newest key record on each append
                 head = conn.execute(select(ledger_head.c.id).where(ledger_head.c.id == HEAD_ROW_ID)).first()
                 if head is None:
                     last = conn.execute(
@@ -271,6 +281,8 @@ class Ledger:
                     ).first()
                     seq, digest = (last.seq, last.hash) if last else (0, GENESIS_HASH)
                     conn.execute(insert(ledger_head).values(id=HEAD_ROW_ID, seq=seq, hash=digest))
+        except db.SchemaTooNew as exc:
+            raise LedgerError(f"cannot open the audit ledger at {self._safe_url()}: {exc}") from exc
         except DBAPIError as exc:
             raise LedgerError(f"cannot open the audit ledger at {self._safe_url()}: {exc.orig}") from exc
 
@@ -631,71 +643,25 @@ class Ledger:
         out-of-band pin: when given, the genesis key must be one of them.
         """
         state = _VerifyState()
-
-        def bad(reason: str, row: dict[str, Any] | None = None, seq: int | None = None) -> VerifyReport:
+        try:
+            checkpoints = self._witness_checkpoints()
+            head = self._walk_chain(state, checkpoints)
+            self._check_end(state, head, checkpoints, trusted_keys)
+        except _Broken as broken:
             return VerifyReport(
                 ok=False,
                 records_checked=state.checked,
                 head_seq=state.expected_seq - 1,
                 first_bad=BadRecord(
-                    seq=row.get("seq") if row else seq,
-                    record_id=row.get("record_id") if row else None,
-                    reason=reason,
+                    seq=broken.row.get("seq") if broken.row else broken.seq,
+                    record_id=broken.row.get("record_id") if broken.row else None,
+                    reason=broken.reason,
                 ),
                 key_ids=sorted(state.used_keys),
                 trusted_keys=sorted(state.trusted),
                 witness=self.witness.describe(),
             )
-
-        problem = signing.key_dir_problem(self.key_dir)
-        if problem:
-            return bad(problem)
-        try:
-            checkpoints = {cp.seq: cp for cp in self.witness.checkpoints()}
-        except WitnessError as exc:
-            return bad(f"the witness cannot be read: {exc}")
-        try:
-            with self._engine.connect() as conn:
-                if self.dialect == "sqlite":
-                    result: list[Any] = list(conn.exec_driver_sql("PRAGMA integrity_check").scalars().all())
-                    if result != ["ok"]:
-                        return bad(f"the database file is corrupt: {'; '.join(map(str, result))[:300]}")
-                for row in self._rows(conn):
-                    reason = state.check(row) or state.check_checkpoint(row, checkpoints.get(row["seq"]))
-                    if reason:
-                        return bad(reason, row)
-                head = conn.execute(select(ledger_head.c.seq, ledger_head.c.hash)).all()
-        except DBAPIError as exc:
-            return bad(f"the ledger cannot be read: {exc.orig}")
         last_seq = state.expected_seq - 1
-        if len(head) != 1:
-            return bad(f"the chain-head table has {len(head)} rows, expected 1")
-        if (head[0].seq, head[0].hash) != (last_seq, state.prev_hash):
-            return bad(
-                f"the chain head names seq {head[0].seq} (hash {head[0].hash[:12]}…) but the last record is "
-                f"seq {last_seq} (hash {state.prev_hash[:12]}…): records were removed from the end or the head "
-                "was altered"
-            )
-        beyond = sorted(seq for seq in checkpoints if seq > last_seq)
-        if beyond:
-            cp = checkpoints[beyond[-1]]
-            return bad(
-                f"the witness {self.witness.describe()} saw the ledger at seq {cp.seq} (head {cp.head_hash[:12]}…, "
-                f"checkpoint made {cp.at}) but it now ends at seq {last_seq}: "
-                f"{cp.seq - last_seq} record(s) were removed from the end (truncation)",
-                seq=last_seq + 1,
-            )
-        if last_seq and not checkpoints:
-            return bad(
-                f"the witness {self.witness.describe()} holds no checkpoint of this ledger: its head is not "
-                "anchored (the witness was deleted, or this ledger was made elsewhere)"
-            )
-        if trusted_keys is not None and state.genesis_keys and not (state.genesis_keys & set(trusted_keys)):
-            return bad(
-                f"the genesis record pins key(s) {', '.join(sorted(state.genesis_keys))}, none of which is among "
-                f"the expected key(s) {', '.join(sorted(trusted_keys))}: the ledger was re-made with another key",
-                seq=1,
-            )
         witnessed = max(checkpoints, default=0)
         return VerifyReport(
             ok=True,
@@ -707,6 +673,80 @@ class Ledger:
             witnessed_seq=witnessed,
             unwitnessed=last_seq - witnessed,
         )
+
+    def _witness_checkpoints(self) -> dict[int, Checkpoint]:
+        """The witness's checkpoints by seq, once the key directory has passed its permission check."""
+        problem = signing.key_dir_problem(self.key_dir)
+        if problem:
+            raise _Broken(problem)
+        try:
+            return {cp.seq: cp for cp in self.witness.checkpoints()}
+        except WitnessError as exc:
+            raise _Broken(f"the witness cannot be read: {exc}") from exc
+
+    def _walk_chain(self, state: _VerifyState, checkpoints: dict[int, Checkpoint]) -> list[Any]:
+        """Walk every record (``state`` moves along); the chain-head rows once the walk got to the end."""
+        try:
+            with self._engine.connect() as conn:
+                if self.dialect == "sqlite":
+                    result: list[Any] = list(conn.exec_driver_sql("PRAGMA integrity_check").scalars().all())
+                    if result != ["ok"]:
+                        raise _Broken(f"the database file is corrupt: {'; '.join(map(str, result))[:300]}")
+                for row in self._rows(conn):
+                    reason = state.check(row) or state.check_checkpoint(row, checkpoints.get(row["seq"]))
+                    if reason:
+                        raise _Broken(reason, row)
+                return list(conn.execute(select(ledger_head.c.seq, ledger_head.c.hash)).all())
+        except DBAPIError as exc:
+            raise _Broken(f"the ledger cannot be read: {exc.orig}") from exc
+
+    def _check_end(
+        self,
+        state: _VerifyState,
+        head: list[Any],
+        checkpoints: dict[int, Checkpoint],
+        trusted_keys: dict[str, Any] | None,
+    ) -> None:
+        """After the walk: the head row, the witness (truncation, anchoring) and the out-of-band key pin."""
+        last_seq = state.expected_seq - 1
+        if len(head) != 1:
+            raise _Broken(f"the chain-head table has {len(head)} rows, expected 1")
+        if (head[0].seq, head[0].hash) != (last_seq, state.prev_hash):
+            raise _Broken(
+                f"the chain head names seq {head[0].seq} (hash {head[0].hash[:12]}…) but the last record is "
+                f"seq {last_seq} (hash {state.prev_hash[:12]}…): records were removed from the end or the head "
+                "was altered"
+            )
+        beyond = sorted(seq for seq in checkpoints if seq > last_seq)
+        if beyond:
+            cp = checkpoints[beyond[-1]]
+            raise _Broken(
+                f"the witness {self.witness.describe()} saw the ledger at seq {cp.seq} (head {cp.head_hash[:12]}…, "
+                f"checkpoint made {cp.at}) but it now ends at seq {last_seq}: "
+                f"{cp.seq - last_seq} record(s) were removed from the end (truncation)",
+                seq=last_seq + 1,
+            )
+        if last_seq and not checkpoints:
+            raise _Broken(
+                f"the witness {self.witness.describe()} holds no checkpoint of this ledger: its head is not "
+                "anchored (the witness was deleted, or this ledger was made elsewhere)"
+            )
+        if trusted_keys is not None and state.genesis_keys and not (state.genesis_keys & set(trusted_keys)):
+            raise _Broken(
+                f"the genesis record pins key(s) {', '.join(sorted(state.genesis_keys))}, none of which is among "
+                f"the expected key(s) {', '.join(sorted(trusted_keys))}: the ledger was re-made with another key",
+                seq=1,
+            )
+
+
+class _Broken(Exception):
+    """:meth:`Ledger.verify` stops: why, and at which record (``row``, else ``seq``, else the store itself)."""
+
+    def __init__(self, reason: str, row: dict[str, Any] | None = None, seq: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.row = row
+        self.seq = seq
 
 
 class _VerifyState:

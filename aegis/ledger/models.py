@@ -4,10 +4,15 @@
 are unique, so two writers can never both extend the same head: the chain
 cannot fork even if the application-level lock were bypassed.
 ``ledger_head`` is a single row naming the last record: appends lock it
-(``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and
-verification compares it with the last record, so removing records from the
-end of the chain is noticed too. Triggers refuse UPDATE and DELETE on
-``audit_records``: append-only is enforced by the database, not only by the API.
+(``SELECT ... FOR UPDATE`` under the ledger's advisory lock on PostgreSQL,
+``BEGIN IMMEDIATE`` on SQLite), and verification compares it with the last
+record, so removing records from the end of the chain is noticed too. Triggers
+refuse UPDATE and DELETE on ``audit_records``: append-only is enforced by the
+database, not only by the API.
+
+The tables carry no schema: in prod the ledger's URL puts its connections in
+the ``aegis_ledger`` schema (:func:`aegis.db.store_url`), so the raw DDL below
+(triggers, their function, the kind index) lands beside them.
 """
 
 from __future__ import annotations

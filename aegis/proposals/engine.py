@@ -474,9 +474,8 @@ def rank_proposals(
     ``configs``: each shard's current config from the game backend (the diffs'
     ``before``). ``predictor``: ``predict_effects`` bound to the champion, or None
     when there is none (:func:`model_predictor` binds one). ``economy_bands``:
-    default the policy's (``settings.economy_bands``). ``tried``: changeset ids
-    already in the store (proposed
-    before on the same config), left out so a change is not retried blindly.
+    default the policy's (``settings.economy_bands``). ``tried``: changeset ids already
+    in the store (proposed before on the same config), left out so a change is not retried blindly.
     ``interval_scale``: the reality delta's widening of the model's intervals
     (``aegis.reflection.delta.read_scale``; 1 = as the model says).
     """
@@ -485,17 +484,8 @@ def rank_proposals(
         marts, settings.evidence, settings.economy_bands if economy_bands is None else economy_bands
     )
     cands = build_candidates(hyps, configs, regions, settings)
-    notes: list[str] = []
-    if predictor is None:
-        notes.append(
-            "no champion world model: effects are the hypotheses' own priors (docs/world.md directions) "
-            f"with intervals {settings.prior_interval_factor}x the effect; rank on evidence, not on a model"
-        )
-    if interval_scale != 1.0 and predictor is not None:
-        notes.append(
-            f"model intervals widened x{interval_scale:.2f} (reality delta: the model's past intervals "
-            "covered fewer canary outcomes than they claimed)"
-        )
+    notes = _ranking_notes(settings, predictor, interval_scale)
+    shown_scale = interval_scale if predictor is not None else None
     tried = tried or set()
     skipped = 0
     stats_cache: dict[str, ShardStats] = {}
@@ -519,49 +509,92 @@ def rank_proposals(
         s = score(
             effects, stats, goals, region, settings, cand.route, set(_prior_kpis(cand.move)), cand.strength
         )
-        relevant = _relevant_kpis(goals, region)
-        goal_kpi = goals.goal(s.goal_id).kpi
-        # the chosen goal's KPI first, then the other goals' and the guardrails', largest move first
-        rest = sorted(
-            (k for k in relevant if k in effects and k != goal_kpi),
-            key=lambda k: -abs(effects[k].mean) / stats.scale.get(k, 1.0),
-        )
-        shown = ([effects[goal_kpi]] if goal_kpi in effects else []) + [effects[k] for k in rest]
-        evidence = {
-            "hypotheses": [
-                {"id": h.id, "kind": h.kind, "strength": round(h.strength, 3), **h.evidence}
-                for h in cand.hypotheses
-            ],
-            "move": cand.move.label(),
-            "relative_step": round(cand.relative_step, 4),
-            "route": cand.route,
-            "config_version": configs[cs.target].version,
-            "effect_source": source,
-            "interval_scale": interval_scale if predictor is not None else None,
-            "utility_parts": s.parts,
-            "current_levels": {k: round(stats.level[k], 6) for k in relevant if k in stats.level},
-        }
-        if levels:
-            evidence["predicted_levels"] = levels
-        text = " AND ".join(h.text for h in cand.hypotheses)
-        cs = cs.model_copy(update={"goal_id": s.goal_id})
-        proposal = Proposal(
-            changeset=cs,
-            goal_id=s.goal_id,
-            hypothesis=f"{text}. Try {cand.move.label()} ({describe_diff(cs)}).",
-            evidence=evidence,
-            predicted=shown,
-            utility=round(s.utility, 4),
-            rank=1,
+        proposal = _proposal(
+            cand, s, (effects, source, levels), stats, goals, region, configs[cs.target].version, shown_scale
         )
         scored.append((s.utility, proposal))
     for shard, why in sorted(model_failures.items()):
         notes.append(f"{shard}: the model could not predict ({why}); ranked on the prior")
-    scored.sort(key=lambda x: (-x[0], x[1].changeset.target, x[1].changeset.id))
-    ranked = [
-        p.model_copy(update={"rank": i + 1}) for i, (_, p) in enumerate(scored[: settings.max_candidates])
-    ]
+    ranked = _ranked(scored, settings.max_candidates)
     return Ranking(ranked, hyps, len(cands), model_label if predictor is not None else None, notes, skipped)
+
+
+def _ranked(scored: list[tuple[float, Proposal]], limit: int) -> list[Proposal]:
+    """Best utility first (ties by shard, then changeset id), the first ``limit``, ranked from 1."""
+    scored.sort(key=lambda x: (-x[0], x[1].changeset.target, x[1].changeset.id))
+    return [p.model_copy(update={"rank": i + 1}) for i, (_, p) in enumerate(scored[:limit])]
+
+
+def _ranking_notes(
+    settings: ProposalSettings, predictor: ProposalPredictor | None, interval_scale: float
+) -> list[str]:
+    """The ranking's opening notes: ranked on priors (no champion), or on widened model intervals."""
+    notes: list[str] = []
+    if predictor is None:
+        notes.append(
+            "no champion world model: effects are the hypotheses' own priors (docs/world.md directions) "
+            f"with intervals {settings.prior_interval_factor}x the effect; rank on evidence, not on a model"
+        )
+    if interval_scale != 1.0 and predictor is not None:
+        notes.append(
+            f"model intervals widened x{interval_scale:.2f} (reality delta: the model's past intervals "
+            "covered fewer canary outcomes than they claimed)"
+        )
+    return notes
+
+
+def _proposal(
+    cand: Candidate,
+    s: Scored,
+    predicted: tuple[dict[str, PredictedEffect], str, dict[str, float]],
+    stats: ShardStats,
+    goals: GoalBook,
+    region: str,
+    config_version: int,
+    interval_scale: float | None,
+) -> Proposal:
+    """One scored candidate as a :class:`Proposal` (rank 1 until the list is sorted).
+
+    ``predicted``: what :func:`_effects` returned for it (effects by KPI, their
+    source, predicted levels). ``interval_scale``: the widening applied to the
+    model's intervals, None when there is no champion.
+    """
+    effects, source, levels = predicted
+    relevant = _relevant_kpis(goals, region)
+    goal_kpi = goals.goal(s.goal_id).kpi
+    # the chosen goal's KPI first, then the other goals' and the guardrails', largest move first
+    rest = sorted(
+        (k for k in relevant if k in effects and k != goal_kpi),
+        key=lambda k: -abs(effects[k].mean) / stats.scale.get(k, 1.0),
+    )
+    shown = ([effects[goal_kpi]] if goal_kpi in effects else []) + [effects[k] for k in rest]
+    evidence = {
+        "hypotheses": [
+            {"id": h.id, "kind": h.kind, "strength": round(h.strength, 3), **h.evidence}
+            for h in cand.hypotheses
+        ],
+        "move": cand.move.label(),
+        "relative_step": round(cand.relative_step, 4),
+        "route": cand.route,
+        "config_version": config_version,
+        "effect_source": source,
+        "interval_scale": interval_scale,
+        "utility_parts": s.parts,
+        "current_levels": {k: round(stats.level[k], 6) for k in relevant if k in stats.level},
+    }
+    if levels:
+        evidence["predicted_levels"] = levels
+    text = " AND ".join(h.text for h in cand.hypotheses)
+    cs = cand.changeset.model_copy(update={"goal_id": s.goal_id})
+    return Proposal(
+        changeset=cs,
+        goal_id=s.goal_id,
+        hypothesis=f"{text}. Try {cand.move.label()} ({describe_diff(cs)}).",
+        evidence=evidence,
+        predicted=shown,
+        utility=round(s.utility, 4),
+        rank=1,
+    )
 
 
 def _relevant_kpis(goals: GoalBook, region: str) -> list[str]:

@@ -341,99 +341,124 @@ def economy_hypotheses(
     latest = days.sort_values("event_date").groupby("shard_id").tail(1)
     inf_lo, inf_hi = bands.get("inflation", (-np.inf, np.inf))
     vel_lo, vel_hi = bands.get("velocity", (-np.inf, np.inf))
+    inf_band, vel_band = (inf_lo, inf_hi), (vel_lo, vel_hi)
     out: list[Hypothesis] = []
     for _, row in latest.iterrows():
         shard = str(row["shard_id"])
-        inflation = row.get("net_inflation")
-        price_inflation = row.get("price_inflation")
-        velocity = row.get("velocity")
-        evidence = {
-            "mart": ECONOMY_MART,
-            "shard": shard,
-            "day": str(row["event_date"])[:10],
-            "net_inflation": None if pd.isna(inflation) else round(float(inflation), 5),
-            "price_inflation": None if pd.isna(price_inflation) else round(float(price_inflation), 5),
-            "velocity": None if pd.isna(velocity) else round(float(velocity), 4),
-            "inflation_band": [inf_lo, inf_hi],
-            "velocity_band": [vel_lo, vel_hi],
-        }
-        readings = [float(x) for x in (inflation, price_inflation) if x is not None and not pd.isna(x)]
-        high = max(readings, default=None)
-        low = min(readings, default=None)
-        width = max(inf_hi - inf_lo, 1e-9)
-        if high is not None and high > inf_hi:
-            out.append(
-                Hypothesis(
-                    id=f"economy:{shard}:inflation",
-                    kind="economy",
-                    text=(
-                        f"{shard}: gold inflation {high:.2%} a day on {evidence['day']} is above its band "
-                        f"[{inf_lo:.0%}, {inf_hi:.0%}]; more sinks or fewer faucets should cool it"
-                    ),
-                    evidence=evidence,
-                    strength=min(1.0, (high - inf_hi) / width),
-                    moves=[
-                        Move("sink_multiplier", +1),
-                        Move("source_multiplier", -1),
-                        Move("quest_reward", -1),
-                    ],
-                    shard=shard,
-                )
-            )
-        elif low is not None and low < inf_lo:
-            out.append(
-                Hypothesis(
-                    id=f"economy:{shard}:deflation",
-                    kind="economy",
-                    text=(
-                        f"{shard}: gold deflation {low:.2%} a day on {evidence['day']} is below its band "
-                        f"[{inf_lo:.0%}, {inf_hi:.0%}]; more rewards and drops or fewer sinks should lift it"
-                    ),
-                    evidence=evidence,
-                    strength=min(1.0, (inf_lo - low) / width),
-                    moves=[
-                        Move("source_multiplier", +1),
-                        Move("sink_multiplier", -1),
-                        Move("quest_reward", +1),
-                        Move("drop_rate", +1),
-                    ],
-                    shard=shard,
-                )
-            )
-        if velocity is not None and not pd.isna(velocity):
-            v = float(velocity)
-            vwidth = max(vel_hi - vel_lo, 1e-9)
-            if v < vel_lo:
-                out.append(
-                    Hypothesis(
-                        id=f"economy:{shard}:velocity_low",
-                        kind="economy",
-                        text=(
-                            f"{shard}: gold velocity {v:.2f} is below its band [{vel_lo}, {vel_hi}]: gold piles "
-                            "up unspent; stronger sinks should make it circulate"
-                        ),
-                        evidence=evidence,
-                        strength=min(1.0, (vel_lo - v) / vwidth),
-                        moves=[Move("sink_multiplier", +1)],
-                        shard=shard,
-                    )
-                )
-            elif v > vel_hi:
-                out.append(
-                    Hypothesis(
-                        id=f"economy:{shard}:velocity_high",
-                        kind="economy",
-                        text=(
-                            f"{shard}: gold velocity {v:.2f} is above its band [{vel_lo}, {vel_hi}]: the supply "
-                            "is thin for the trade; lighter sinks should let it build"
-                        ),
-                        evidence=evidence,
-                        strength=min(1.0, (v - vel_hi) / vwidth),
-                        moves=[Move("sink_multiplier", -1)],
-                        shard=shard,
-                    )
-                )
+        evidence = _economy_evidence(row, shard, inf_band, vel_band)
+        inflation = _inflation_hypothesis(
+            shard, evidence, (row.get("net_inflation"), row.get("price_inflation")), inf_band
+        )
+        if inflation is not None:
+            out.append(inflation)
+        velocity = _velocity_hypothesis(shard, evidence, row.get("velocity"), vel_band)
+        if velocity is not None:
+            out.append(velocity)
     return out
+
+
+def _economy_evidence(
+    row: pd.Series, shard: str, inf_band: tuple[float, float], vel_band: tuple[float, float]
+) -> dict[str, Any]:
+    """The evidence every economy hypothesis about one shard-day carries (one shared dict)."""
+    inflation = row.get("net_inflation")
+    price_inflation = row.get("price_inflation")
+    velocity = row.get("velocity")
+    return {
+        "mart": ECONOMY_MART,
+        "shard": shard,
+        "day": str(row["event_date"])[:10],
+        "net_inflation": None if pd.isna(inflation) else round(float(inflation), 5),
+        "price_inflation": None if pd.isna(price_inflation) else round(float(price_inflation), 5),
+        "velocity": None if pd.isna(velocity) else round(float(velocity), 4),
+        "inflation_band": list(inf_band),
+        "velocity_band": list(vel_band),
+    }
+
+
+def _inflation_hypothesis(
+    shard: str, evidence: dict[str, Any], values: tuple[Any, Any], inf_band: tuple[float, float]
+) -> Hypothesis | None:
+    """Inflation above the band or deflation below it, from the higher/lower of net and price inflation."""
+    inf_lo, inf_hi = inf_band
+    readings = [float(x) for x in values if x is not None and not pd.isna(x)]
+    high = max(readings, default=None)
+    low = min(readings, default=None)
+    width = max(inf_hi - inf_lo, 1e-9)
+    if high is not None and high > inf_hi:
+        return Hypothesis(
+            id=f"economy:{shard}:inflation",
+            kind="economy",
+            text=(
+                f"{shard}: gold inflation {high:.2%} a day on {evidence['day']} is above its band "
+                f"[{inf_lo:.0%}, {inf_hi:.0%}]; more sinks or fewer faucets should cool it"
+            ),
+            evidence=evidence,
+            strength=min(1.0, (high - inf_hi) / width),
+            moves=[
+                Move("sink_multiplier", +1),
+                Move("source_multiplier", -1),
+                Move("quest_reward", -1),
+            ],
+            shard=shard,
+        )
+    if low is not None and low < inf_lo:
+        return Hypothesis(
+            id=f"economy:{shard}:deflation",
+            kind="economy",
+            text=(
+                f"{shard}: gold deflation {low:.2%} a day on {evidence['day']} is below its band "
+                f"[{inf_lo:.0%}, {inf_hi:.0%}]; more rewards and drops or fewer sinks should lift it"
+            ),
+            evidence=evidence,
+            strength=min(1.0, (inf_lo - low) / width),
+            moves=[
+                Move("source_multiplier", +1),
+                Move("sink_multiplier", -1),
+                Move("quest_reward", +1),
+                Move("drop_rate", +1),
+            ],
+            shard=shard,
+        )
+    return None
+
+
+def _velocity_hypothesis(
+    shard: str, evidence: dict[str, Any], velocity: Any, vel_band: tuple[float, float]
+) -> Hypothesis | None:
+    """Gold velocity below its band (piling up) or above it (supply too thin)."""
+    if velocity is None or pd.isna(velocity):
+        return None
+    vel_lo, vel_hi = vel_band
+    v = float(velocity)
+    vwidth = max(vel_hi - vel_lo, 1e-9)
+    if v < vel_lo:
+        return Hypothesis(
+            id=f"economy:{shard}:velocity_low",
+            kind="economy",
+            text=(
+                f"{shard}: gold velocity {v:.2f} is below its band [{vel_lo}, {vel_hi}]: gold piles "
+                "up unspent; stronger sinks should make it circulate"
+            ),
+            evidence=evidence,
+            strength=min(1.0, (vel_lo - v) / vwidth),
+            moves=[Move("sink_multiplier", +1)],
+            shard=shard,
+        )
+    if v > vel_hi:
+        return Hypothesis(
+            id=f"economy:{shard}:velocity_high",
+            kind="economy",
+            text=(
+                f"{shard}: gold velocity {v:.2f} is above its band [{vel_lo}, {vel_hi}]: the supply "
+                "is thin for the trade; lighter sinks should let it build"
+            ),
+            evidence=evidence,
+            strength=min(1.0, (v - vel_hi) / vwidth),
+            moves=[Move("sink_multiplier", -1)],
+            shard=shard,
+        )
+    return None
 
 
 # ---------------------------------------------------------------- server health

@@ -27,6 +27,7 @@ import pandas as pd
 
 from aegis import warehouse as warehouse_db
 from aegis.config import AegisPaths
+from aegis.lake.store import Lake, as_lake, register_duckdb
 from aegis.quality.gx_validation import ValidationReport, failed_report, skipped_report, validate_frame
 from aegis.telemetry import KINDS, KPI_BUCKET_MINUTES, SCHEMA_VERSION
 
@@ -95,16 +96,22 @@ MART_SPECS: dict[str, MartSpec] = {
 }
 
 
-def bronze_glob(paths: AegisPaths) -> str:
-    return str(paths.bronze / "*" / "*.parquet")
+# Bronze is read where the lake is: ``where`` is an AegisPaths (its local lake) or an
+# aegis.lake.store.Lake (S3 in prod, read through Arrow's S3 filesystem: no httpfs).
+def bronze_glob(where: AegisPaths | Lake) -> str:
+    return as_lake(where).store.uri_of("bronze/*/*.parquet")
 
 
-def _has_bronze(paths: AegisPaths) -> bool:
-    return paths.bronze.exists() and any(paths.bronze.glob("*/*.parquet"))
+def _bronze_where(where: AegisPaths | Lake) -> dict[str, str]:
+    return {"bronze": as_lake(where).store.uri_of("bronze")}
 
 
-def _bronze_sql(paths: AegisPaths) -> str:
-    path = bronze_glob(paths).replace("'", "''")
+def _has_bronze(where: AegisPaths | Lake) -> bool:
+    return as_lake(where).store.any("bronze")
+
+
+def _bronze_sql(where: AegisPaths | Lake) -> str:
+    path = bronze_glob(where).replace("'", "''")
     return f"read_parquet('{path}', hive_partitioning = true, union_by_name = true)"
 
 
@@ -113,9 +120,11 @@ def connect_warehouse(path: Path) -> warehouse_db.LockedConnection:
     return warehouse_db.connect(path)
 
 
-def _memory() -> duckdb.DuckDBPyConnection:
+def _memory(where: AegisPaths | Lake | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
+    if where is not None and as_lake(where).is_remote:
+        register_duckdb(con)
     return con
 
 
@@ -203,15 +212,15 @@ def lag_report(suite: str, lags: pd.DataFrame, max_lag: timedelta, what: str) ->
 # ------------------------------------------------------------------------ bronze
 
 
-def bronze_integrity(paths: AegisPaths, *, sample_rows: int = BRONZE_SAMPLE_ROWS) -> ValidationReport:
+def bronze_integrity(paths: AegisPaths | Lake, *, sample_rows: int = BRONZE_SAMPLE_ROWS) -> ValidationReport:
     """Keys not null, kind in the enum, schema_version == 1, event_id unique, on the newest rows."""
     import great_expectations as gx
 
     suite = "bronze_integrity"
     if not _has_bronze(paths):
         # Blocking: nothing must flow on from an empty lake, but say why instead of a stack trace.
-        return failed_report(suite, f"{NO_BRONZE} {NO_BRONZE_HINT}", {"bronze": str(paths.bronze)})
-    with _memory() as con:
+        return failed_report(suite, f"{NO_BRONZE} {NO_BRONZE_HINT}", _bronze_where(paths))
+    with _memory(paths) as con:
         df = con.execute(
             f"""
             select event_id, ts, shard_id, kind, schema_version, batch_id, ingested_at
@@ -231,26 +240,26 @@ def bronze_integrity(paths: AegisPaths, *, sample_rows: int = BRONZE_SAMPLE_ROWS
     return validate_frame(df, suite, expectations, details={"sampled_newest_rows": len(df)})
 
 
-def bronze_volume(paths: AegisPaths) -> ValidationReport:
+def bronze_volume(paths: AegisPaths | Lake) -> ValidationReport:
     """Events per game hour: the newest complete hour against the trailing hours."""
     if not _has_bronze(paths):
-        return skipped_report("bronze_volume", NO_BRONZE, {"bronze": str(paths.bronze)})
-    with _memory() as con:
+        return skipped_report("bronze_volume", NO_BRONZE, _bronze_where(paths))
+    with _memory(paths) as con:
         periods = con.execute(
             f"select date_trunc('hour', ts) as period, count(*) as rows from {_bronze_sql(paths)} group by 1 order by 1"
         ).df()
     return volume_report("bronze_volume", periods)
 
 
-def bronze_freshness(paths: AegisPaths, now: datetime | None = None) -> ValidationReport:
+def bronze_freshness(paths: AegisPaths | Lake, now: datetime | None = None) -> ValidationReport:
     """The lake receives data (newest ingest within BRONZE_MAX_INGEST_AGE of the wall clock),
     and every shard keeps up with the fleet (newest event within BRONZE_MAX_SHARD_LAG of the
     fleet's newest, in game time: the world's clock is simulated, so only event-time lag
     between shards is meaningful there)."""
     now = now or datetime.now(UTC)
     if not _has_bronze(paths):
-        return skipped_report("bronze_freshness", NO_BRONZE, {"bronze": str(paths.bronze)})
-    with _memory() as con:
+        return skipped_report("bronze_freshness", NO_BRONZE, _bronze_where(paths))
+    with _memory(paths) as con:
         lags = con.execute(
             f"""
             with per_shard as (
@@ -315,18 +324,18 @@ def mart_integrity_frame(df: pd.DataFrame, mart: str) -> ValidationReport:
     return validate_frame(df, f"{mart}_integrity", expectations)
 
 
-def lake_span(paths: AegisPaths) -> timedelta | None:
+def lake_span(paths: AegisPaths | Lake) -> timedelta | None:
     """Game time the bronze lake covers (newest minus oldest event); None without bronze."""
     if not _has_bronze(paths):
         return None
-    with _memory() as con:
+    with _memory(paths) as con:
         row = con.execute(f"select min(ts), max(ts) from {_bronze_sql(paths)}").fetchone()
     if not row or row[0] is None:
         return None
     return pd.Timestamp(row[1]) - pd.Timestamp(row[0])
 
 
-def mart_integrity(paths: AegisPaths, mart: str) -> ValidationReport:
+def mart_integrity(paths: AegisPaths, mart: str, lake: Lake | None = None) -> ValidationReport:
     """Integrity of a mart; an empty mart over a lake younger than ``MART_WARMUP`` is warming up.
 
     Right after a fresh start the lake holds minutes of telemetry and the bucketed
@@ -339,7 +348,7 @@ def mart_integrity(paths: AegisPaths, mart: str) -> ValidationReport:
     with connect_warehouse(paths.warehouse) as con:
         df = con.execute(f"select {cols} from main.{mart}").df()
     if df.empty:
-        span = lake_span(paths)
+        span = lake_span(lake or paths)
         if span is not None and span < MART_WARMUP:
             minutes = span.total_seconds() / 60
             return skipped_report(
@@ -371,7 +380,7 @@ def mart_volume(paths: AegisPaths, mart: str, previous_rows: Sequence[int] = ())
     return volume_report(suite, periods)
 
 
-def mart_freshness(paths: AegisPaths, mart: str) -> ValidationReport:
+def mart_freshness(paths: AegisPaths, mart: str, lake: Lake | None = None) -> ValidationReport:
     """The mart covers the lake: its newest time is within max_lag of bronze's newest event."""
     spec = _spec(mart)
     suite = f"{mart}_freshness"
@@ -382,10 +391,11 @@ def mart_freshness(paths: AegisPaths, mart: str) -> ValidationReport:
     with connect_warehouse(paths.warehouse) as con:
         row = con.execute(f"select max({spec.time_column})::timestamptz from main.{mart}").fetchone()
     newest_mart = row[0] if row else None
-    if not _has_bronze(paths):
-        return skipped_report(suite, NO_BRONZE, {"bronze": str(paths.bronze)})
-    with _memory() as con:
-        lake_row = con.execute(f"select max(ts) from {_bronze_sql(paths)}").fetchone()
+    src = lake or paths
+    if not _has_bronze(src):
+        return skipped_report(suite, NO_BRONZE, _bronze_where(src))
+    with _memory(src) as con:
+        lake_row = con.execute(f"select max(ts) from {_bronze_sql(src)}").fetchone()
     newest_lake = lake_row[0] if lake_row else None
     if newest_lake is None:
         return skipped_report(suite, "the lake holds no events")

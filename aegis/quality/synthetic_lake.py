@@ -102,77 +102,94 @@ def write_configs(
         )
 
 
-def _hour_table(
-    rng: np.random.Generator,
-    shard_id: str,
-    region: str,
-    hour_start: datetime,
-    players: int,
-    config_version: int,
-    params: WorldParams,
-    faults: list[Fault],
-    hour_index: int,
-    run_end: datetime,
-) -> pa.Table:
-    """All events of one shard in one game hour, as one Arrow table."""
-    parts: list[pa.Table] = []
-    t0 = np.datetime64(hour_start.replace(tzinfo=None), "us")
-    hour_us = 3_600_000_000
-    player_base = 1_000_000 * (sum(map(ord, shard_id)) % 1000)  # stable, distinct per shard
-    fixed = {"schema_version": 1, "region": region, "shard_id": shard_id, "config_version": config_version}
+HOUR_US = 3_600_000_000
 
-    def add(kind: str, offsets_us: np.ndarray, **cols: np.ndarray) -> None:
+
+class _HourEvents:
+    """One shard-hour's event tables as they are drawn: the generator, the fixed columns, the parts so far."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        shard_id: str,
+        region: str,
+        hour_start: datetime,
+        players: int,
+        config_version: int,
+    ) -> None:
+        self.rng = rng
+        self.players = players
+        self.t0 = np.datetime64(hour_start.replace(tzinfo=None), "us")
+        self.player_base = 1_000_000 * (sum(map(ord, shard_id)) % 1000)  # stable, distinct per shard
+        self.fixed = {
+            "schema_version": 1,
+            "region": region,
+            "shard_id": shard_id,
+            "config_version": config_version,
+        }
+        self.parts: list[pa.Table] = []
+
+    def add(self, kind: str, offsets_us: np.ndarray, **cols: np.ndarray) -> None:
         """One kind's events as a SCHEMA_V1 table; absent columns are null."""
         n = len(offsets_us)
         if n == 0:
             return
-        ts = (t0 + offsets_us.astype("timedelta64[us]")).astype("datetime64[us]")
+        ts = (self.t0 + offsets_us.astype("timedelta64[us]")).astype("datetime64[us]")
         arrays = []
         for f in SCHEMA_V1:
             if f.name == "ts":
                 arrays.append(pa.array(ts, type=pa.timestamp("us")).cast(f.type))
             elif f.name == "kind":
                 arrays.append(pa.array([kind] * n, type=f.type))
-            elif f.name in fixed:
-                arrays.append(pa.array([fixed[f.name]] * n, type=f.type))
+            elif f.name in self.fixed:
+                arrays.append(pa.array([self.fixed[f.name]] * n, type=f.type))
             elif f.name in cols:
                 arrays.append(pa.array(cols[f.name], type=f.type))
             else:
                 arrays.append(pa.nulls(n, f.type))
-        parts.append(pa.Table.from_arrays(arrays, schema=SCHEMA_V1))
+        self.parts.append(pa.Table.from_arrays(arrays, schema=SCHEMA_V1))
 
-    def uniform(n: int) -> np.ndarray:
-        return rng.integers(0, hour_us, n)
+    def uniform(self, n: int) -> np.ndarray:
+        """``n`` offsets spread evenly over the hour."""
+        return self.rng.integers(0, HOUR_US, n)
 
-    def player_ids(n: int) -> np.ndarray:
-        return rng.integers(0, players, n) + player_base
+    def player_ids(self, n: int) -> np.ndarray:
+        """``n`` players of this shard, drawn with replacement."""
+        return self.rng.integers(0, self.players, n) + self.player_base
 
-    # Server ticks: steady cadence; players online wander around the population.
+    def n_of(self, rate_key: str, scale: float = 1.0) -> int:
+        """How many events of a kind this hour: Poisson around the per-player-hour rate."""
+        return int(self.rng.poisson(RATES[rate_key] * self.players * scale))
+
+
+def _ticks_and_sessions(ev: _HourEvents) -> None:
+    """Server ticks on a steady cadence (players online wander around the population); logins and outs."""
+    rng, players = ev.rng, ev.players
     n_ticks = 3600 // SERVER_TICK_SECONDS
     tick_off = np.arange(n_ticks, dtype=np.int64) * SERVER_TICK_SECONDS * 1_000_000
     tick_ms = rng.lognormal(np.log(28.0), 0.35, n_ticks).astype(np.float32)
     online = np.clip(rng.normal(players * 0.8, players * 0.03, n_ticks), 0, None).astype(np.int32)
-    add("server_tick", tick_off, tick_ms=tick_ms, players_online=online)
+    ev.add("server_tick", tick_off, tick_ms=tick_ms, players_online=online)
 
-    def n_of(rate_key: str, scale: float = 1.0) -> int:
-        return int(rng.poisson(RATES[rate_key] * players * scale))
-
-    n = n_of("session_start")
-    add("session_start", uniform(n), player_id=player_ids(n))
-    n = n_of("session_start")
-    add(
+    n = ev.n_of("session_start")
+    ev.add("session_start", ev.uniform(n), player_id=ev.player_ids(n))
+    n = ev.n_of("session_start")
+    ev.add(
         "session_end",
-        uniform(n),
-        player_id=player_ids(n),
+        ev.uniform(n),
+        player_id=ev.player_ids(n),
         cause=rng.choice(np.array(("logout", "disconnect", "churn"), dtype=object), n, p=(0.9, 0.08, 0.02)),
     )
-    n = n_of("reconnect")
-    add("reconnect", uniform(n), player_id=player_ids(n))
+    n = ev.n_of("reconnect")
+    ev.add("reconnect", ev.uniform(n), player_id=ev.player_ids(n))
 
-    # Quest attempts: start at stage 1, finish stages until abandoning or completing.
-    n = n_of("quest_attempt")
-    start = uniform(n)
-    pid = player_ids(n)
+
+def _quests(ev: _HourEvents, params: WorldParams) -> None:
+    """Quest attempts: start at stage 1, finish stages until abandoning or completing."""
+    rng = ev.rng
+    n = ev.n_of("quest_attempt")
+    start = ev.uniform(n)
+    pid = ev.player_ids(n)
     quest = rng.integers(1, 21, n)
     difficulty = np.asarray(params.quest_difficulty)
     reached = np.full(n, N_STAGES + 1)  # stage abandoned at, N_STAGES+1 = completed
@@ -183,11 +200,11 @@ def _hour_table(
         reached[quit_here] = s + 1
         alive &= ~quit_here
     stage_us = int(STAGE_MINUTES * 60e6 * params.quest_pacing)
-    add("quest_start", start, player_id=pid, quest_id=quest, stage=np.ones(n, dtype=np.int64))
+    ev.add("quest_start", start, player_id=pid, quest_id=quest, stage=np.ones(n, dtype=np.int64))
     finished = reached - 1  # stages finished per attempt
     rep = np.repeat(np.arange(n), finished)
     stage_no = np.concatenate([np.arange(1, k + 1) for k in finished]) if n else np.array([], dtype=np.int64)
-    add(
+    ev.add(
         "quest_stage",
         start[rep] + stage_no * stage_us,
         player_id=pid[rep],
@@ -195,7 +212,7 @@ def _hour_table(
         stage=stage_no,
     )
     done = reached > N_STAGES
-    add(
+    ev.add(
         "quest_complete",
         start[done] + N_STAGES * stage_us + 1,
         player_id=pid[done],
@@ -203,7 +220,7 @@ def _hour_table(
         stage=np.full(int(done.sum()), N_STAGES),
     )
     ab = ~done
-    add(
+    ev.add(
         "quest_abandon",
         start[ab] + (reached[ab] - 1) * stage_us + stage_us // 2,
         player_id=pid[ab],
@@ -211,56 +228,63 @@ def _hour_table(
         stage=reached[ab],
     )
 
-    # Deaths cluster around a hotspot per zone; aggression scales the rate.
-    n = n_of("combat_death", params.npc_aggression)
+
+def _deaths(ev: _HourEvents, params: WorldParams) -> None:
+    """Deaths cluster around a hotspot per zone; aggression scales the rate."""
+    rng = ev.rng
+    n = ev.n_of("combat_death", params.npc_aggression)
     zone = rng.integers(0, N_ZONES, n)
     hot = np.array([[200 + 120 * z, 800 - 100 * z] for z in range(N_ZONES)], dtype=np.float64)
     xy = np.clip(hot[zone] + rng.normal(0, 60, (n, 2)), 0, 1023.9)
-    add(
+    ev.add(
         "combat_death",
-        uniform(n),
-        player_id=player_ids(n),
+        ev.uniform(n),
+        player_id=ev.player_ids(n),
         zone=zone,
         x=xy[:, 0].astype(np.float32),
         y=xy[:, 1].astype(np.float32),
         cause=rng.choice(np.array(DEATH_CAUSES, dtype=object), n),
     )
 
-    # Economy: gold faucets and sinks; trade prices drift up slowly (inflation).
+
+def _economy(ev: _HourEvents, params: WorldParams, hour_index: int) -> None:
+    """Gold faucets and sinks, item drops; trade prices drift up slowly (inflation)."""
+    rng = ev.rng
     for kind, key, causes, mult in (
         ("currency_source", "currency_source", SOURCE_CAUSES, params.source_multiplier),
         ("currency_sink", "currency_sink", SINK_CAUSES, params.sink_multiplier),
     ):
-        n = n_of(key)
-        add(
+        n = ev.n_of(key)
+        ev.add(
             kind,
-            uniform(n),
-            player_id=player_ids(n),
+            ev.uniform(n),
+            player_id=ev.player_ids(n),
             currency=rng.choice(np.array(("gold", "gems"), dtype=object), n, p=(0.95, 0.05)),
             amount=np.maximum(1, rng.lognormal(np.log(50 * mult + 1), 0.6, n)).astype(np.int64),
             cause=rng.choice(np.array(causes, dtype=object), n),
         )
-    n = n_of("item_drop", params.drop_rate)
-    add(
+    n = ev.n_of("item_drop", params.drop_rate)
+    ev.add(
         "item_drop",
-        uniform(n),
-        player_id=player_ids(n),
+        ev.uniform(n),
+        player_id=ev.player_ids(n),
         item_id=rng.integers(1, 500, n),
         zone=rng.integers(0, N_ZONES, n),
     )
-    n = n_of("trade")
+    n = ev.n_of("trade")
     drift = 1.0 + 0.002 * hour_index
-    add(
+    ev.add(
         "trade",
-        uniform(n),
-        player_id=player_ids(n),
+        ev.uniform(n),
+        player_id=ev.player_ids(n),
         item_id=rng.integers(1, 500, n),
         price=np.maximum(1, rng.lognormal(np.log(200 * drift), 0.5, n)).astype(np.int64),
         currency=np.full(n, "gold", dtype=object),
     )
 
-    # Merge, apply this shard's faults, order by time and number the events.
-    table = pa.concat_tables(parts)
+
+def _apply_faults(table: pa.Table, shard_id: str, faults: list[Fault], run_end: datetime) -> pa.Table:
+    """This shard's faults (crash: drop the window; latency: tick_ms x 20), minus anything from the future."""
     ts = table.column("ts")
     keep = pa.array(np.ones(table.num_rows, dtype=bool))
     for fault in faults:
@@ -282,13 +306,41 @@ def _hour_table(
             raise ValueError(f"unknown synthetic fault kind {fault.kind!r}; expected 'crash' or 'latency'")
     # Nothing from the future: quests still running at the end of the run stay open.
     keep = pc.and_(keep, pc.less(ts, pa.scalar(run_end)))
-    table = table.filter(keep).sort_by("ts")
+    return table.filter(keep)
+
+
+def _number_events(table: pa.Table, shard_id: str, hour_start: datetime) -> pa.Table:
+    """Order by time and give each event its id: ``<shard>-<YYYYmmddHH>-<n>``."""
+    table = table.sort_by("ts")
     n = table.num_rows
     prefix = f"{shard_id}-{hour_start:%Y%m%d%H}-"
     ids = pc.binary_join_element_wise(
         pa.array([prefix] * n, pa.string()), pc.cast(pa.array(np.arange(n)), pa.string()), ""
     )
     return table.set_column(0, SCHEMA_V1.field("event_id"), ids)
+
+
+def _hour_table(
+    rng: np.random.Generator,
+    shard_id: str,
+    region: str,
+    hour_start: datetime,
+    players: int,
+    config_version: int,
+    params: WorldParams,
+    faults: list[Fault],
+    hour_index: int,
+    run_end: datetime,
+) -> pa.Table:
+    """All events of one shard in one game hour, as one Arrow table."""
+    ev = _HourEvents(rng, shard_id, region, hour_start, players, config_version)
+    # The draw order is the generator's contract: the same seed must give the same lake.
+    _ticks_and_sessions(ev)
+    _quests(ev, params)
+    _deaths(ev, params)
+    _economy(ev, params, hour_index)
+    table = _apply_faults(pa.concat_tables(ev.parts), shard_id, faults, run_end)
+    return _number_events(table, shard_id, hour_start)
 
 
 def write_synthetic_lake(

@@ -12,6 +12,11 @@ no downtime: :meth:`TokenStore.rotate` issues the replacement at once and lets
 the old token work until its grace period ends. Every refused call is written
 down (:meth:`TokenStore.record_refusal`) so the healing loop can open a security
 incident and contain the caller (:meth:`TokenStore.isolate`).
+
+Locally the store is ``AEGIS_HOME/security.db`` (SQLite, WAL, mode 0600); in
+prod the platform's PostgreSQL (schema ``aegis_security``, :mod:`aegis.db`).
+Writes take the store's write lock first (``BEGIN IMMEDIATE`` on SQLite, an
+advisory lock on PostgreSQL), so isolating a caller twice at once records once.
 """
 
 from __future__ import annotations
@@ -23,28 +28,26 @@ import logging
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     DateTime,
-    Engine,
     Integer,
     MetaData,
     String,
     Table,
     Text,
-    create_engine,
-    event,
     func,
     insert,
     select,
     update,
 )
 
+from aegis import db
 from aegis.config import AegisPaths, paths
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,9 @@ TOKEN_PREFIX = "aegis"
 SECRET_BYTES = 32
 MAX_TOKEN_CHARS = 256
 MAX_TEXT_CHARS = 500
-SQLITE_BUSY_TIMEOUT_S = 30.0
+STORE = "security"
+SQLITE_BUSY_TIMEOUT_S = db.SQLITE_BUSY_TIMEOUT_S
+WRITE_LOCK = db.store_schema(STORE)
 # Refusal records are bounded (a flood of bad requests must not fill the disk): the newest
 # REFUSALS_KEPT are kept, pruned every REFUSALS_PRUNE_EVERY inserts.
 REFUSALS_KEPT = 100_000
@@ -119,6 +124,18 @@ isolations_table = Table(
     Column("actor", String(200), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
 )
+
+
+def _create_tables(conn: Connection) -> None:
+    metadata.create_all(conn)  # only what is missing: adopts a store made before migrations
+
+
+MIGRATIONS = [db.Migration(1, "tokens, refusals, isolations", _create_tables)]
+
+
+def default_url(aegis_paths: AegisPaths | None = None) -> str:
+    """The store's URL: ``$AEGIS_SECURITY_URL``, the platform database in prod, else ``AEGIS_HOME/security.db``."""
+    return db.store_url(STORE, sqlite_path=(aegis_paths or paths()).security_db)
 
 
 class AuthError(Exception):
@@ -240,7 +257,11 @@ def _ledger_append(
     """Security decisions are decisions: each one is a signed ledger record (never a secret)."""
     from aegis.ledger.ledger import Ledger
 
-    ledger = Ledger(aegis_paths.ledger_url, aegis_paths.keys) if aegis_paths else Ledger()
+    ledger = (
+        Ledger(db.store_url("ledger", sqlite_path=aegis_paths.ledger), aegis_paths.keys)
+        if aegis_paths
+        else Ledger()
+    )
     try:
         ledger.append(kind=kind, subject=subject, payload=payload, actor=actor)
     finally:
@@ -248,7 +269,8 @@ def _ledger_append(
 
 
 class TokenStore:
-    """Tokens, refusals and isolations in ``url`` (default ``sqlite:///{paths().security_db}``).
+    """Tokens, refusals and isolations in ``url`` (default :func:`default_url`: ``security.db``
+    under ``AEGIS_HOME`` locally, the platform database in prod).
 
     ``aegis_paths`` names another ``AEGIS_HOME`` than the environment's (its
     security database and ledger). ``ledger=False`` skips the ledger records
@@ -259,35 +281,13 @@ class TokenStore:
         self, url: str | None = None, *, aegis_paths: AegisPaths | None = None, ledger: bool = True
     ) -> None:
         self._paths = aegis_paths
-        if url is None:
-            db = (aegis_paths or paths()).security_db
-            db.parent.mkdir(parents=True, exist_ok=True)
-            url = f"sqlite:///{db}"
+        url = url or default_url(aegis_paths)
         self.url = url
         self._ledger = ledger
-        self.engine = self._make_engine(url)
-        metadata.create_all(self.engine)
-        if url.startswith("sqlite:///"):
-            db_file = Path(url.removeprefix("sqlite:///"))
-            if db_file.exists():
-                db_file.chmod(0o600)  # hashes only, but who was refused and isolated is nobody's business
-
-    @staticmethod
-    def _make_engine(url: str) -> Engine:
-        if not url.startswith("sqlite"):
-            return create_engine(url, pool_pre_ping=True)
-        engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
-        )
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")  # the server reads while the CLI writes
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        return engine
+        self.engine = db.open_store(url, STORE, MIGRATIONS)
+        db_file = db.sqlite_file(url)
+        if db_file is not None and db_file.exists():
+            db_file.chmod(0o600)  # hashes only, but who was refused and isolated is nobody's business
 
     def close(self) -> None:
         self.engine.dispose()
@@ -309,7 +309,7 @@ class TokenStore:
         secret = secrets.token_urlsafe(SECRET_BYTES)
         now = _now()
         expires_at = now + ttl if ttl is not None else None
-        with self.engine.begin() as conn:
+        with db.write_transaction(self.engine, WRITE_LOCK) as conn:
             conn.execute(
                 insert(tokens_table).values(
                     token_id=token_id,
@@ -378,7 +378,7 @@ class TokenStore:
         info = self._require(token_id)
         if info.revoked_at is not None:
             return
-        with self.engine.begin() as conn:
+        with db.write_transaction(self.engine, WRITE_LOCK) as conn:
             conn.execute(
                 update(tokens_table)
                 .where(tokens_table.c.token_id == token_id, tokens_table.c.revoked_at.is_(None))
@@ -415,7 +415,7 @@ class TokenStore:
         grace_until = now + grace
         if info.expires_at is not None:
             grace_until = min(grace_until, max(info.expires_at, now))
-        with self.engine.begin() as conn:
+        with db.write_transaction(self.engine, WRITE_LOCK) as conn:
             conn.execute(
                 update(tokens_table)
                 .where(tokens_table.c.token_id == token_id)
@@ -502,7 +502,7 @@ class TokenStore:
     ) -> None:
         """Write one refused call down (never raises: a full disk must not turn a 401 into a 500)."""
         try:
-            with self.engine.begin() as conn:
+            with db.write_transaction(self.engine, WRITE_LOCK) as conn:
                 result = conn.execute(
                     insert(refusals_table).values(
                         at=_now(),
@@ -562,7 +562,7 @@ class TokenStore:
         """Refuse ``caller`` (a client address or a token id) before any token check."""
         if not caller:
             raise ValueError("isolate needs a caller (a client address or a token id)")
-        with self.engine.begin() as conn:
+        with db.write_transaction(self.engine, WRITE_LOCK) as conn:
             existing = conn.execute(
                 select(isolations_table.c.caller).where(isolations_table.c.caller == caller)
             ).first()
@@ -581,7 +581,7 @@ class TokenStore:
         )
 
     def release(self, caller: str, actor: str = "operator") -> None:
-        with self.engine.begin() as conn:
+        with db.write_transaction(self.engine, WRITE_LOCK) as conn:
             deleted = conn.execute(
                 isolations_table.delete().where(isolations_table.c.caller == caller)
             ).rowcount

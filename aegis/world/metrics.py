@@ -26,7 +26,13 @@ class WorldMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        # Declared in exposition order: the clock, the shards, then the control API.
+        self._declare_clock(self.registry)
+        self._declare_shards(self.registry)
+        self._declare_control(self.registry)
+
+    def _declare_clock(self, r: CollectorRegistry) -> None:
+        """The world clock: ticks, game time, speed and lag, and the wall cost of a tick."""
         self.ticks = Counter("aegis_world_ticks", "World ticks simulated and committed", registry=r)
         self.game_time = Gauge(
             "aegis_world_game_time_seconds", "Game time of the last committed tick (Unix s)", registry=r
@@ -51,6 +57,9 @@ class WorldMetrics:
             buckets=WALL_BUCKETS,
             registry=r,
         )
+
+    def _declare_shards(self, r: CollectorRegistry) -> None:
+        """Per shard: tick latency, players, up/down, config version, telemetry and currency."""
         self.shard_tick_ms = Histogram(
             "aegis_world_shard_tick_ms",
             "Simulated server tick latency per shard (ms), from its server_tick events",
@@ -90,6 +99,9 @@ class WorldMetrics:
         self.events_landed = Counter(
             "aegis_world_events_landed", "Telemetry events landed as Parquet in the lake", registry=r
         )
+
+    def _declare_control(self, r: CollectorRegistry) -> None:
+        """The control API: config writes, idempotent replays, faults, snapshots and restores."""
         self.config_puts = Counter(
             "aegis_world_config_puts",
             "PUT /config requests by outcome (applied, stale, missing_if_match, invalid, replayed, conflict)",

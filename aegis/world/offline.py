@@ -91,48 +91,72 @@ def kpis(
     index is end / start and inflation its change over the horizon.
     """
     kinds = _col(table, "kind").astype(str) if table.num_rows else np.asarray([], dtype=str)
-
-    def rows(kind: str) -> pa.Table:
-        return table.filter(pc.equal(table.column("kind"), kind)) if table.num_rows else table
-
-    out: dict[str, float] = {}
-    ticks = rows("server_tick")
+    ticks = _rows(table, "server_tick")
     online = _col(ticks, "players_online").astype(float) if ticks.num_rows else np.zeros(0)
     tick_ms = _col(ticks, "tick_ms").astype(float) if ticks.num_rows else np.zeros(0)
     mean_online = float(online.mean()) if online.size else 0.0
+    out: dict[str, float] = {}
     out["players_online"] = mean_online
     out["sessions_started"] = float((kinds == "session_start").sum())
+    out.update(_quest_kpis(table, kinds))
+    out.update(_economy_kpis(table, price_base, money_supply, price_levels))
+    out.update(_server_kpis(table, kinds, tick_ms, mean_online, capacity))
+    return {k: out[k] for k in KPI_COLUMNS if k in out}
 
-    deaths = rows("combat_death")
+
+def _rows(table: pa.Table, kind: str) -> pa.Table:
+    """The events of one kind (the empty table stays itself)."""
+    return table.filter(pc.equal(table.column("kind"), kind)) if table.num_rows else table
+
+
+def _quest_kpis(table: pa.Table, kinds: np.ndarray) -> dict[str, float]:
+    """Deaths per zone band; quest starts, completions (per stage band and in all) and abandons."""
+    out: dict[str, float] = {}
+    deaths = _rows(table, "combat_death")
     for band, n in _band_of(_col(deaths, "zone") if deaths.num_rows else np.zeros(0), ZONE_BANDS).items():
         out[f"deaths_{band}"] = float(n)
     out["quest_starts"] = float((kinds == "quest_start").sum())
-    stages = rows("quest_stage")
+    stages = _rows(table, "quest_stage")
     for band, n in _band_of(_col(stages, "stage") if stages.num_rows else np.zeros(0), STAGE_BANDS).items():
         out[f"completions_{band}"] = float(n)
     completions = float((kinds == "quest_complete").sum())
     out["quest_completions"] = completions
-    abandons = rows("quest_abandon")
+    abandons = _rows(table, "quest_abandon")
     for band, n in _band_of(
         _col(abandons, "stage") if abandons.num_rows else np.zeros(0), STAGE_BANDS
     ).items():
         out[f"abandons_{band}"] = float(n)
     n_abandons = float(abandons.num_rows)
     out["abandon_rate"] = n_abandons / (n_abandons + completions) if n_abandons + completions else 0.0
+    return out
 
-    def gold_sum(kind: str, column: str) -> float:
-        t = rows(kind)
-        if not t.num_rows:
-            return 0.0
-        t = t.filter(pc.equal(t.column("currency"), BASE_CURRENCY))
-        return float(pc.sum(t.column(column)).as_py() or 0) if t.num_rows else 0.0
 
-    sources, sinks = gold_sum("currency_source", "amount"), gold_sum("currency_sink", "amount")
+def _gold_sum(table: pa.Table, kind: str, column: str) -> float:
+    """The sum of ``column`` over the gold events of one kind."""
+    t = _rows(table, kind)
+    if not t.num_rows:
+        return 0.0
+    t = t.filter(pc.equal(t.column("currency"), BASE_CURRENCY))
+    return float(pc.sum(t.column(column)).as_py() or 0) if t.num_rows else 0.0
+
+
+def _economy_kpis(
+    table: pa.Table,
+    price_base: float | None,
+    money_supply: float | None,
+    price_levels: tuple[float, float] | None,
+) -> dict[str, float]:
+    """Gold flows, money supply, trades, price index, inflation and velocity (see :func:`kpis`)."""
+    out: dict[str, float] = {}
+    sources, sinks = (
+        _gold_sum(table, "currency_source", "amount"),
+        _gold_sum(table, "currency_sink", "amount"),
+    )
     out["currency_sources"], out["currency_sinks"] = sources, sinks
     out["net_inflow"] = sources - sinks
     out["money_supply"] = float(money_supply) if money_supply is not None else sources - sinks
 
-    trades = rows("trade")
+    trades = _rows(table, "trade")
     if trades.num_rows:
         trades = trades.filter(pc.equal(trades.column("currency"), BASE_CURRENCY))
     prices = _col(trades, "price").astype(float) if trades.num_rows else np.zeros(0)
@@ -150,17 +174,24 @@ def kpis(
     else:
         out["inflation"] = 0.0
     out["velocity"] = out["trade_volume"] / out["money_supply"] if out["money_supply"] > 0 else 0.0
+    return out
 
+
+def _server_kpis(
+    table: pa.Table, kinds: np.ndarray, tick_ms: np.ndarray, mean_online: float, capacity: int
+) -> dict[str, float]:
+    """Tick latency percentiles, saturation, reconnects and churn (rates per mean online player)."""
+    out: dict[str, float] = {}
     for q, name in ((50, "tick_p50_ms"), (95, "tick_p95_ms"), (99, "tick_p99_ms")):
         out[name] = float(np.percentile(tick_ms, q)) if tick_ms.size else 0.0
     out["saturation"] = mean_online / capacity if capacity else 0.0
     out["reconnects"] = float((kinds == "reconnect").sum())
     out["reconnect_rate"] = out["reconnects"] / mean_online if mean_online else 0.0
-    ends = rows("session_end")
+    ends = _rows(table, "session_end")
     churned = float(pc.sum(pc.equal(ends.column("cause"), "churn")).as_py() or 0) if ends.num_rows else 0.0
     out["churned"] = churned
     out["churn_rate"] = churned / mean_online if mean_online else 0.0
-    return {k: out[k] for k in KPI_COLUMNS if k in out}
+    return out
 
 
 def _first_last_hour_prices(trades: pa.Table) -> tuple[np.ndarray, np.ndarray]:

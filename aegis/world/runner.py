@@ -313,13 +313,64 @@ def run_world(
     hours older than a shard's newest, except those the lake's manifest says are
     still pending ingestion (:func:`aegis.lake.manifest.pending_keeper`).
     """
+    _check_run_args(hours, retention_hours, workers)
+    w = world if world is not None else World(seed=seed, players_per_shard=players_per_shard)
+    plan, workers, slots = _plan_run(
+        paths,
+        w,
+        hours,
+        explore,
+        explore_every_hours,
+        no_explore_shards,
+        retention_hours,
+        batch_minutes,
+        workers,
+        instance_id,
+    )
+    bar = _progress_bar(plan.ticks) if progress else None
+    started, cpu_started = time.perf_counter(), time.process_time()
+    try:
+        if workers == 1:
+            tick_done = None if bar is None else (lambda k: bar.update(k - bar.n))
+            st = _simulate(plan, list(w.shards.values()), tick_done, w.group())
+            worker_cpu = 0.0
+        else:
+            st, worker_cpu = _run_parallel(plan, w, workers, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    w.game_time = datetime.fromisoformat(plan.start) + timedelta(minutes=w.tick_minutes * plan.ticks)
+    seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started + worker_cpu
+    return _summary(w, plan, st, workers, slots, seconds, cpu)
+
+
+def _check_run_args(hours: float, retention_hours: float | None, workers: int | None) -> None:
+    """:func:`run_world`'s numeric arguments, checked before a world is built."""
     if not (hours > 0 and math.isfinite(hours)):
         raise ValueError(f"hours must be a positive number, got {hours}")
     if retention_hours is not None and not (retention_hours > 0 and math.isfinite(retention_hours)):
         raise ValueError(f"retention_hours must be a positive number or None, got {retention_hours}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    w = world if world is not None else World(seed=seed, players_per_shard=players_per_shard)
+
+
+def _plan_run(
+    paths: AegisPaths,
+    w: World,
+    hours: float,
+    explore: bool,
+    explore_every_hours: float,
+    no_explore_shards: Iterable[str],
+    retention_hours: float | None,
+    batch_minutes: float,
+    workers: int | None,
+    instance_id: str | None,
+) -> tuple[_Plan, int, int]:
+    """:func:`run_world`'s plan, the workers it runs on and the world's population slots.
+
+    Creates the landing directory and registers the run's world instance (unless given one).
+    """
     paths.landing_telemetry.mkdir(parents=True, exist_ok=True)
     frozen = set(no_explore_shards)
     unknown = frozen - set(w.shards)
@@ -349,27 +400,21 @@ def run_world(
         retention_hours=retention_hours,
         batch_minutes=batch_minutes,
     )
+    return plan, workers, slots
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=ticks, unit="tick", desc="world", mininterval=0.5)
-    started = time.perf_counter()
-    cpu_started = time.process_time()
-    try:
-        if workers == 1:
-            tick_done = None if bar is None else (lambda k: bar.update(k - bar.n))
-            st = _simulate(plan, list(w.shards.values()), tick_done, w.group())
-            worker_cpu = 0.0
-        else:
-            st, worker_cpu = _run_parallel(plan, w, workers, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    w.game_time = datetime.fromisoformat(plan.start) + timedelta(minutes=w.tick_minutes * ticks)
-    seconds = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started + worker_cpu
+def _progress_bar(ticks: int) -> Any:
+    """A progress bar over the run's ticks (``run_world(progress=True)``)."""
+    from tqdm import tqdm
+
+    return tqdm(total=ticks, unit="tick", desc="world", mininterval=0.5)
+
+
+def _summary(
+    w: World, plan: _Plan, st: LandingStats, workers: int, slots: int, seconds: float, cpu: float
+) -> RunSummary:
+    """What the run landed (``st``) and how fast, for ``w`` after it."""
+    ticks = plan.ticks
     return RunSummary(
         hours=ticks * w.tick_minutes / 60,
         ticks=ticks,
@@ -389,5 +434,5 @@ def run_world(
         game_time_end=w.game_time.isoformat(),
         workers=workers,
         cpu_seconds=cpu,
-        instance_id=instance_id,
+        instance_id=plan.instance_id,
     )

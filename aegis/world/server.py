@@ -1,7 +1,11 @@
 """The game backend contract over HTTP (FastAPI), as a studio's backend would speak it.
 
-Handlers are thin: they parse, call :class:`~aegis.world.service.WorldService`
-and shape the answer. Every failure leaves as JSON in one shape
+:func:`create_app` assembles the app: the body limit, auth
+(:mod:`aegis.security.auth`), the error handlers and the routers, one module
+per resource in :mod:`aegis.world.routers` plus :mod:`aegis.world.remediation_api`
+and :mod:`aegis.world.simulations_api`. Handlers are thin: they get the
+:class:`~aegis.world.service.WorldService` and their scope check through
+``Depends``, call the service and shape the answer. Every failure leaves as JSON in one shape
 (:class:`~aegis.world.client.ErrorBody`: ``error``, ``message``, ``details``)
 with a 4xx that says what was wrong and what is accepted; validation errors
 are rendered with :func:`aegis.domain.explain`. Handlers are plain ``def``
@@ -16,41 +20,24 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aegis.domain import (
-    PARAM_BOUNDS,
-    Fault,
-    FaultKind,
-    Integrity,
-    ShardConfig,
-    ShardInfo,
-    ShardRole,
-    SnapshotInfo,
-    explain,
-)
-from aegis.security.auth import allowed_host_set, install_auth, refusal_metrics, require_scope
+from aegis.domain import PARAM_BOUNDS, FaultKind, ShardRole, explain
+from aegis.security.auth import allowed_host_set, install_auth
 from aegis.security.tokens import TokenStore
-from aegis.world.client import (
-    API_PREFIX,
-    ConfigUpdate,
-    ErrorBody,
-    FaultReceipt,
-    Health,
-    RestoreRequest,
-    RestoreResult,
-    RoleUpdate,
-)
-from aegis.world.metrics import CONTENT_TYPE
-from aegis.world.remediation_api import make_router as remediation_router
-from aegis.world.service import ServiceError, Unavailable, WorldService, server_version
-from aegis.world.simulations_api import make_router
+from aegis.world import remediation_api
+from aegis.world.client import ErrorBody
+from aegis.world.routers import config, faults, health, metrics, shards, snapshots
+from aegis.world.routers.deps import CONTROL, install_service, snapshot_loader
+from aegis.world.routers.responses import MAX_BODY_BYTES, WRITE_ERRORS
+from aegis.world.service import ServiceError, WorldService, server_version
+from aegis.world.simulations_api import make_router as simulations_router
 
 log = logging.getLogger(__name__)
 
@@ -62,31 +49,26 @@ API_DESCRIPTION = (
     "See docs/game-backend-api.md."
 )
 
-# Request bodies above this many bytes are refused with 413 before they are read in full
-# (the largest legitimate body, a full parameter set, is under 2 KiB).
-MAX_BODY_BYTES = 64 * 1024
 DEFAULT_BIND_HOST = "127.0.0.1"
 
-_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "Host header is not this server's (DNS rebinding guard)"},
-    401: {"model": ErrorBody, "description": "No bearer token, or one this server does not know"},
-    403: {
-        "model": ErrorBody,
-        "description": "Token lacks the scope, is revoked, expired or rotated out, or the caller is isolated",
-    },
-}
-_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
-    **_AUTH_ERRORS,
-    413: {"model": ErrorBody, "description": f"Request body larger than {MAX_BODY_BYTES} bytes"},
-}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    **_AUTH_ERRORS,
-    404: {"model": ErrorBody, "description": "Unknown shard or snapshot; details list the known ones"},
-    422: {
-        "model": ErrorBody,
-        "description": "Invalid request: the message says which field and what is accepted",
-    },
-}
+# The routers and their include options, in the order requests are matched (and docs/openapi.json
+# lists them): each request is tried against the routes in turn, so the most frequent calls come
+# first (the liveness probe, the metrics scrape, the platform's reads), the rare ones last.
+# Paths never overlap across routers except GET/POST /v1/faults, told apart by method.
+ROUTERS: tuple[tuple[APIRouter, dict[str, Any]], ...] = (
+    (health.router, {}),
+    (metrics.router, {}),
+    (shards.router, {}),
+    (config.router, {}),
+    (remediation_api.router, {}),  # the healer's reads: faults acting now, a shard's signals
+    (snapshots.router, {}),
+    (faults.router, {}),
+    # The simulation gate's endpoint: runs where the snapshots live (aegis.world.simulations_api).
+    (
+        simulations_router(loader=snapshot_loader),
+        {"dependencies": [CONTROL], "responses": WRITE_ERRORS},
+    ),
+)
 
 
 class _Explainable:
@@ -218,6 +200,35 @@ class _BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"the request body is larger than {limit} bytes; see docs/game-backend-api.md")
 
 
+def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    return _error(exc.status_code, exc.code, exc.message, exc.details)
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+        exc.status_code, "http_error"
+    )
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no such endpoint {request.method} {request.url.path}; see /docs for the API"
+    details = {"max_body_bytes": MAX_BODY_BYTES} if exc.status_code == 413 else None
+    return _error(exc.status_code, code, message, details)
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return _error(500, "internal_error", f"internal error: {type(exc).__name__}: {exc}")
+
+
+# Every failure leaves in the ErrorBody shape; refusals by auth are install_auth's.
+EXCEPTION_HANDLERS: tuple[tuple[type[Exception], Any], ...] = (
+    (ServiceError, _service_error),
+    (RequestValidationError, _validation_response),
+    (StarletteHTTPException, _http_error),
+    (Exception, _unexpected),
+)
+
+
 def create_app(
     service: WorldService | None,
     *,
@@ -231,191 +242,17 @@ def create_app(
     it), writes ``control``, fault injection ``faults``; ``/v1/health`` stays
     open for liveness probes. ``store`` is the token store (default: the one
     under ``AEGIS_HOME``); requests whose ``Host`` is not ``bind_host``, a
-    loopback name or one of ``allowed_hosts`` are refused.
+    loopback name or one of ``allowed_hosts`` are refused. Handlers get the
+    service and the scope check through ``Depends`` (:mod:`aegis.world.routers`).
     """
     app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=server_version())
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
     install_auth(app, store, allowed_host_set(bind_host, list(allowed_hosts)))
-    reads = APIRouter(dependencies=[Depends(require_scope("read"))])
-    writes = APIRouter(dependencies=[Depends(require_scope("control"))])
-    faults = APIRouter(dependencies=[Depends(require_scope("faults"))])
-
-    def svc() -> WorldService:
-        if service is None:
-            raise Unavailable("no world is running behind this app")
-        return service
-
-    @app.exception_handler(ServiceError)
-    def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return _error(exc.status_code, exc.code, exc.message, exc.details)
-
-    @app.exception_handler(RequestValidationError)
-    def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_response(request, exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status_code, "http_error"
-        )
-        message = str(exc.detail)
-        if exc.status_code == 404 and message == "Not Found":
-            message = f"no such endpoint {request.method} {request.url.path}; see /docs for the API"
-        details = {"max_body_bytes": MAX_BODY_BYTES} if exc.status_code == 413 else None
-        return _error(exc.status_code, code, message, details)
-
-    @app.exception_handler(Exception)
-    def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return _error(500, "internal_error", f"internal error: {type(exc).__name__}: {exc}")
-
-    # The simulation gate's endpoint: runs where the snapshots live (aegis.world.simulations_api).
-    app.include_router(
-        make_router(lambda shard_id, snapshot_id: svc().snapshot_state(shard_id, snapshot_id)),
-        dependencies=[Depends(require_scope("control"))],
-        responses=_WRITE_ERRORS,
-    )
-    app.include_router(remediation_router(svc))  # remediation endpoints (aegis.world.remediation_api)
-
-    @app.get(f"{API_PREFIX}/health", response_model=Health, tags=["world"])
-    def health() -> Health:
-        """Liveness and the world clock: ``degraded`` when a shard is down or the clock stopped."""
-        return svc().health()
-
-    @reads.get(
-        f"{API_PREFIX}/shards", response_model=list[ShardInfo], responses=_AUTH_ERRORS, tags=["shards"]
-    )
-    def list_shards() -> list[ShardInfo]:
-        return svc().shards()
-
-    @reads.get(
-        f"{API_PREFIX}/shards/{{shard_id}}", response_model=ShardInfo, responses=_ERRORS, tags=["shards"]
-    )
-    def get_shard(shard_id: str) -> ShardInfo:
-        return svc().shard(shard_id)
-
-    @writes.put(
-        f"{API_PREFIX}/shards/{{shard_id}}/role",
-        response_model=ShardInfo,
-        responses={**_ERRORS, **_WRITE_ERRORS},
-        tags=["shards"],
-    )
-    def put_role(shard_id: str, body: Annotated[RoleUpdate, Body()]) -> ShardInfo:
-        """Make a shard the canary or a control shard; while any shard is a canary, none explores."""
-        return svc().set_role(shard_id, body.role)
-
-    @reads.get(
-        f"{API_PREFIX}/shards/{{shard_id}}/config",
-        response_model=ShardConfig,
-        responses=_ERRORS,
-        tags=["config"],
-    )
-    def get_config(shard_id: str, response: Response) -> ShardConfig:
-        """The parameters in force; the ``ETag`` header carries the version for ``If-Match``."""
-        config = svc().config(shard_id)
-        response.headers["ETag"] = f'"{config.version}"'
-        return config
-
-    @writes.put(
-        f"{API_PREFIX}/shards/{{shard_id}}/config",
-        response_model=ShardConfig,
-        responses={
-            **_ERRORS,
-            **_WRITE_ERRORS,
-            400: {
-                "model": ErrorBody,
-                "description": "If-Match is not a version (1-18 ASCII digits, optionally quoted), "
-                "Idempotency-Key empty or over 200 characters, or Host refused",
-            },
-            409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different request"},
-            412: {
-                "model": ErrorBody,
-                "description": "If-Match is stale; details.current_version is the version now",
-            },
-            428: {"model": ErrorBody, "description": "If-Match is missing"},
-        },
-        tags=["config"],
-    )
-    def put_config(
-        shard_id: str,
-        body: Annotated[ConfigUpdate, Body()],
-        response: Response,
-        if_match: Annotated[
-            str | None, Header(alias="If-Match", description="The config version read")
-        ] = None,
-        idempotency_key: Annotated[
-            str | None, Header(alias="Idempotency-Key", description="Makes retries apply at most once")
-        ] = None,
-    ) -> Any:
-        """Replace the shard's parameters (complete set) if its version still equals ``If-Match``."""
-        status, payload, replayed = svc().put_config(shard_id, body.params, if_match, idempotency_key)
-        headers = {"ETag": f'"{payload["version"]}"'}
-        if replayed:
-            headers["Idempotent-Replayed"] = "true"
-        return JSONResponse(status_code=status, content=payload, headers=headers)
-
-    @writes.post(
-        f"{API_PREFIX}/shards/{{shard_id}}/snapshots",
-        response_model=SnapshotInfo,
-        status_code=201,
-        responses={**_ERRORS, **_WRITE_ERRORS},
-        tags=["snapshots"],
-    )
-    def post_snapshot(shard_id: str) -> SnapshotInfo:
-        """A consistent snapshot (between ticks), stored durably before the answer."""
-        return svc().snapshot(shard_id)
-
-    @reads.get(
-        f"{API_PREFIX}/shards/{{shard_id}}/snapshots",
-        response_model=list[SnapshotInfo],
-        responses=_ERRORS,
-        tags=["snapshots"],
-    )
-    def list_snapshots(shard_id: str) -> list[SnapshotInfo]:
-        return svc().snapshots(shard_id)
-
-    @writes.post(
-        f"{API_PREFIX}/shards/{{shard_id}}/restore",
-        response_model=RestoreResult,
-        responses={
-            **_ERRORS,
-            **_WRITE_ERRORS,
-            409: {"model": ErrorBody, "description": "Restored integrity differs; the shard kept its state"},
-        },
-        tags=["snapshots"],
-    )
-    def post_restore(shard_id: str, body: Annotated[RestoreRequest, Body()]) -> RestoreResult:
-        """Restore and verify: answers only once the restored integrity equals the snapshot's."""
-        return svc().restore(shard_id, body.snapshot_id)
-
-    @reads.get(
-        f"{API_PREFIX}/shards/{{shard_id}}/integrity",
-        response_model=Integrity,
-        responses=_ERRORS,
-        tags=["snapshots"],
-    )
-    def get_integrity(shard_id: str) -> Integrity:
-        return svc().integrity(shard_id)
-
-    @faults.post(
-        f"{API_PREFIX}/faults",
-        response_model=FaultReceipt,
-        status_code=202,
-        responses={**_ERRORS, **_WRITE_ERRORS},
-        tags=["faults"],
-    )
-    def post_fault(body: Annotated[Fault, Body()]) -> FaultReceipt:
-        """Inject a fault (chaos tests, demos); it lasts ``duration_minutes`` of game time."""
-        return svc().inject_fault(body)
-
-    @reads.get("/metrics", tags=["world"], response_class=Response, responses=_AUTH_ERRORS)
-    def metrics() -> Response:
-        """Prometheus text exposition format, refused calls (``aegis_refused_requests_total``) included."""
-        body = svc().render_metrics() + refusal_metrics(app).encode()
-        return Response(content=body, media_type=CONTENT_TYPE)
-
-    for router in (reads, writes, faults):
-        app.include_router(router)
+    install_service(app, service)
+    for exc_class, handler in EXCEPTION_HANDLERS:
+        app.add_exception_handler(exc_class, handler)
+    for router, options in ROUTERS:
+        app.include_router(router, **options)
     return app
 
 

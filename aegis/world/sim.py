@@ -37,8 +37,9 @@ import pyarrow as pa
 from aegis.domain import N_STAGES, N_ZONES, SAVE_SCHEMA_VERSION, Fault, FaultKind, Integrity, WorldParams
 from aegis.telemetry import WORLD_EPOCH
 from aegis.world import sim_catalog as C
+from aegis.world.sim_clock import EPOCH_US, US, from_us, to_us  # from_us, to_us: also imported from here
 from aegis.world.sim_events import EventBuffer
-from aegis.world.sim_tick import SLOT_FIELDS, ShardGroup
+from aegis.world.sim_tick import PLAYER_SHIFT, SLOT_FIELDS, ShardGroup, level_zone
 from aegis.world.sim_tick import thr as _thr  # noqa: F401  (re-exported for tests)
 
 REGIONS: tuple[str, ...] = ("eu-west", "us-east", "ap-southeast")
@@ -48,10 +49,7 @@ DEFAULT_TICK_MINUTES = 1.0
 DEFAULT_START = WORLD_EPOCH + timedelta(days=1)
 STATE_FORMAT = 1  # version of the state_dict layout
 
-_US = 1_000_000
-_EPOCH_US = int(WORLD_EPOCH.timestamp()) * _US
-# Player ids: shard_index << _PLAYER_SHIFT | sequence; 2**12 shards x 2**28 players < 2**40.
-_PLAYER_SHIFT = 28
+# Player ids are shard_index << PLAYER_SHIFT | sequence: 2**12 shards x 2**28 players < 2**40.
 _MAX_SHARD_INDEX = 2**12 - 1
 
 # Everything ShardSim persists per player slot, plus the per-shard reference stock.
@@ -77,18 +75,6 @@ _SCALAR_FIELDS = (
     "exploit_mag",
     "last_tick_ms",
 )
-
-
-def to_us(ts: datetime) -> int:
-    """Microseconds since the Unix epoch of an aware datetime (exact, no float rounding)."""
-    if ts.tzinfo is None:
-        raise ValueError(f"game time must be timezone-aware (UTC), got naive {ts.isoformat()}")
-    delta = ts - datetime(1970, 1, 1, tzinfo=ts.tzinfo)
-    return (delta.days * 86_400 + delta.seconds) * _US + delta.microseconds
-
-
-def from_us(us: int) -> datetime:
-    return WORLD_EPOCH + timedelta(microseconds=us - _EPOCH_US)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -172,7 +158,7 @@ class ShardSim:
     def _init_population(self, n: int) -> None:
         """A world that has been running: levels spread over all zones, wealth by level."""
         rng = self.rng
-        self.player_id = (np.int64(self.shard_index) << _PLAYER_SHIFT) + np.arange(n, dtype=np.int64)
+        self.player_id = (np.int64(self.shard_index) << PLAYER_SHIFT) + np.arange(n, dtype=np.int64)
         self.next_player_seq = n
         self.active = np.ones(n, dtype=bool)
         self.pending = np.zeros(n, dtype=bool)
@@ -183,7 +169,7 @@ class ShardSim:
         self.engagement = rng.uniform(0.45, 0.95, n).astype(np.float32)
         self.gold = (C.START_GOLD * (1 + self.level / 8.0) * np.exp(rng.normal(0.0, 0.5, n))).astype(np.int64)
         self.gems = rng.integers(0, 200, n).astype(np.int64)
-        zone = self._level_zone(self.level)
+        zone = level_zone(self.level)
         lam = np.where(
             (np.arange(C.N_ITEMS) // C.ITEMS_PER_ZONE)[None, :] <= zone[:, None],
             3.0 / (1.0 + np.arange(C.N_ITEMS) % C.ITEMS_PER_ZONE)[None, :] ** 1.3,
@@ -205,10 +191,6 @@ class ShardSim:
         self.ref_stock = np.maximum(self.inventory.sum(axis=0) / n, 0.05)
         self.money_ref = float(self.gold.mean())
         self.price_level = 1.0
-
-    @staticmethod
-    def _level_zone(level: np.ndarray) -> np.ndarray:
-        return np.minimum((level.astype(np.int32) - 1) // C.LEVELS_PER_ZONE, N_ZONES - 1)
 
     def _derive(self) -> None:
         """Turn params into per-zone / per-stage rate vectors once per config change."""
@@ -288,7 +270,7 @@ class ShardSim:
         if fault.shard_id != self.shard_id:
             raise ValueError(f"fault is for shard {fault.shard_id!r}, not {self.shard_id!r}")
         now_us = to_us(now)
-        until = now_us + int(fault.duration_minutes * 60 * _US)
+        until = now_us + int(fault.duration_minutes * 60 * US)
         if fault.kind == FaultKind.LATENCY_SPIKE:
             self.latency_until_us = until
             self.latency_mult = max(1.0, float(fault.magnitude))
@@ -296,7 +278,7 @@ class ShardSim:
             self.down_until_us = max(self.down_until_us, until)
             # The crash drops every session; players may reconnect once it is back.
             self.pending |= self.on
-            self.pending_until_us[self.on] = until + int(C.CRASH_RECONNECT_WINDOW_MIN * 60 * _US)
+            self.pending_until_us[self.on] = until + int(C.CRASH_RECONNECT_WINDOW_MIN * 60 * US)
             self.on[:] = False
         elif fault.kind == FaultKind.DUPLICATION_EXPLOIT:
             self.exploit_until_us = until
@@ -350,7 +332,7 @@ class ShardSim:
 
     def _diurnal(self, now_us: int) -> float:
         """Time-of-day factor of logins: peaks at PEAK_LOCAL_HOUR in the region's time zone."""
-        hour = ((now_us - _EPOCH_US) / (3600 * _US) + C.REGION_UTC_OFFSET_H.get(self.region, 0.0)) % 24.0
+        hour = ((now_us - EPOCH_US) / (3600 * US) + C.REGION_UTC_OFFSET_H.get(self.region, 0.0)) % 24.0
         return 1.0 + C.DIURNAL_AMPLITUDE * math.cos(2 * math.pi * (hour - C.PEAK_LOCAL_HOUR) / 24.0)
 
     @staticmethod
@@ -544,7 +526,7 @@ class World:
     def regions(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(s.region for s in self.shards.values()))
 
-    def group(self) -> ShardGroup:
+    def group(self) -> ShardGroup[ShardSim]:
         """The fused group of all shards (their arrays packed side by side), built on first use.
 
         Rebuilt when the set of shards changes; a shard whose arrays were

@@ -11,14 +11,18 @@ of another shard. Answers: ``404 not_found``, ``409 conflict``, ``422`` for a
 body out of bounds (``hours`` at most :data:`MAX_SIMULATION_HOURS`); errors in
 the world's JSON shape. Auth is the including app's business (the world server
 requires the ``control`` scope).
+
+``make_router(loader=...)`` takes the loader from a FastAPI dependency instead,
+per request: the world server injects its service's ``snapshot_state`` that way
+(:func:`aegis.world.routers.deps.snapshot_loader`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -61,7 +65,28 @@ class SimulationRequest(BaseModel):
     )
 
 
-def make_router(load_snapshot_state: Callable[[str, str], dict[str, Any]]) -> APIRouter:
+SnapshotLoader = Callable[[str, str], dict[str, Any]]
+
+
+def _constant(load: SnapshotLoader) -> Callable[[], Awaitable[SnapshotLoader]]:
+    async def fixed_loader() -> SnapshotLoader:  # async: no thread-pool hop per request
+        return load
+
+    return fixed_loader
+
+
+def make_router(
+    load_snapshot_state: SnapshotLoader | None = None, *, loader: Callable[..., Any] | None = None
+) -> APIRouter:
+    """The simulations router over ``load_snapshot_state``, or over the one a dependency yields.
+
+    ``loader`` is a FastAPI dependency returning a :data:`SnapshotLoader` (it may
+    itself depend on others, e.g. the app's service); give exactly one of the two.
+    """
+    if (load_snapshot_state is None) == (loader is None):
+        raise TypeError("make_router takes load_snapshot_state or loader (exactly one)")
+    if load_snapshot_state is not None:
+        loader = _constant(load_snapshot_state)
     router = APIRouter(prefix="/v1", tags=["simulations"])
 
     @router.post(
@@ -73,10 +98,10 @@ def make_router(load_snapshot_state: Callable[[str, str], dict[str, Any]]) -> AP
             422: {"model": ErrorBody, "description": "Invalid body (params out of bounds, hours over 48)"},
         },
     )
-    async def simulate(shard_id: str, body: SimulationRequest) -> Any:
+    async def simulate(shard_id: str, body: SimulationRequest, load: SnapshotLoader = Depends(loader)) -> Any:
         """Run the unchanged and the changed copy of the shard from the snapshot; report KPI deltas."""
         try:
-            state = await run_in_threadpool(load_snapshot_state, shard_id, body.snapshot_id)
+            state = await run_in_threadpool(load, shard_id, body.snapshot_id)
         except SnapshotOfAnotherShard as exc:
             return _error(409, "conflict", str(exc), snapshot_shard=exc.owner)
         except LookupError as exc:

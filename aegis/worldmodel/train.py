@@ -163,15 +163,7 @@ def _fit(
 ) -> TrainResult:
     normaliser = Normaliser.fit(train)
     model_cfg = ModelConfig(window=train.window, hidden=cfg.hidden, layers=cfg.layers, members=cfg.members)
-    steps, action, anchor = normaliser.inputs(train)
-    data = TensorDataset(
-        torch.from_numpy(steps),
-        torch.from_numpy(action),
-        torch.from_numpy(anchor),
-        torch.from_numpy(normaliser.target(train.target)),
-    )
-    vsteps, vaction, vanchor = (torch.from_numpy(a).to(device) for a in normaliser.inputs(val))
-    vtarget = torch.from_numpy(normaliser.target(val.target)).to(device)
+    data, (vsteps, vaction, vanchor, vtarget) = _tensors(train, val, normaliser, device)
 
     members: list[MemberNet] = []
     history: list[EpochLog] = []
@@ -179,26 +171,9 @@ def _fit(
     seen = 0
     started = time.perf_counter()
     for k in range(cfg.members):
-        member_seed = cfg.seed * 1000 + k
-        torch.manual_seed(member_seed)
-        net = MemberNet(model_cfg, len(TARGET_KPIS)).to(device)
-        trainable: nn.Module = net
-        sampler: DistributedSampler[Any] | None = None
-        gen = torch.Generator().manual_seed(member_seed)
-        if distributed:
-            device_ids = [device.index] if device.type == "cuda" else None
-            trainable = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
-            sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=member_seed)
-        loader = DataLoader(
-            data,
-            batch_size=cfg.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            generator=gen,
-            drop_last=False,
+        net, trainable, sampler, loader, opt, sched = _member(
+            k, model_cfg, data, cfg, device, distributed, rank, world
         )
-        opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=WEIGHT_DECAY)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
         best = (math.inf, -1, {k2: v.detach().clone() for k2, v in net.state_dict().items()})
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
@@ -230,15 +205,92 @@ def _fit(
                 best = (val_loss, epoch, {k2: v.detach().clone() for k2, v in net.state_dict().items()})
             elif epoch - best[1] >= cfg.patience:
                 break
-        if not math.isfinite(best[0]):
-            raise FloatingPointError(f"ensemble member {k} diverged (validation loss is not finite)")
-        net.load_state_dict(best[2])
-        net.eval()
+        _keep_best(net, best, k)
         members.append(net)
         epochs_run.append(history[-1].epoch + 1)
     seconds = time.perf_counter() - started
+    model = _finish(model_cfg, normaliser, members, val, cfg, device)
+    return TrainResult(model, str(device), epochs_run, history, seen * world, seconds)
+
+
+def _tensors(
+    train: Windows, val: Windows, normaliser: Normaliser, device: torch.device
+) -> tuple[TensorDataset, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The normalised training set (on the CPU, batches move per step) and the validation
+    inputs and target, already on ``device``."""
+    steps, action, anchor = normaliser.inputs(train)
+    data = TensorDataset(
+        torch.from_numpy(steps),
+        torch.from_numpy(action),
+        torch.from_numpy(anchor),
+        torch.from_numpy(normaliser.target(train.target)),
+    )
+    vsteps, vaction, vanchor = (torch.from_numpy(a).to(device) for a in normaliser.inputs(val))
+    vtarget = torch.from_numpy(normaliser.target(val.target)).to(device)
+    return data, (vsteps, vaction, vanchor, vtarget)
+
+
+def _member(
+    k: int,
+    model_cfg: ModelConfig,
+    data: TensorDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    distributed: bool,
+    rank: int,
+    world: int,
+) -> tuple[
+    MemberNet,
+    nn.Module,
+    DistributedSampler[Any] | None,
+    DataLoader[Any],
+    torch.optim.AdamW,
+    torch.optim.lr_scheduler.CosineAnnealingLR,
+]:
+    """Member ``k``, seeded ``seed * 1000 + k``: its net (DDP-wrapped under torchrun as the
+    trainable), its sampler when distributed, its seeded loader, optimiser and schedule."""
+    member_seed = cfg.seed * 1000 + k
+    torch.manual_seed(member_seed)
+    net = MemberNet(model_cfg, len(TARGET_KPIS)).to(device)
+    trainable: nn.Module = net
+    sampler: DistributedSampler[Any] | None = None
+    gen = torch.Generator().manual_seed(member_seed)
+    if distributed:
+        device_ids = [device.index] if device.type == "cuda" else None
+        trainable = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=member_seed)
+    loader = DataLoader(
+        data,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=gen,
+        drop_last=False,
+    )
+    opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=WEIGHT_DECAY)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return net, trainable, sampler, loader, opt, sched
+
+
+def _keep_best(net: MemberNet, best: tuple[float, int, dict[str, torch.Tensor]], k: int) -> None:
+    """Member ``k`` back to its best epoch's weights, for inference; a non-finite best loss is divergence."""
+    if not math.isfinite(best[0]):
+        raise FloatingPointError(f"ensemble member {k} diverged (validation loss is not finite)")
+    net.load_state_dict(best[2])
+    net.eval()
+
+
+def _finish(
+    model_cfg: ModelConfig,
+    normaliser: Normaliser,
+    members: list[MemberNet],
+    val: Windows,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> WorldModel:
+    """The trained members as one ensemble, shrunk and calibrated on ``val``, moved to the CPU."""
     model = WorldModel(model_cfg, normaliser, members, info={"train": cfg.as_params(), "device": str(device)})
     model.fit_shrinkage(val)
     model.calibrate(val)
     model.to("cpu")
-    return TrainResult(model, str(device), epochs_run, history, seen * world, seconds)
+    return model

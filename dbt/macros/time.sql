@@ -11,11 +11,11 @@
 
 {# Start of the KPI bucket holding ts (var kpi_bucket_minutes wide), as TIMESTAMP WITH TIME ZONE. #}
 {% macro utc_bucket_start(ts) -%}
-  {%- set width = var("kpi_bucket_minutes") * 60 * 1000000 -%}
-  make_timestamptz(epoch_us({{ ts }}) - ((epoch_us({{ ts }}) % {{ width }}) + {{ width }}) % {{ width }})
+    {%- set width = var("kpi_bucket_minutes") * 60 * 1000000 -%}
+    make_timestamptz(epoch_us({{ ts }}) - ((epoch_us({{ ts }}) % {{ width }}) + {{ width }}) % {{ width }})
 {%- endmacro %}
 
 {# The UTC calendar date of ts, whatever the session's TimeZone. #}
 {% macro utc_date(ts) -%}
-  cast(make_timestamp(epoch_us({{ ts }})) as date)
+    cast(make_timestamp(epoch_us({{ ts }})) as date)
 {%- endmacro %}

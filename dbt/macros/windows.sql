@@ -1,6 +1,6 @@
 {# Bucket width as a SQL interval literal; equals aegis.telemetry.KPI_BUCKET_MINUTES. #}
 {% macro kpi_bucket() -%}
-  interval '{{ var("kpi_bucket_minutes") }} minutes'
+    interval '{{ var("kpi_bucket_minutes") }} minutes'
 {%- endmacro %}
 
 {#
@@ -9,6 +9,6 @@
   never silently replaced by an older one.
 #}
 {% macro trailing_window(partition_by, order_by, minutes) -%}
-  partition by {{ partition_by }} order by {{ order_by }}
-  range between interval '{{ minutes - var("kpi_bucket_minutes") }} minutes' preceding and current row
+    partition by {{ partition_by }} order by {{ order_by }}
+    range between interval '{{ minutes - var("kpi_bucket_minutes") }} minutes' preceding and current row
 {%- endmacro %}

@@ -137,7 +137,16 @@ class Alerting(pulumi.ComponentResource):
         )
 
     def _alarms(self, name: str, args: AlertingArgs, providers: dict[str, aws.Provider]) -> None:
-        env, t = args.env, args.targets
+        t = args.targets
+        self._replica_lag_alarms(name, args.env, t, providers)
+        self._firehose_alarms(name, args.env, t, providers)
+        self._stream_replicator_alarm(name, args.env, t, providers)
+        self._gpu_health_alarms(name, args.env, t, providers)
+
+    def _replica_lag_alarms(
+        self, name: str, env: str, t: AlarmTargets, providers: dict[str, aws.Provider]
+    ) -> None:
+        """Aurora global replica lag, per secondary cluster: the database's RPO signal."""
         for region, cluster_id in t.replica_clusters.items():
             self._alarm(
                 f"{name}-replica-lag-{region}",
@@ -155,61 +164,78 @@ class Alerting(pulumi.ComponentResource):
                 comparison_operator="GreaterThanThreshold",
                 treat_missing_data="breaching",
             )
-        if t.firehose is not None:
-            region, stream = t.firehose
-            self._alarm(
-                f"{name}-firehose-delivery",
-                region,
-                providers,
-                env,
-                alarm_description="Firehose failed to deliver telemetry to S3 (lake RPO at risk)",
-                namespace="AWS/Firehose",
-                metric_name="DeliveryToS3.Success",
-                dimensions={"DeliveryStreamName": stream},
-                statistic="Minimum",
-                period=300,
-                evaluation_periods=1,
-                threshold=1,
-                comparison_operator="LessThanThreshold",
-                treat_missing_data="notBreaching",
-            )
-            self._alarm(
-                f"{name}-firehose-freshness",
-                region,
-                providers,
-                env,
-                alarm_description=f"Oldest undelivered telemetry older than {FIREHOSE_FRESHNESS_THRESHOLD_S} s",
-                namespace="AWS/Firehose",
-                metric_name="DeliveryToS3.DataFreshness",
-                dimensions={"DeliveryStreamName": stream},
-                statistic="Maximum",
-                period=300,
-                evaluation_periods=1,
-                threshold=FIREHOSE_FRESHNESS_THRESHOLD_S,
-                comparison_operator="GreaterThanThreshold",
-                treat_missing_data="notBreaching",
-            )
-        if t.stream_replicator is not None:
-            region, function = t.stream_replicator
-            self._alarm(
-                f"{name}-stream-replica-lag",
-                region,
-                providers,
-                env,
-                alarm_description=(
-                    f"Telemetry stream copy more than {REPLICATOR_LAG_THRESHOLD_MS} ms behind (telemetry RPO at risk)"
-                ),
-                namespace="AWS/Lambda",
-                metric_name="IteratorAge",
-                dimensions={"FunctionName": function},
-                statistic="Maximum",
-                period=60,
-                evaluation_periods=2,
-                threshold=REPLICATOR_LAG_THRESHOLD_MS,
-                comparison_operator="GreaterThanThreshold",
-                # No traffic, no age: quiet; a replicator that stopped reading shows a growing age.
-                treat_missing_data="notBreaching",
-            )
+
+    def _firehose_alarms(
+        self, name: str, env: str, t: AlarmTargets, providers: dict[str, aws.Provider]
+    ) -> None:
+        """Firehose delivery failures and freshness: the lake's RPO signal."""
+        if t.firehose is None:
+            return
+        region, stream = t.firehose
+        self._alarm(
+            f"{name}-firehose-delivery",
+            region,
+            providers,
+            env,
+            alarm_description="Firehose failed to deliver telemetry to S3 (lake RPO at risk)",
+            namespace="AWS/Firehose",
+            metric_name="DeliveryToS3.Success",
+            dimensions={"DeliveryStreamName": stream},
+            statistic="Minimum",
+            period=300,
+            evaluation_periods=1,
+            threshold=1,
+            comparison_operator="LessThanThreshold",
+            treat_missing_data="notBreaching",
+        )
+        self._alarm(
+            f"{name}-firehose-freshness",
+            region,
+            providers,
+            env,
+            alarm_description=f"Oldest undelivered telemetry older than {FIREHOSE_FRESHNESS_THRESHOLD_S} s",
+            namespace="AWS/Firehose",
+            metric_name="DeliveryToS3.DataFreshness",
+            dimensions={"DeliveryStreamName": stream},
+            statistic="Maximum",
+            period=300,
+            evaluation_periods=1,
+            threshold=FIREHOSE_FRESHNESS_THRESHOLD_S,
+            comparison_operator="GreaterThanThreshold",
+            treat_missing_data="notBreaching",
+        )
+
+    def _stream_replicator_alarm(
+        self, name: str, env: str, t: AlarmTargets, providers: dict[str, aws.Provider]
+    ) -> None:
+        """The telemetry stream copy's lag (the replicator's ``IteratorAge``): telemetry's RPO signal."""
+        if t.stream_replicator is None:
+            return
+        region, function = t.stream_replicator
+        self._alarm(
+            f"{name}-stream-replica-lag",
+            region,
+            providers,
+            env,
+            alarm_description=(
+                f"Telemetry stream copy more than {REPLICATOR_LAG_THRESHOLD_MS} ms behind (telemetry RPO at risk)"
+            ),
+            namespace="AWS/Lambda",
+            metric_name="IteratorAge",
+            dimensions={"FunctionName": function},
+            statistic="Maximum",
+            period=60,
+            evaluation_periods=2,
+            threshold=REPLICATOR_LAG_THRESHOLD_MS,
+            comparison_operator="GreaterThanThreshold",
+            # No traffic, no age: quiet; a replicator that stopped reading shows a growing age.
+            treat_missing_data="notBreaching",
+        )
+
+    def _gpu_health_alarms(
+        self, name: str, env: str, t: AlarmTargets, providers: dict[str, aws.Provider]
+    ) -> None:
+        """EC2 status checks aggregated per GPU auto scaling group."""
         for region, pools in t.gpu_asgs.items():
             for pool, asg in pools:
                 self._alarm(

@@ -148,16 +148,37 @@ class EksCluster(pulumi.ComponentResource):
         self, name: str, args: ClusterArgs, provider: aws.Provider, opts: pulumi.ResourceOptions | None = None
     ):
         super().__init__("aegis:infra:EksCluster", name, None, opts)
-        env = args.env
-        o = child(self, provider)
         self.args = args
         self.provider = provider
+        self._control_plane(name)
+        self._system_nodes(name)
+        self._addons(name)
+        self.kubeconfig = pulumi.Output.all(
+            self.cluster.name, self.cluster.endpoint, self.cluster.certificate_authority.data
+        ).apply(lambda a: kubeconfig(a[0], args.region, a[1], a[2]))
+        self.k8s_provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            enable_server_side_apply=True,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_nodes]),
+        )
+        self._install_cluster_autoscaler(name)
+        self.register_outputs(
+            {
+                "clusterName": self.cluster.name,
+                "endpoint": self.cluster.endpoint,
+                "oidcProviderArn": self.oidc_provider.arn,
+            }
+        )
 
+    def _control_plane(self, name: str) -> None:
+        """The cluster's role, the cluster (private endpoint, KMS-encrypted secrets, logs) and its OIDC provider."""
+        args, provider, env = self.args, self.provider, self.args.env
         cluster_role = aws.iam.Role(
             f"{name}-cluster-role",
             assume_role_policy=assume_role_policy("eks.amazonaws.com"),
             tags=tags(env, "eks"),
-            opts=o,
+            opts=child(self, provider),
         )
         cp_attach = aws.iam.RolePolicyAttachment(
             f"{name}-cluster-policy",
@@ -188,17 +209,23 @@ class EksCluster(pulumi.ComponentResource):
             opts=child(self, provider, depends_on=[cp_attach]),
         )
         self.cluster_security_group_id = self.cluster.vpc_config.cluster_security_group_id
-        issuer = self.cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
-        self.oidc_issuer = issuer
+        self.oidc_issuer = self.cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
         self.oidc_provider = aws.iam.OpenIdConnectProvider(
-            f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], tags=tags(env, "eks"), opts=o
+            f"{name}-oidc",
+            url=self.oidc_issuer,
+            client_id_lists=["sts.amazonaws.com"],
+            tags=tags(env, "eks"),
+            opts=child(self, provider),
         )
 
+    def _system_nodes(self, name: str) -> None:
+        """The node role every node group shares, and the system node group (IMDSv2, encrypted disks)."""
+        args, provider, env = self.args, self.provider, self.args.env
         self.node_role = aws.iam.Role(
             f"{name}-node-role",
             assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
             tags=tags(env, "eks-nodes"),
-            opts=o,
+            opts=child(self, provider),
         )
         self._node_policy_attachments = [
             aws.iam.RolePolicyAttachment(
@@ -209,13 +236,12 @@ class EksCluster(pulumi.ComponentResource):
             )
             for i, arn in enumerate(NODE_MANAGED_POLICIES)
         ]
-
         system_lt = node_launch_template(
             f"{name}-system-lt",
             env=env,
             kms_key_arn=args.kms_key_arn,
             disk_gib=args.system_disk_gib,
-            opts=o,
+            opts=child(self, provider),
             component="system-nodes",
         )
         self.system_nodes = aws.eks.NodeGroup(
@@ -245,6 +271,9 @@ class EksCluster(pulumi.ComponentResource):
             ),
         )
 
+    def _addons(self, name: str) -> None:
+        """The core add-ons and the EBS CSI driver (with its IRSA role), once system nodes can run them."""
+        provider, env = self.provider, self.args.env
         addon_deps: list[pulumi.Resource] = [self.system_nodes]
         for addon in CORE_ADDONS:
             aws.eks.Addon(
@@ -259,12 +288,12 @@ class EksCluster(pulumi.ComponentResource):
             f"{name}-ebs-csi-role",
             env=env,
             oidc_provider_arn=self.oidc_provider.arn,
-            oidc_issuer=issuer,
+            oidc_issuer=self.oidc_issuer,
             namespace="kube-system",
             service_account="ebs-csi-controller-sa",
             policy=None,
             managed_policy_arns=["arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"],
-            opts=o,
+            opts=child(self, provider),
         )
         aws.eks.Addon(
             f"{name}-addon-ebs-csi",
@@ -274,24 +303,6 @@ class EksCluster(pulumi.ComponentResource):
             resolve_conflicts_on_update="OVERWRITE",
             tags=tags(env, "eks"),
             opts=child(self, provider, depends_on=addon_deps),
-        )
-
-        self.kubeconfig = pulumi.Output.all(
-            self.cluster.name, self.cluster.endpoint, self.cluster.certificate_authority.data
-        ).apply(lambda a: kubeconfig(a[0], args.region, a[1], a[2]))
-        self.k8s_provider = k8s.Provider(
-            f"{name}-k8s",
-            kubeconfig=self.kubeconfig,
-            enable_server_side_apply=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_nodes]),
-        )
-        self._install_cluster_autoscaler(name)
-        self.register_outputs(
-            {
-                "clusterName": self.cluster.name,
-                "endpoint": self.cluster.endpoint,
-                "oidcProviderArn": self.oidc_provider.arn,
-            }
         )
 
     def _install_cluster_autoscaler(self, name: str) -> None:

@@ -230,21 +230,40 @@ class Storage(pulumi.ComponentResource):
         keeps MLflow's models and Dagster's compute logs; the audit replica keeps the
         ledger witness's checkpoints, under the same COMPLIANCE Object Lock.
         """
-        env, primary, replica_region = args.env, args.primary_region, args.replica_region
+        replica_region = args.replica_region
         assert replica_region is not None
-        ro = child(self, providers[replica_region])
         replica_key = args.kms_key_arns[replica_region]
-        self.replica = secure_bucket(
+        self.replica, self.platform_replica, self.audit_replica = self._replica_buckets(
+            name, args, providers[replica_region], replica_key
+        )
+        pairs = [
+            ("lake", self.lake, self.replica),
+            ("platform", self.platform, self.platform_replica),
+            ("audit", self.audit, self.audit_replica),
+        ]
+        role = self._replication_role(name, args, providers[args.primary_region], pairs, replica_key)
+        for component, source, target in pairs:
+            self._replication_config(
+                name, component, source, target, role, replica_key, providers[args.primary_region]
+            )
+
+    def _replica_buckets(
+        self, name: str, args: StorageArgs, provider: aws.Provider, replica_key: pulumi.Input[str]
+    ) -> tuple[aws.s3.Bucket, aws.s3.Bucket, aws.s3.Bucket]:
+        """The lake, platform and audit replicas; the audit replica locked like the audit bucket."""
+        env = args.env
+        ro = child(self, provider)
+        lake = secure_bucket(
             f"{name}-lake-replica", env=env, component="lake-replica", kms_key_arn=replica_key, opts=ro
         )
-        self.platform_replica = secure_bucket(
+        platform = secure_bucket(
             f"{name}-platform-replica",
             env=env,
             component="platform-replica",
             kms_key_arn=replica_key,
             opts=ro,
         )
-        self.audit_replica = secure_bucket(
+        audit = secure_bucket(
             f"{name}-audit-replica",
             env=env,
             component="audit-replica",
@@ -254,22 +273,27 @@ class Storage(pulumi.ComponentResource):
         )
         aws.s3.BucketObjectLockConfiguration(
             f"{name}-audit-replica-lock",
-            bucket=self.audit_replica.id,
+            bucket=audit.id,
             object_lock_enabled="Enabled",
             rule={"default_retention": {"mode": "COMPLIANCE", "days": args.audit_retention_days}},
-            opts=child(self.audit_replica, providers[replica_region]),
+            opts=child(audit, provider),
         )
-        pairs = [
-            ("lake", self.lake, self.replica),
-            ("platform", self.platform, self.platform_replica),
-            ("audit", self.audit, self.audit_replica),
-        ]
-        po = child(self, providers[primary])
+        return lake, platform, audit
+
+    def _replication_role(
+        self,
+        name: str,
+        args: StorageArgs,
+        provider: aws.Provider,
+        pairs: list[tuple[str, aws.s3.Bucket, aws.s3.Bucket]],
+        replica_key: pulumi.Input[str],
+    ) -> aws.iam.Role:
+        """The role S3 replicates as: read the sources, write the replicas, re-encrypt with the replica key."""
         role = aws.iam.Role(
             f"{name}-replication-role",
             assume_role_policy=assume_role_policy("s3.amazonaws.com"),
-            tags=tags(env, "lake"),
-            opts=po,
+            tags=tags(args.env, "lake"),
+            opts=child(self, provider),
         )
         sources = [src.arn for _, src, _ in pairs]
         targets = [dst.arn for _, _, dst in pairs]
@@ -279,83 +303,98 @@ class Storage(pulumi.ComponentResource):
             policy=pulumi.Output.all(
                 pulumi.Output.all(*sources),
                 pulumi.Output.all(*targets),
-                args.kms_key_arns[primary],
+                args.kms_key_arns[args.primary_region],
                 replica_key,
-            ).apply(
-                lambda a: policy_document(
-                    [
-                        {
-                            "Effect": "Allow",
-                            "Action": ["s3:GetReplicationConfiguration", "s3:ListBucket"],
-                            "Resource": a[0],
-                        },
-                        {
-                            "Effect": "Allow",
-                            "Action": [
-                                "s3:GetObjectVersionForReplication",
-                                "s3:GetObjectVersionAcl",
-                                "s3:GetObjectVersionTagging",
-                                # Object Lock: the replica keeps each checkpoint's retention.
-                                "s3:GetObjectRetention",
-                                "s3:GetObjectLegalHold",
-                            ],
-                            "Resource": [f"{arn}/*" for arn in a[0]],
-                        },
-                        {
-                            "Effect": "Allow",
-                            "Action": [
-                                "s3:ReplicateObject",
-                                "s3:ReplicateDelete",
-                                "s3:ReplicateTags",
-                                "s3:ObjectOwnerOverrideToBucketOwner",
-                            ],
-                            "Resource": [f"{arn}/*" for arn in a[1]],
-                        },
-                        {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": a[2]},
-                        {
-                            "Effect": "Allow",
-                            "Action": ["kms:Encrypt", "kms:GenerateDataKey"],
-                            "Resource": a[3],
-                        },
-                    ]
-                )
-            ),
-            opts=child(role, providers[primary]),
+            ).apply(replication_policy),
+            opts=child(role, provider),
         )
-        for component, source, target in pairs:
-            aws.s3.BucketReplicationConfig(
-                f"{name}-{component}-replication",
-                bucket=source.id,
-                role=role.arn,
-                rules=[
-                    {
-                        "id": f"{component}-to-replica",
-                        "status": "Enabled",
-                        "priority": 1,
-                        "filter": {},
-                        # The audit trail never replicates a delete marker (nothing there is deleted).
-                        "delete_marker_replication": {
-                            "status": "Disabled" if component == "audit" else "Enabled"
+        return role
+
+    def _replication_config(
+        self,
+        name: str,
+        component: str,
+        source: aws.s3.Bucket,
+        target: aws.s3.Bucket,
+        role: aws.iam.Role,
+        replica_key: pulumi.Input[str],
+        provider: aws.Provider,
+    ) -> None:
+        """One bucket's replication rule: everything, KMS-encrypted, under Replication Time Control."""
+        aws.s3.BucketReplicationConfig(
+            f"{name}-{component}-replication",
+            bucket=source.id,
+            role=role.arn,
+            rules=[
+                {
+                    "id": f"{component}-to-replica",
+                    "status": "Enabled",
+                    "priority": 1,
+                    "filter": {},
+                    # The audit trail never replicates a delete marker (nothing there is deleted).
+                    "delete_marker_replication": {
+                        "status": "Disabled" if component == "audit" else "Enabled"
+                    },
+                    "source_selection_criteria": {"sse_kms_encrypted_objects": {"status": "Enabled"}},
+                    "destination": {
+                        "bucket": target.arn,
+                        "storage_class": "STANDARD",
+                        "encryption_configuration": {"replica_kms_key_id": replica_key},
+                        # Replication Time Control: 99.99% of objects within 15 minutes, with metrics.
+                        "replication_time": {
+                            "status": "Enabled",
+                            "time": {"minutes": REPLICATION_SLA_MINUTES},
                         },
-                        "source_selection_criteria": {"sse_kms_encrypted_objects": {"status": "Enabled"}},
-                        "destination": {
-                            "bucket": target.arn,
-                            "storage_class": "STANDARD",
-                            "encryption_configuration": {"replica_kms_key_id": replica_key},
-                            # Replication Time Control: 99.99% of objects within 15 minutes, with metrics.
-                            "replication_time": {
-                                "status": "Enabled",
-                                "time": {"minutes": REPLICATION_SLA_MINUTES},
-                            },
-                            "metrics": {
-                                "status": "Enabled",
-                                "event_threshold": {"minutes": REPLICATION_SLA_MINUTES},
-                            },
+                        "metrics": {
+                            "status": "Enabled",
+                            "event_threshold": {"minutes": REPLICATION_SLA_MINUTES},
                         },
-                    }
+                    },
+                }
+            ],
+            opts=child(source, provider),
+        )
+
+
+def replication_policy(a: list) -> str:
+    """The replication role's policy from [source bucket ARNs, replica bucket ARNs, source key, replica key]."""
+    return policy_document(
+        [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetReplicationConfiguration", "s3:ListBucket"],
+                "Resource": a[0],
+            },
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "s3:GetObjectVersionForReplication",
+                    "s3:GetObjectVersionAcl",
+                    "s3:GetObjectVersionTagging",
+                    # Object Lock: the replica keeps each checkpoint's retention.
+                    "s3:GetObjectRetention",
+                    "s3:GetObjectLegalHold",
                 ],
-                opts=child(source, providers[primary]),
-            )
+                "Resource": [f"{arn}/*" for arn in a[0]],
+            },
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "s3:ReplicateObject",
+                    "s3:ReplicateDelete",
+                    "s3:ReplicateTags",
+                    "s3:ObjectOwnerOverrideToBucketOwner",
+                ],
+                "Resource": [f"{arn}/*" for arn in a[1]],
+            },
+            {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": a[2]},
+            {
+                "Effect": "Allow",
+                "Action": ["kms:Encrypt", "kms:GenerateDataKey"],
+                "Resource": a[3],
+            },
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -374,7 +413,7 @@ class TelemetryIngest(pulumi.ComponentResource):
         self, name: str, args: IngestArgs, provider: aws.Provider, opts: pulumi.ResourceOptions | None = None
     ):
         super().__init__("aegis:infra:TelemetryIngest", name, None, opts)
-        env, region = args.env, args.region
+        env = args.env
         o = child(self, provider)
         self.stream = aws.kinesis.Stream(
             f"{name}-stream",
@@ -386,7 +425,32 @@ class TelemetryIngest(pulumi.ComponentResource):
             tags=tags(env, "ingest"),
             opts=o,
         )
-        self.glue_db = aws.glue.CatalogDatabase(f"{name}-glue-db", name=f"{GLUE_DATABASE}_{env}", opts=o)
+        self._catalog(name, args, provider)
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-firehose-logs",
+            retention_in_days=30,
+            kms_key_id=args.kms_key_arn,
+            tags=tags(env, "ingest"),
+            opts=o,
+        )
+        log_stream = aws.cloudwatch.LogStream(
+            f"{name}-firehose-log-stream", log_group_name=log_group.name, name="delivery", opts=o
+        )
+        role = self._firehose_role(name, args, provider, log_group)
+        self.firehose = aws.kinesis.FirehoseDeliveryStream(
+            f"{name}-firehose",
+            destination="extended_s3",
+            kinesis_source_configuration={"kinesis_stream_arn": self.stream.arn, "role_arn": role.arn},
+            extended_s3_configuration=self._firehose_s3_configuration(args, role, log_group, log_stream),
+            tags=tags(env, "ingest"),
+            opts=o,
+        )
+        self.register_outputs({"streamName": self.stream.name, "firehoseName": self.firehose.name})
+
+    def _catalog(self, name: str, args: IngestArgs, provider: aws.Provider) -> None:
+        """The Glue database and table (schema v1, Parquet) Firehose converts against and readers query."""
+        o = child(self, provider)
+        self.glue_db = aws.glue.CatalogDatabase(f"{name}-glue-db", name=f"{GLUE_DATABASE}_{args.env}", opts=o)
         self.glue_table = aws.glue.CatalogTable(
             f"{name}-glue-table",
             name=GLUE_TABLE,
@@ -407,21 +471,16 @@ class TelemetryIngest(pulumi.ComponentResource):
             },
             opts=o,
         )
-        log_group = aws.cloudwatch.LogGroup(
-            f"{name}-firehose-logs",
-            retention_in_days=30,
-            kms_key_id=args.kms_key_arn,
-            tags=tags(env, "ingest"),
-            opts=o,
-        )
-        log_stream = aws.cloudwatch.LogStream(
-            f"{name}-firehose-log-stream", log_group_name=log_group.name, name="delivery", opts=o
-        )
+
+    def _firehose_role(
+        self, name: str, args: IngestArgs, provider: aws.Provider, log_group: aws.cloudwatch.LogGroup
+    ) -> aws.iam.Role:
+        """Firehose's role: read the stream and the Glue table, write landing objects and its logs."""
         role = aws.iam.Role(
             f"{name}-firehose-role",
             assume_role_policy=assume_role_policy("firehose.amazonaws.com"),
-            tags=tags(env, "ingest"),
-            opts=o,
+            tags=tags(args.env, "ingest"),
+            opts=child(self, provider),
         )
         aws.iam.RolePolicy(
             f"{name}-firehose-policy",
@@ -433,105 +492,105 @@ class TelemetryIngest(pulumi.ComponentResource):
                 self.glue_db.arn,
                 self.glue_table.arn,
                 log_group.arn,
-            ).apply(
-                lambda a: policy_document(
-                    [
-                        {
-                            "Effect": "Allow",
-                            "Action": [
-                                "s3:GetBucketLocation",
-                                "s3:ListBucket",
-                                "s3:ListBucketMultipartUploads",
-                            ],
-                            "Resource": a[0],
-                        },
-                        {
-                            "Effect": "Allow",
-                            "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:GetObject"],
-                            "Resource": [f"{a[0]}/{LANDING_PREFIX}*", f"{a[0]}/{FIREHOSE_ERROR_PREFIX}*"],
-                        },
-                        {
-                            "Effect": "Allow",
-                            "Action": [
-                                "kinesis:DescribeStream",
-                                "kinesis:GetShardIterator",
-                                "kinesis:GetRecords",
-                                "kinesis:ListShards",
-                            ],
-                            "Resource": a[1],
-                        },
-                        {
-                            "Effect": "Allow",
-                            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
-                            "Resource": a[2],
-                        },
-                        {
-                            "Effect": "Allow",
-                            "Action": ["glue:GetTable", "glue:GetTableVersion", "glue:GetTableVersions"],
-                            "Resource": [a[3], a[4], a[3].split(":database/")[0] + ":catalog"],
-                        },
-                        {"Effect": "Allow", "Action": ["logs:PutLogEvents"], "Resource": f"{a[5]}:*"},
-                    ]
-                )
-            ),
+            ).apply(firehose_policy),
             opts=child(role, provider),
         )
-        self.firehose = aws.kinesis.FirehoseDeliveryStream(
-            f"{name}-firehose",
-            destination="extended_s3",
-            kinesis_source_configuration={"kinesis_stream_arn": self.stream.arn, "role_arn": role.arn},
-            extended_s3_configuration={
-                "bucket_arn": args.lake_bucket_arn,
-                "role_arn": role.arn,
-                "prefix": firehose_prefix(),
-                "error_output_prefix": FIREHOSE_ERROR_PREFIX
-                + "!{firehose:error-output-type}/date=!{timestamp:yyyy-MM-dd}/",
-                "buffering_interval": FIREHOSE_BUFFER_SECONDS,
-                "buffering_size": FIREHOSE_BUFFER_MIB,
-                "kms_key_arn": args.kms_key_arn,
-                "file_extension": ".parquet",
-                "dynamic_partitioning_configuration": {"enabled": True, "retry_duration": 300},
-                "processing_configuration": {
-                    "enabled": True,
-                    "processors": [
-                        {
-                            "type": "MetadataExtraction",
-                            "parameters": [
-                                {"parameter_name": "JsonParsingEngine", "parameter_value": "JQ-1.6"},
-                                {
-                                    "parameter_name": "MetadataExtractionQuery",
-                                    "parameter_value": PARTITION_QUERY,
-                                },
-                            ],
-                        }
-                    ],
+        return role
+
+    def _firehose_s3_configuration(
+        self,
+        args: IngestArgs,
+        role: aws.iam.Role,
+        log_group: aws.cloudwatch.LogGroup,
+        log_stream: aws.cloudwatch.LogStream,
+    ) -> dict:
+        """Landing delivery: partitioned by the event's own date/hour/shard, JSON converted to Parquet."""
+        return {
+            "bucket_arn": args.lake_bucket_arn,
+            "role_arn": role.arn,
+            "prefix": firehose_prefix(),
+            "error_output_prefix": FIREHOSE_ERROR_PREFIX
+            + "!{firehose:error-output-type}/date=!{timestamp:yyyy-MM-dd}/",
+            "buffering_interval": FIREHOSE_BUFFER_SECONDS,
+            "buffering_size": FIREHOSE_BUFFER_MIB,
+            "kms_key_arn": args.kms_key_arn,
+            "file_extension": ".parquet",
+            "dynamic_partitioning_configuration": {"enabled": True, "retry_duration": 300},
+            "processing_configuration": {
+                "enabled": True,
+                "processors": [
+                    {
+                        "type": "MetadataExtraction",
+                        "parameters": [
+                            {"parameter_name": "JsonParsingEngine", "parameter_value": "JQ-1.6"},
+                            {"parameter_name": "MetadataExtractionQuery", "parameter_value": PARTITION_QUERY},
+                        ],
+                    }
+                ],
+            },
+            "data_format_conversion_configuration": {
+                "enabled": True,
+                "input_format_configuration": {
+                    "deserializer": {"open_x_json_ser_de": {"case_insensitive": False}}
                 },
-                "data_format_conversion_configuration": {
-                    "enabled": True,
-                    "input_format_configuration": {
-                        "deserializer": {"open_x_json_ser_de": {"case_insensitive": False}}
-                    },
-                    "output_format_configuration": {
-                        "serializer": {"parquet_ser_de": {"compression": "SNAPPY"}}
-                    },
-                    "schema_configuration": {
-                        "database_name": self.glue_db.name,
-                        "table_name": self.glue_table.name,
-                        "role_arn": role.arn,
-                        "region": region,
-                        "version_id": "LATEST",
-                    },
-                },
-                "cloudwatch_logging_options": {
-                    "enabled": True,
-                    "log_group_name": log_group.name,
-                    "log_stream_name": log_stream.name,
+                "output_format_configuration": {"serializer": {"parquet_ser_de": {"compression": "SNAPPY"}}},
+                "schema_configuration": {
+                    "database_name": self.glue_db.name,
+                    "table_name": self.glue_table.name,
+                    "role_arn": role.arn,
+                    "region": args.region,
+                    "version_id": "LATEST",
                 },
             },
-            tags=tags(env, "ingest"),
-            opts=o,
-        )
-        self.register_outputs({"streamName": self.stream.name, "firehoseName": self.firehose.name})
+            "cloudwatch_logging_options": {
+                "enabled": True,
+                "log_group_name": log_group.name,
+                "log_stream_name": log_stream.name,
+            },
+        }
+
+
+def firehose_policy(a: list) -> str:
+    """Firehose's policy from [lake bucket, stream, key, Glue database, Glue table, log group] ARNs."""
+    return policy_document(
+        [
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "s3:GetBucketLocation",
+                    "s3:ListBucket",
+                    "s3:ListBucketMultipartUploads",
+                ],
+                "Resource": a[0],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:GetObject"],
+                "Resource": [f"{a[0]}/{LANDING_PREFIX}*", f"{a[0]}/{FIREHOSE_ERROR_PREFIX}*"],
+            },
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "kinesis:DescribeStream",
+                    "kinesis:GetShardIterator",
+                    "kinesis:GetRecords",
+                    "kinesis:ListShards",
+                ],
+                "Resource": a[1],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": a[2],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["glue:GetTable", "glue:GetTableVersion", "glue:GetTableVersions"],
+                "Resource": [a[3], a[4], a[3].split(":database/")[0] + ":catalog"],
+            },
+            {"Effect": "Allow", "Action": ["logs:PutLogEvents"], "Resource": f"{a[5]}:*"},
+        ]
+    )
 
 
 # The replicator: Lambda reads the primary stream (event source mapping) and puts every record,
@@ -613,48 +672,7 @@ class StreamReplica(pulumi.ComponentResource):
             tags=tags(env, "ingest", role="replica"),
             opts=child(self, providers[replica]),
         )
-        role = aws.iam.Role(
-            f"{name}-replicator-role",
-            assume_role_policy=assume_role_policy("lambda.amazonaws.com"),
-            tags=tags(env, "ingest"),
-            opts=po,
-        )
-        aws.iam.RolePolicy(
-            f"{name}-replicator-policy",
-            role=role.name,
-            policy=pulumi.Output.all(
-                args.source_stream_arn,
-                self.stream.arn,
-                args.kms_key_arns[primary],
-                args.kms_key_arns[replica],
-            ).apply(
-                lambda a: policy_document(
-                    [
-                        {
-                            "Effect": "Allow",
-                            "Action": [
-                                "kinesis:DescribeStream",
-                                "kinesis:DescribeStreamSummary",
-                                "kinesis:GetRecords",
-                                "kinesis:GetShardIterator",
-                                "kinesis:ListShards",
-                            ],
-                            "Resource": a[0],
-                        },
-                        {"Effect": "Allow", "Action": ["kinesis:ListStreams"], "Resource": "*"},
-                        {"Effect": "Allow", "Action": ["kinesis:PutRecords"], "Resource": a[1]},
-                        {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": a[2]},
-                        {"Effect": "Allow", "Action": ["kms:GenerateDataKey"], "Resource": a[3]},
-                        {
-                            "Effect": "Allow",
-                            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                            "Resource": "arn:aws:logs:*:*:log-group:/aws/lambda/*",
-                        },
-                    ]
-                )
-            ),
-            opts=child(role, providers[primary]),
-        )
+        role = self._replicator_role(name, args, providers[primary])
         self.function = aws.lambda_.Function(
             f"{name}-replicator",
             runtime=STREAM_REPLICATOR_RUNTIME,
@@ -683,6 +701,55 @@ class StreamReplica(pulumi.ComponentResource):
             opts=po,
         )
         self.register_outputs({"streamName": self.stream.name, "function": self.function.name})
+
+    def _replicator_role(self, name: str, args: StreamReplicaArgs, provider: aws.Provider) -> aws.iam.Role:
+        """The replicator's role: read the primary stream, put on its copy, each under its region's key."""
+        role = aws.iam.Role(
+            f"{name}-replicator-role",
+            assume_role_policy=assume_role_policy("lambda.amazonaws.com"),
+            tags=tags(args.env, "ingest"),
+            opts=child(self, provider),
+        )
+        aws.iam.RolePolicy(
+            f"{name}-replicator-policy",
+            role=role.name,
+            policy=pulumi.Output.all(
+                args.source_stream_arn,
+                self.stream.arn,
+                args.kms_key_arns[args.primary_region],
+                args.kms_key_arns[args.replica_region],
+            ).apply(replicator_policy),
+            opts=child(role, provider),
+        )
+        return role
+
+
+def replicator_policy(a: list) -> str:
+    """The replicator's policy from [source stream, copy stream, primary key, replica key] ARNs."""
+    return policy_document(
+        [
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "kinesis:DescribeStream",
+                    "kinesis:DescribeStreamSummary",
+                    "kinesis:GetRecords",
+                    "kinesis:GetShardIterator",
+                    "kinesis:ListShards",
+                ],
+                "Resource": a[0],
+            },
+            {"Effect": "Allow", "Action": ["kinesis:ListStreams"], "Resource": "*"},
+            {"Effect": "Allow", "Action": ["kinesis:PutRecords"], "Resource": a[1]},
+            {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": a[2]},
+            {"Effect": "Allow", "Action": ["kms:GenerateDataKey"], "Resource": a[3]},
+            {
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": "arn:aws:logs:*:*:log-group:/aws/lambda/*",
+            },
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -716,7 +783,6 @@ class AuroraGlobal(pulumi.ComponentResource):
     ):
         super().__init__("aegis:infra:AuroraGlobal", name, None, opts)
         env, spec, primary = args.env, args.spec, args.primary_region
-        po = child(self, providers[primary])
         self.global_cluster = aws.rds.GlobalCluster(
             f"{name}-global",
             global_cluster_identifier=f"aegis-{env}",
@@ -725,18 +791,42 @@ class AuroraGlobal(pulumi.ComponentResource):
             database_name="dagster",
             storage_encrypted=True,
             deletion_protection=True,
-            opts=po,
+            opts=child(self, providers[primary]),
         )
+        password = self._master_secret(name, args, providers[primary])
+        self.clusters: dict[str, aws.rds.Cluster] = {}
+        self.instances: dict[str, list[aws.rds.ClusterInstance]] = {}
+        self.parameter_groups: dict[str, aws.rds.ClusterParameterGroup] = {}
+        previous: list[pulumi.Resource] = []
+        for region in [primary, *args.secondary_regions]:
+            is_primary = region == primary
+            cluster = self._regional_cluster(name, args, region, providers[region], password, previous)
+            count = spec.primary_instances if is_primary else spec.secondary_instances
+            instances = self._instances(name, args, region, providers[region], cluster, count)
+            if is_primary:
+                previous = list(instances)
+            self.clusters[region] = cluster
+            self.instances[region] = instances
+        writer = self.clusters[primary]
+        # The global writer endpoint follows a switchover or failover: clients need no change (RTO).
+        self.writer_endpoint = self.global_cluster.endpoint
+        self.reader_endpoint = writer.reader_endpoint
+        self.register_outputs({"writerEndpoint": self.writer_endpoint, "secretArn": self.secret.arn})
+
+    def _master_secret(self, name: str, args: DatabaseArgs, provider: aws.Provider) -> pulumi.Output[str]:
+        """Generate the master password and write it, write-only, to a secret replicated to every region."""
+        env, spec = args.env, args.spec
+        po = child(self, provider)
         password = aws.secretsmanager.get_random_password_output(
             password_length=40,
             exclude_punctuation=True,
-            opts=pulumi.InvokeOutputOptions(provider=providers[primary], parent=self),
+            opts=pulumi.InvokeOutputOptions(provider=provider, parent=self),
         ).random_password
         password = pulumi.Output.secret(password)
         self.secret = aws.secretsmanager.Secret(
             f"{name}-master-secret",
             name=f"aegis/{env}/aurora/master",
-            kms_key_id=args.kms_key_arns[primary],
+            kms_key_id=args.kms_key_arns[args.primary_region],
             replicas=[{"region": r, "kms_key_id": args.kms_key_arns[r]} for r in args.secondary_regions],
             recovery_window_in_days=30,
             tags=tags(env, "database"),
@@ -747,124 +837,141 @@ class AuroraGlobal(pulumi.ComponentResource):
             secret_id=self.secret.id,
             secret_string_wo=pulumi.Output.json_dumps({"username": DB_MASTER_USER, "password": password}),
             secret_string_wo_version=spec.password_version,
-            opts=child(self.secret, providers[primary]),
+            opts=child(self.secret, provider),
         )
-        self.clusters: dict[str, aws.rds.Cluster] = {}
-        self.instances: dict[str, list[aws.rds.ClusterInstance]] = {}
-        self.parameter_groups: dict[str, aws.rds.ClusterParameterGroup] = {}
-        previous: list[pulumi.Resource] = []
-        for region in [primary, *args.secondary_regions]:
-            ro = child(self, providers[region])
-            is_primary = region == primary
-            managed_rpo: dict[str, pulumi.Input[str]] = {}
-            if args.secondary_regions:
-                # Managed RPO on every cluster, so a promoted secondary keeps enforcing it.
-                pg = aws.rds.ClusterParameterGroup(
-                    f"{name}-{region}-params",
-                    family=f"aurora-postgresql{spec.engine_version.split('.')[0]}",
-                    description=f"Aegis {env}: managed RPO {GLOBAL_DB_RPO_SECONDS}s for the global database",
-                    parameters=[
-                        {
-                            "name": "rds.global_db_rpo",
-                            "value": str(GLOBAL_DB_RPO_SECONDS),
-                            "apply_method": "immediate",
-                        }
-                    ],
-                    tags=tags(env, "database"),
-                    opts=ro,
-                )
-                self.parameter_groups[region] = pg
-                managed_rpo["db_cluster_parameter_group_name"] = pg.name
-            subnet_group = aws.rds.SubnetGroup(
-                f"{name}-{region}-subnets",
-                subnet_ids=args.private_subnet_ids[region],
-                tags=tags(env, "database"),
-                opts=ro,
+        return password
+
+    def _managed_rpo(self, name: str, args: DatabaseArgs, region: str, provider: aws.Provider) -> dict:
+        """The cluster parameter group setting ``rds.global_db_rpo``; nothing without secondaries."""
+        if not args.secondary_regions:
+            return {}
+        # Managed RPO on every cluster, so a promoted secondary keeps enforcing it.
+        pg = aws.rds.ClusterParameterGroup(
+            f"{name}-{region}-params",
+            family=f"aurora-postgresql{args.spec.engine_version.split('.')[0]}",
+            description=f"Aegis {args.env}: managed RPO {GLOBAL_DB_RPO_SECONDS}s for the global database",
+            parameters=[
+                {
+                    "name": "rds.global_db_rpo",
+                    "value": str(GLOBAL_DB_RPO_SECONDS),
+                    "apply_method": "immediate",
+                }
+            ],
+            tags=tags(args.env, "database"),
+            opts=child(self, provider),
+        )
+        self.parameter_groups[region] = pg
+        return {"db_cluster_parameter_group_name": pg.name}
+
+    def _cluster_settings(self, name: str, args: DatabaseArgs, region: str, provider: aws.Provider) -> dict:
+        """What the primary and secondary clusters share: network, encryption, backups, protection."""
+        env, spec = args.env, args.spec
+        ro = child(self, provider)
+        managed_rpo = self._managed_rpo(name, args, region, provider)
+        subnet_group = aws.rds.SubnetGroup(
+            f"{name}-{region}-subnets",
+            subnet_ids=args.private_subnet_ids[region],
+            tags=tags(env, "database"),
+            opts=ro,
+        )
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-{region}-sg",
+            vpc_id=args.vpc_ids[region],
+            description="PostgreSQL from inside the VPC only",
+            ingress=[
+                {
+                    "protocol": "tcp",
+                    "from_port": DB_PORT,
+                    "to_port": DB_PORT,
+                    "cidr_blocks": [args.vpc_cidrs[region]],
+                }
+            ],
+            tags=tags(env, "database"),
+            opts=ro,
+        )
+        return {
+            "engine": DB_ENGINE,
+            "engine_version": spec.engine_version,
+            "global_cluster_identifier": self.global_cluster.id,
+            "db_subnet_group_name": subnet_group.name,
+            "vpc_security_group_ids": [sg.id],
+            "storage_encrypted": True,
+            "kms_key_id": args.kms_key_arns[region],
+            "backup_retention_period": spec.backup_retention_days,
+            "preferred_backup_window": "03:00-04:00",
+            "copy_tags_to_snapshot": True,
+            "deletion_protection": True,
+            "iam_database_authentication_enabled": True,
+            "enabled_cloudwatch_logs_exports": ["postgresql"],
+            "final_snapshot_identifier": f"aegis-{env}-{region}-final",
+            "port": DB_PORT,
+            "tags": tags(env, "database", role="primary" if region == args.primary_region else "secondary"),
+            **managed_rpo,
+        }
+
+    def _regional_cluster(
+        self,
+        name: str,
+        args: DatabaseArgs,
+        region: str,
+        provider: aws.Provider,
+        password: pulumi.Output[str],
+        previous: list[pulumi.Resource],
+    ) -> aws.rds.Cluster:
+        """The writer cluster in the primary region; elsewhere a secondary, after the writer's instances."""
+        env, spec = args.env, args.spec
+        common = self._cluster_settings(name, args, region, provider)
+        if region == args.primary_region:
+            return aws.rds.Cluster(
+                f"{name}-{region}",
+                cluster_identifier=f"aegis-{env}-{region}",
+                master_username=DB_MASTER_USER,
+                master_password_wo=password,
+                master_password_wo_version=spec.password_version,
+                **common,
+                opts=child(self, provider),
             )
-            sg = aws.ec2.SecurityGroup(
-                f"{name}-{region}-sg",
-                vpc_id=args.vpc_ids[region],
-                description="PostgreSQL from inside the VPC only",
-                ingress=[
-                    {
-                        "protocol": "tcp",
-                        "from_port": DB_PORT,
-                        "to_port": DB_PORT,
-                        "cidr_blocks": [args.vpc_cidrs[region]],
-                    }
-                ],
+        return aws.rds.Cluster(
+            f"{name}-{region}",
+            cluster_identifier=f"aegis-{env}-{region}",
+            enable_global_write_forwarding=True,
+            **common,
+            opts=child(
+                self,
+                provider,
+                depends_on=previous,
+                ignore_changes=["replicationSourceIdentifier"],
+            ),
+        )
+
+    def _instances(
+        self,
+        name: str,
+        args: DatabaseArgs,
+        region: str,
+        provider: aws.Provider,
+        cluster: aws.rds.Cluster,
+        count: int,
+    ) -> list[aws.rds.ClusterInstance]:
+        """``count`` private instances of one regional cluster, with Performance Insights under the region's key."""
+        env, spec = args.env, args.spec
+        return [
+            aws.rds.ClusterInstance(
+                f"{name}-{region}-{i}",
+                cluster_identifier=cluster.id,
+                identifier=f"aegis-{env}-{region}-{i}",
+                engine=DB_ENGINE,
+                engine_version=spec.engine_version,
+                instance_class=spec.instance_class,
+                publicly_accessible=False,
+                performance_insights_enabled=True,
+                performance_insights_kms_key_id=args.kms_key_arns[region],
+                auto_minor_version_upgrade=True,
                 tags=tags(env, "database"),
-                opts=ro,
+                opts=child(self, provider),
             )
-            common = {
-                "engine": DB_ENGINE,
-                "engine_version": spec.engine_version,
-                "global_cluster_identifier": self.global_cluster.id,
-                "db_subnet_group_name": subnet_group.name,
-                "vpc_security_group_ids": [sg.id],
-                "storage_encrypted": True,
-                "kms_key_id": args.kms_key_arns[region],
-                "backup_retention_period": spec.backup_retention_days,
-                "preferred_backup_window": "03:00-04:00",
-                "copy_tags_to_snapshot": True,
-                "deletion_protection": True,
-                "iam_database_authentication_enabled": True,
-                "enabled_cloudwatch_logs_exports": ["postgresql"],
-                "final_snapshot_identifier": f"aegis-{env}-{region}-final",
-                "port": DB_PORT,
-                "tags": tags(env, "database", role="primary" if is_primary else "secondary"),
-                **managed_rpo,
-            }
-            if is_primary:
-                cluster = aws.rds.Cluster(
-                    f"{name}-{region}",
-                    cluster_identifier=f"aegis-{env}-{region}",
-                    master_username=DB_MASTER_USER,
-                    master_password_wo=password,
-                    master_password_wo_version=spec.password_version,
-                    **common,
-                    opts=ro,
-                )
-            else:
-                cluster = aws.rds.Cluster(
-                    f"{name}-{region}",
-                    cluster_identifier=f"aegis-{env}-{region}",
-                    enable_global_write_forwarding=True,
-                    **common,
-                    opts=child(
-                        self,
-                        providers[region],
-                        depends_on=previous,
-                        ignore_changes=["replicationSourceIdentifier"],
-                    ),
-                )
-            count = spec.primary_instances if is_primary else spec.secondary_instances
-            instances = [
-                aws.rds.ClusterInstance(
-                    f"{name}-{region}-{i}",
-                    cluster_identifier=cluster.id,
-                    identifier=f"aegis-{env}-{region}-{i}",
-                    engine=DB_ENGINE,
-                    engine_version=spec.engine_version,
-                    instance_class=spec.instance_class,
-                    publicly_accessible=False,
-                    performance_insights_enabled=True,
-                    performance_insights_kms_key_id=args.kms_key_arns[region],
-                    auto_minor_version_upgrade=True,
-                    tags=tags(env, "database"),
-                    opts=ro,
-                )
-                for i in range(count)
-            ]
-            if is_primary:
-                previous = list(instances)
-            self.clusters[region] = cluster
-            self.instances[region] = instances
-        writer = self.clusters[primary]
-        # The global writer endpoint follows a switchover or failover: clients need no change (RTO).
-        self.writer_endpoint = self.global_cluster.endpoint
-        self.reader_endpoint = writer.reader_endpoint
-        self.register_outputs({"writerEndpoint": self.writer_endpoint, "secretArn": self.secret.arn})
+            for i in range(count)
+        ]
 
 
 @dataclass(frozen=True)

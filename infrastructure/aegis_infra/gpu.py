@@ -67,47 +67,11 @@ class GpuNodePool(pulumi.ComponentResource):
     ):
         super().__init__("aegis:infra:GpuNodePool", name, None, opts)
         spec, env = args.spec, args.env
-        o = child(self, provider)
         subnets = cluster.args.private_subnet_ids
         network_interfaces = None
         placement = None
         if spec.efa:
-            efa_sg = aws.ec2.SecurityGroup(
-                f"{name}-efa-sg",
-                vpc_id=args.vpc_id,
-                description="EFA: all traffic between members of this group (NCCL/libfabric)",
-                tags=tags(env, "gpu-efa"),
-                opts=o,
-            )
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-efa-in",
-                security_group_id=efa_sg.id,
-                referenced_security_group_id=efa_sg.id,
-                ip_protocol="-1",
-                opts=o,
-            )
-            aws.vpc.SecurityGroupEgressRule(
-                f"{name}-efa-out",
-                security_group_id=efa_sg.id,
-                referenced_security_group_id=efa_sg.id,
-                ip_protocol="-1",
-                opts=o,
-            )
-            aws.vpc.SecurityGroupEgressRule(
-                f"{name}-egress", security_group_id=efa_sg.id, cidr_ipv4="0.0.0.0/0", ip_protocol="-1", opts=o
-            )
-            network_interfaces = [
-                aws.ec2.LaunchTemplateNetworkInterfaceArgs(
-                    device_index=0,
-                    network_card_index=0,
-                    interface_type="efa",
-                    delete_on_termination="true",
-                    security_groups=[cluster.cluster_security_group_id, efa_sg.id],
-                )
-            ]
-            placement = aws.ec2.PlacementGroup(
-                f"{name}-pg", strategy="cluster", tags=tags(env, "gpu-efa"), opts=o
-            ).name
+            network_interfaces, placement = self._efa(name, args, cluster, provider)
             subnets = subnets[:1]  # a cluster placement group lives in one zone
 
         lt = node_launch_template(
@@ -115,17 +79,12 @@ class GpuNodePool(pulumi.ComponentResource):
             env=env,
             kms_key_arn=args.kms_key_arn,
             disk_gib=spec.disk_gib,
-            opts=o,
+            opts=child(self, provider),
             network_interfaces=network_interfaces,
             placement_group=placement,
             component=f"gpu-{spec.role}",
         )
         labels = gpu_labels(spec)
-        template_tags = {f"k8s.io/cluster-autoscaler/node-template/label/{k}": v for k, v in labels.items()}
-        template_tags[f"k8s.io/cluster-autoscaler/node-template/taint/{GPU_TAINT_KEY}"] = "true:NoSchedule"
-        template_tags[f"k8s.io/cluster-autoscaler/node-template/resources/{GPU_TAINT_KEY}"] = str(
-            spec.gpus_per_node
-        )
         self.node_group = aws.eks.NodeGroup(
             f"{name}-ng",
             cluster_name=cluster.cluster.name,
@@ -143,13 +102,72 @@ class GpuNodePool(pulumi.ComponentResource):
             labels=labels,
             taints=[aws.eks.NodeGroupTaintArgs(**GPU_TAINT)],
             update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
-            tags=tags(env, f"gpu-{spec.role}", **autoscaler_tags(cluster.args.cluster_name), **template_tags),
+            tags=tags(
+                env,
+                f"gpu-{spec.role}",
+                **autoscaler_tags(cluster.args.cluster_name),
+                **node_template_tags(spec, labels),
+            ),
             opts=child(self, provider, ignore_changes=["scalingConfig.desiredSize"]),
         )
         self.asg_name = self.node_group.resources.apply(
             lambda rs: rs[0].autoscaling_groups[0].name if rs and rs[0].autoscaling_groups else ""
         )
         self.register_outputs({"nodeGroupName": self.node_group.node_group_name})
+
+    def _efa(
+        self, name: str, args: GpuPoolArgs, cluster: EksCluster, provider: aws.Provider
+    ) -> tuple[list[aws.ec2.LaunchTemplateNetworkInterfaceArgs], pulumi.Output[str]]:
+        """EFA: a self-referencing security group, an EFA interface and a cluster placement group."""
+        env = args.env
+        o = child(self, provider)
+        efa_sg = aws.ec2.SecurityGroup(
+            f"{name}-efa-sg",
+            vpc_id=args.vpc_id,
+            description="EFA: all traffic between members of this group (NCCL/libfabric)",
+            tags=tags(env, "gpu-efa"),
+            opts=o,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-efa-in",
+            security_group_id=efa_sg.id,
+            referenced_security_group_id=efa_sg.id,
+            ip_protocol="-1",
+            opts=o,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-efa-out",
+            security_group_id=efa_sg.id,
+            referenced_security_group_id=efa_sg.id,
+            ip_protocol="-1",
+            opts=o,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-egress", security_group_id=efa_sg.id, cidr_ipv4="0.0.0.0/0", ip_protocol="-1", opts=o
+        )
+        network_interfaces = [
+            aws.ec2.LaunchTemplateNetworkInterfaceArgs(
+                device_index=0,
+                network_card_index=0,
+                interface_type="efa",
+                delete_on_termination="true",
+                security_groups=[cluster.cluster_security_group_id, efa_sg.id],
+            )
+        ]
+        placement = aws.ec2.PlacementGroup(
+            f"{name}-pg", strategy="cluster", tags=tags(env, "gpu-efa"), opts=o
+        ).name
+        return network_interfaces, placement
+
+
+def node_template_tags(spec: GpuNodeGroup, labels: dict[str, str]) -> dict[str, str]:
+    """Node-template tags: the autoscaler scales a pool up from zero knowing its labels, taint and GPUs."""
+    template_tags = {f"k8s.io/cluster-autoscaler/node-template/label/{k}": v for k, v in labels.items()}
+    template_tags[f"k8s.io/cluster-autoscaler/node-template/taint/{GPU_TAINT_KEY}"] = "true:NoSchedule"
+    template_tags[f"k8s.io/cluster-autoscaler/node-template/resources/{GPU_TAINT_KEY}"] = str(
+        spec.gpus_per_node
+    )
+    return template_tags
 
 
 class GpuAddons(pulumi.ComponentResource):

@@ -42,11 +42,6 @@ class Network(pulumi.ComponentResource):
         super().__init__("aegis:infra:Network", name, None, opts)
         env, region = args.env, args.region
         o = child(self, provider)
-        subnets = list(
-            ipaddress.ip_network(args.cidr).subnets(new_prefix=ipaddress.ip_network(args.cidr).prefixlen + 3)
-        )
-        zones = [f"{region}{s}" for s in args.zone_suffixes]
-
         self.vpc = aws.ec2.Vpc(
             f"{name}-vpc",
             cidr_block=args.cidr,
@@ -56,7 +51,27 @@ class Network(pulumi.ComponentResource):
             opts=o,
         )
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags=tags(env, "network"), opts=o)
+        private_route_tables = self._subnets(name, args, provider, igw)
+        self._endpoints(name, args, provider, private_route_tables)
+        self._flow_logs(name, args, provider)
+        self.register_outputs(
+            {
+                "vpcId": self.vpc.id,
+                "privateSubnetIds": self.private_subnet_ids,
+                "publicSubnetIds": self.public_subnet_ids,
+            }
+        )
 
+    def _subnets(
+        self, name: str, args: NetworkArgs, provider: aws.Provider, igw: aws.ec2.InternetGateway
+    ) -> list[aws.ec2.RouteTable]:
+        """A public and a private subnet per zone: the CIDR in eighths, public first, private from the fourth."""
+        env = args.env
+        o = child(self, provider)
+        subnets = list(
+            ipaddress.ip_network(args.cidr).subnets(new_prefix=ipaddress.ip_network(args.cidr).prefixlen + 3)
+        )
+        zones = [f"{args.region}{s}" for s in args.zone_suffixes]
         public_rt = aws.ec2.RouteTable(
             f"{name}-public-rt",
             vpc_id=self.vpc.id,
@@ -67,53 +82,97 @@ class Network(pulumi.ComponentResource):
         self.public_subnet_ids, self.private_subnet_ids = [], []
         private_route_tables: list[aws.ec2.RouteTable] = []
         for i, zone in enumerate(zones):
-            public = aws.ec2.Subnet(
-                f"{name}-public-{i}",
-                vpc_id=self.vpc.id,
-                cidr_block=str(subnets[i]),
-                availability_zone=zone,
-                map_public_ip_on_launch=False,
-                tags={**tags(env, "network", tier="public"), "kubernetes.io/role/elb": "1"},
-                opts=o,
-            )
-            aws.ec2.RouteTableAssociation(
-                f"{name}-public-rta-{i}", subnet_id=public.id, route_table_id=public_rt.id, opts=o
-            )
-            eip = aws.ec2.Eip(f"{name}-nat-eip-{i}", domain="vpc", tags=tags(env, "network"), opts=o)
-            nat = aws.ec2.NatGateway(
-                f"{name}-nat-{i}",
-                subnet_id=public.id,
-                allocation_id=eip.id,
-                tags=tags(env, "network"),
-                opts=child(self, provider, depends_on=[igw]),
-            )
-            private = aws.ec2.Subnet(
-                f"{name}-private-{i}",
-                vpc_id=self.vpc.id,
-                cidr_block=str(subnets[3 + i]),
-                availability_zone=zone,
-                tags={
-                    **tags(env, "network", tier="private"),
-                    "kubernetes.io/role/internal-elb": "1",
-                    f"kubernetes.io/cluster/{args.cluster_name}": "shared",
-                },
-                opts=o,
-            )
-            rt = aws.ec2.RouteTable(
-                f"{name}-private-rt-{i}",
-                vpc_id=self.vpc.id,
-                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
-                tags=tags(env, "network", tier="private"),
-                opts=o,
-            )
-            aws.ec2.RouteTableAssociation(
-                f"{name}-private-rta-{i}", subnet_id=private.id, route_table_id=rt.id, opts=o
-            )
+            public, nat = self._public_zone(name, i, zone, str(subnets[i]), args, provider, igw, public_rt)
+            private, rt = self._private_zone(name, i, zone, str(subnets[3 + i]), args, provider, nat)
             private_route_tables.append(rt)
             self.public_subnet_ids.append(public.id)
             self.private_subnet_ids.append(private.id)
         self.nat_gateway_count = len(zones)
+        return private_route_tables
 
+    def _public_zone(
+        self,
+        name: str,
+        i: int,
+        zone: str,
+        cidr: str,
+        args: NetworkArgs,
+        provider: aws.Provider,
+        igw: aws.ec2.InternetGateway,
+        public_rt: aws.ec2.RouteTable,
+    ) -> tuple[aws.ec2.Subnet, aws.ec2.NatGateway]:
+        """Zone ``i``'s public subnet and its NAT gateway (one per zone: a lost zone cuts off only itself)."""
+        env = args.env
+        o = child(self, provider)
+        public = aws.ec2.Subnet(
+            f"{name}-public-{i}",
+            vpc_id=self.vpc.id,
+            cidr_block=cidr,
+            availability_zone=zone,
+            map_public_ip_on_launch=False,
+            tags={**tags(env, "network", tier="public"), "kubernetes.io/role/elb": "1"},
+            opts=o,
+        )
+        aws.ec2.RouteTableAssociation(
+            f"{name}-public-rta-{i}", subnet_id=public.id, route_table_id=public_rt.id, opts=o
+        )
+        eip = aws.ec2.Eip(f"{name}-nat-eip-{i}", domain="vpc", tags=tags(env, "network"), opts=o)
+        nat = aws.ec2.NatGateway(
+            f"{name}-nat-{i}",
+            subnet_id=public.id,
+            allocation_id=eip.id,
+            tags=tags(env, "network"),
+            opts=child(self, provider, depends_on=[igw]),
+        )
+        return public, nat
+
+    def _private_zone(
+        self,
+        name: str,
+        i: int,
+        zone: str,
+        cidr: str,
+        args: NetworkArgs,
+        provider: aws.Provider,
+        nat: aws.ec2.NatGateway,
+    ) -> tuple[aws.ec2.Subnet, aws.ec2.RouteTable]:
+        """Zone ``i``'s private subnet, routed to the internet through that zone's NAT gateway."""
+        env = args.env
+        o = child(self, provider)
+        private = aws.ec2.Subnet(
+            f"{name}-private-{i}",
+            vpc_id=self.vpc.id,
+            cidr_block=cidr,
+            availability_zone=zone,
+            tags={
+                **tags(env, "network", tier="private"),
+                "kubernetes.io/role/internal-elb": "1",
+                f"kubernetes.io/cluster/{args.cluster_name}": "shared",
+            },
+            opts=o,
+        )
+        rt = aws.ec2.RouteTable(
+            f"{name}-private-rt-{i}",
+            vpc_id=self.vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
+            tags=tags(env, "network", tier="private"),
+            opts=o,
+        )
+        aws.ec2.RouteTableAssociation(
+            f"{name}-private-rta-{i}", subnet_id=private.id, route_table_id=rt.id, opts=o
+        )
+        return private, rt
+
+    def _endpoints(
+        self,
+        name: str,
+        args: NetworkArgs,
+        provider: aws.Provider,
+        private_route_tables: list[aws.ec2.RouteTable],
+    ) -> None:
+        """S3 (gateway) and ECR/STS/logs/secrets (interface) endpoints: that traffic stays off NAT."""
+        env, region = args.env, args.region
+        o = child(self, provider)
         aws.ec2.VpcEndpoint(
             f"{name}-s3-endpoint",
             vpc_id=self.vpc.id,
@@ -153,6 +212,10 @@ class Network(pulumi.ComponentResource):
                 opts=o,
             )
 
+    def _flow_logs(self, name: str, args: NetworkArgs, provider: aws.Provider) -> None:
+        """VPC flow logs (all traffic) into a KMS-encrypted log group, written by their own role."""
+        env = args.env
+        o = child(self, provider)
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-flow-logs",
             retention_in_days=FLOW_LOG_RETENTION_DAYS,
@@ -195,11 +258,4 @@ class Network(pulumi.ComponentResource):
             iam_role_arn=flow_role.arn,
             tags=tags(env, "network"),
             opts=o,
-        )
-        self.register_outputs(
-            {
-                "vpcId": self.vpc.id,
-                "privateSubnetIds": self.private_subnet_ids,
-                "publicSubnetIds": self.public_subnet_ids,
-            }
         )

@@ -39,6 +39,7 @@ DAGSTER_CHART = ("dagster", "https://dagster-io.github.io/helm", "1.13.27")
 ESO_CHART = ("external-secrets", "https://charts.external-secrets.io", "0.19.2")
 SECRET_STORE = "aws-secrets-manager"
 DAGSTER_DB_SECRET = "dagster-postgresql-secret"
+DAGSTER_PG_SCHEME = "postgresql+psycopg2"  # the same as pipelines.profiles.DAGSTER_PG_SCHEME
 MASTER_DB_SECRET = "aurora-master"
 MLFLOW_DB_SECRET = "mlflow-db"
 MLFLOW_PORT = 5000
@@ -89,6 +90,87 @@ def run_pod_spec_config() -> dict:
             }
         },
     }
+
+
+def dagster_policy(v: list[str]) -> str:
+    """Dagster's policy from [lake, platform, audit, queue, secret, key] ARNs."""
+    lake, platform, audit, queue, secret, key = v
+    return policy_document(
+        [
+            {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [lake, platform, audit]},
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                "Resource": [f"{lake}/*", f"{platform}/*"],
+            },
+            # The ledger export only appends: Object Lock keeps it, and no delete is granted.
+            {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"], "Resource": f"{audit}/*"},
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "sqs:ReceiveMessage",
+                    "sqs:DeleteMessage",
+                    "sqs:ChangeMessageVisibility",
+                    "sqs:GetQueueAttributes",
+                ],
+                "Resource": queue,
+            },
+            {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": secret},
+            {"Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": key},
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "glue:GetDatabase",
+                    "glue:GetTable",
+                    "glue:GetTables",
+                    "glue:GetPartitions",
+                ],
+                "Resource": "*",
+            },
+        ]
+    )
+
+
+def mlflow_policy(v: list[str]) -> str:
+    """MLflow's policy: its own prefix of the platform bucket, from the same ARNs as Dagster's."""
+    _, platform, _, _, _, key = v
+    return policy_document(
+        [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": platform,
+                "Condition": {"StringLike": {"s3:prefix": ["mlflow/*"]}},
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                "Resource": f"{platform}/mlflow/*",
+            },
+            {"Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": key},
+        ]
+    )
+
+
+def eso_policy(v: list) -> str:
+    """External Secrets' policy from [Aurora secret, service tokens secret, [keys]]."""
+    secret, tokens, key = v
+    return policy_document(
+        [
+            {
+                "Effect": "Allow",
+                "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                "Resource": [secret, tokens],
+            },
+            {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": sorted(set(key))},
+        ]
+    )
+
+
+def receiver_policy(v: list[str]) -> str:
+    """The alert receiver's policy: send to the alert queue, nothing else."""
+    _, _, _, queue, _, _ = v
+    return policy_document([{"Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": queue}])
 
 
 @dataclass(frozen=True)
@@ -159,80 +241,6 @@ class Platform(pulumi.ComponentResource):
             a.db_secret.arn,
             a.kms_key_arn,
         )
-
-        def dagster_policy(v: list[str]) -> str:
-            lake, platform, audit, queue, secret, key = v
-            return policy_document(
-                [
-                    {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [lake, platform, audit]},
-                    {
-                        "Effect": "Allow",
-                        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                        "Resource": [f"{lake}/*", f"{platform}/*"],
-                    },
-                    # The ledger export only appends: Object Lock keeps it, and no delete is granted.
-                    {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"], "Resource": f"{audit}/*"},
-                    {
-                        "Effect": "Allow",
-                        "Action": [
-                            "sqs:ReceiveMessage",
-                            "sqs:DeleteMessage",
-                            "sqs:ChangeMessageVisibility",
-                            "sqs:GetQueueAttributes",
-                        ],
-                        "Resource": queue,
-                    },
-                    {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": secret},
-                    {"Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": key},
-                    {
-                        "Effect": "Allow",
-                        "Action": [
-                            "glue:GetDatabase",
-                            "glue:GetTable",
-                            "glue:GetTables",
-                            "glue:GetPartitions",
-                        ],
-                        "Resource": "*",
-                    },
-                ]
-            )
-
-        def mlflow_policy(v: list[str]) -> str:
-            _, platform, _, _, _, key = v
-            return policy_document(
-                [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["s3:ListBucket"],
-                        "Resource": platform,
-                        "Condition": {"StringLike": {"s3:prefix": ["mlflow/*"]}},
-                    },
-                    {
-                        "Effect": "Allow",
-                        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                        "Resource": f"{platform}/mlflow/*",
-                    },
-                    {"Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": key},
-                ]
-            )
-
-        def eso_policy(v: list[str]) -> str:
-            secret, tokens, key = v
-            return policy_document(
-                [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-                        "Resource": [secret, tokens],
-                    },
-                    {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": sorted(set(key))},
-                ]
-            )
-
-        def receiver_policy(v: list[str]) -> str:
-            _, _, _, queue, _, _ = v
-            return policy_document([{"Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": queue}])
-
         # External Secrets reads exactly the two secrets it materialises, nothing else.
         eso_arns = pulumi.Output.all(
             a.db_secret.arn, self.tokens_secret.arn, [a.kms_key_arn, a.region_kms_key_arn]
@@ -259,6 +267,41 @@ class Platform(pulumi.ComponentResource):
 
     # --------------------------------------------------------------- secrets
     def _external_secrets(self, name: str, role: aws.iam.Role) -> None:
+        deps = self._secret_store(name, role)
+        self._external_secret(
+            name, "dagster-db-secret", DAGSTER_DB_SECRET, {"postgresql-password": "{{ .password }}"}, deps
+        )
+        self._external_secret(
+            name,
+            "service-tokens",
+            SERVICE_TOKENS_SECRET,
+            {"AEGIS_TOKEN_ALERTS": "{{ .alerts }}"},
+            deps,
+            source=self.tokens_secret.name,
+        )
+        self._external_secret(
+            name,
+            "master-db-secret",
+            MASTER_DB_SECRET,
+            {"PGUSER": "{{ .username }}", "PGPASSWORD": "{{ .password }}"},
+            deps,
+        )
+        self._external_secret(
+            name,
+            "mlflow-db-secret",
+            MLFLOW_DB_SECRET,
+            {
+                "MLFLOW_BACKEND_STORE_URI": pulumi.Output.concat(
+                    "postgresql+psycopg://{{ .username }}:{{ .password | urlquery }}@",
+                    self.args.db_writer_endpoint,
+                    ":5432/mlflow?sslmode=require",
+                )
+            },
+            deps,
+        )
+
+    def _secret_store(self, name: str, role: aws.iam.Role) -> pulumi.ResourceOptions:
+        """The External Secrets operator and its store; returns the options every ExternalSecret needs."""
         chart, repo, version = ESO_CHART
         eso = k8s.helm.v3.Release(
             f"{name}-external-secrets",
@@ -298,55 +341,34 @@ class Platform(pulumi.ComponentResource):
             },
             opts=deps,
         )
-        secret_name = self.args.db_secret.name
-        host = self.args.db_writer_endpoint
+        return deps
 
-        def external_secret(
-            rname: str,
-            target: str,
-            template: dict[str, pulumi.Input[str]],
-            source: pulumi.Input[str] = secret_name,
-        ) -> None:
-            k8s.apiextensions.CustomResource(
-                f"{name}-{rname}",
-                api_version="external-secrets.io/v1",
-                kind="ExternalSecret",
-                metadata={"name": target, "namespace": NAMESPACE},
-                spec={
-                    "refreshInterval": "1h",
-                    "secretStoreRef": {"kind": "ClusterSecretStore", "name": SECRET_STORE},
-                    "target": {
-                        "name": target,
-                        "creationPolicy": "Owner",
-                        "template": {"engineVersion": "v2", "data": template},
-                    },
-                    "dataFrom": [{"extract": {"key": source}}],
+    def _external_secret(
+        self,
+        name: str,
+        rname: str,
+        target: str,
+        template: dict[str, pulumi.Input[str]],
+        deps: pulumi.ResourceOptions,
+        source: pulumi.Input[str] | None = None,
+    ) -> None:
+        """Materialise one Secrets Manager secret (the Aurora one unless ``source``) as Kubernetes secret ``target``."""
+        k8s.apiextensions.CustomResource(
+            f"{name}-{rname}",
+            api_version="external-secrets.io/v1",
+            kind="ExternalSecret",
+            metadata={"name": target, "namespace": NAMESPACE},
+            spec={
+                "refreshInterval": "1h",
+                "secretStoreRef": {"kind": "ClusterSecretStore", "name": SECRET_STORE},
+                "target": {
+                    "name": target,
+                    "creationPolicy": "Owner",
+                    "template": {"engineVersion": "v2", "data": template},
                 },
-                opts=deps,
-            )
-
-        external_secret("dagster-db-secret", DAGSTER_DB_SECRET, {"postgresql-password": "{{ .password }}"})
-        external_secret(
-            "service-tokens",
-            SERVICE_TOKENS_SECRET,
-            {"AEGIS_TOKEN_ALERTS": "{{ .alerts }}"},
-            source=self.tokens_secret.name,
-        )
-        external_secret(
-            "master-db-secret",
-            MASTER_DB_SECRET,
-            {"PGUSER": "{{ .username }}", "PGPASSWORD": "{{ .password }}"},
-        )
-        external_secret(
-            "mlflow-db-secret",
-            MLFLOW_DB_SECRET,
-            {
-                "MLFLOW_BACKEND_STORE_URI": pulumi.Output.concat(
-                    "postgresql+psycopg://{{ .username }}:{{ .password | urlquery }}@",
-                    host,
-                    ":5432/mlflow?sslmode=require",
-                )
+                "dataFrom": [{"extract": {"key": self.args.db_secret.name if source is None else source}}],
             },
+            opts=deps,
         )
 
     def _db_bootstrap(self, name: str) -> None:
@@ -401,6 +423,9 @@ class Platform(pulumi.ComponentResource):
                 "postgresqlUsername": "aegis_admin",
                 "postgresqlDatabase": "dagster",
                 "postgresqlParams": {"sslmode": "require"},
+                # dagster-postgres sends `NOTIFY run_events, %(id)s`, which needs psycopg2's
+                # client-side parameters; SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3.
+                "postgresqlScheme": DAGSTER_PG_SCHEME,
                 "service": {"port": 5432},
             },
             "runLauncher": {

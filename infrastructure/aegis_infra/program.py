@@ -12,6 +12,8 @@ resources.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pulumi
 import pulumi_aws as aws
 
@@ -85,15 +87,45 @@ def estimate_cost(s: StackSettings) -> cost.CostEstimate:
     return cost.estimate(items)
 
 
-def build(settings: StackSettings | None = None) -> dict[str, object]:
-    """Declare every resource of the stack; return the stack outputs (name -> value or Output)."""
-    s = settings or load_settings()
-    env, primary = s.environment, s.primary_region
+@dataclass(frozen=True)
+class RegionalBase:
+    """Per region: the provider everything there goes through, its KMS key's ARN, and its network."""
+
+    providers: dict[str, aws.Provider]
+    key_arns: dict[str, pulumi.Output[str]]
+    networks: dict[str, Network]
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Per region: the EKS cluster, and each GPU group's autoscaling group name (for the alarms)."""
+
+    clusters: dict[str, EksCluster]
+    gpu_asgs: dict[str, list[tuple[str, pulumi.Output[str]]]]
+
+
+@dataclass(frozen=True)
+class DataPlane:
+    """The lake and audit buckets, telemetry ingest (and its replica stream), and the Aurora global database."""
+
+    storage: Storage
+    ingest: TelemetryIngest
+    stream_replica: StreamReplica | None
+    db: AuroraGlobal
+
+
+def check_budget(s: StackSettings) -> cost.CostEstimate:
+    """The stack's estimate; refuse (``pulumi.RunError``) when its ceiling exceeds the budget."""
     estimate = estimate_cost(s)
     refusal = cost.over_budget_message(estimate, s.monthly_budget_usd)
     if refusal:
         raise pulumi.RunError(refusal)
+    return estimate
 
+
+def declare_regional_base(s: StackSettings) -> RegionalBase:
+    """One explicit provider per region (nothing lands in a default region), then its KMS key and network."""
+    env = s.environment
     providers = {
         r: aws.Provider(f"aws-{r}", region=r, default_tags={"tags": {"project": "aegis", "environment": env}})
         for r in s.region_names
@@ -110,46 +142,74 @@ def build(settings: StackSettings | None = None) -> dict[str, object]:
         )
         for r in s.regions
     }
+    return RegionalBase(providers, key_arns, networks)
+
+
+def declare_cluster(s: StackSettings, region: str, base: RegionalBase) -> EksCluster:
+    """The region's EKS cluster on its network's private subnets, secrets under the region's key."""
+    net = base.networks[region]
+    return EksCluster(
+        f"eks-{region}",
+        ClusterArgs(
+            env=s.environment,
+            region=region,
+            cluster_name=cluster_name(s.environment, region),
+            kubernetes_version=s.kubernetes_version,
+            vpc_id=net.vpc.id,
+            private_subnet_ids=net.private_subnet_ids,
+            kms_key_arn=base.key_arns[region],
+            api_public_cidrs=s.api_public_cidrs,
+            system_instance_type=s.system_nodes.instance_type,
+            system_size=s.system_nodes.size,
+            system_disk_gib=s.system_nodes.disk_gib,
+        ),
+        base.providers[region],
+    )
+
+
+def declare_gpu_pools(
+    s: StackSettings, region: str, cl: EksCluster, base: RegionalBase
+) -> list[tuple[str, pulumi.Output[str]]]:
+    """The region's GPU node pools (and the GPU add-ons when it has any), children of its cluster.
+
+    Returns each group's name with its autoscaling group name, for the capacity alarms.
+    """
+    groups = s.gpu_groups_in(region)
+    asgs: list[tuple[str, pulumi.Output[str]]] = []
+    for g in groups:
+        pool = GpuNodePool(
+            f"gpu-{region}-{g.name}",
+            GpuPoolArgs(s.environment, region, g, base.key_arns[region], base.networks[region].vpc.id),
+            cl,
+            base.providers[region],
+            opts=pulumi.ResourceOptions(parent=cl),
+        )
+        asgs.append((g.name, pool.asg_name))
+    if groups:
+        GpuAddons(
+            f"gpu-addons-{region}",
+            cl,
+            efa=any(g.efa for g in groups),
+            opts=pulumi.ResourceOptions(parent=cl),
+        )
+    return asgs
+
+
+def declare_compute(s: StackSettings, base: RegionalBase) -> Compute:
+    """Region by region: the EKS cluster, then its GPU pools."""
     clusters: dict[str, EksCluster] = {}
     gpu_asgs: dict[str, list[tuple[str, pulumi.Output[str]]]] = {}
     for r in s.regions:
-        net = networks[r.name]
-        cl = EksCluster(
-            f"eks-{r.name}",
-            ClusterArgs(
-                env=env,
-                region=r.name,
-                cluster_name=cluster_name(env, r.name),
-                kubernetes_version=s.kubernetes_version,
-                vpc_id=net.vpc.id,
-                private_subnet_ids=net.private_subnet_ids,
-                kms_key_arn=key_arns[r.name],
-                api_public_cidrs=s.api_public_cidrs,
-                system_instance_type=s.system_nodes.instance_type,
-                system_size=s.system_nodes.size,
-                system_disk_gib=s.system_nodes.disk_gib,
-            ),
-            providers[r.name],
-        )
-        clusters[r.name] = cl
-        groups = s.gpu_groups_in(r.name)
-        for g in groups:
-            pool = GpuNodePool(
-                f"gpu-{r.name}-{g.name}",
-                GpuPoolArgs(env, r.name, g, key_arns[r.name], net.vpc.id),
-                cl,
-                providers[r.name],
-                opts=pulumi.ResourceOptions(parent=cl),
-            )
-            gpu_asgs.setdefault(r.name, []).append((g.name, pool.asg_name))
-        if groups:
-            GpuAddons(
-                f"gpu-addons-{r.name}",
-                cl,
-                efa=any(g.efa for g in groups),
-                opts=pulumi.ResourceOptions(parent=cl),
-            )
+        clusters[r.name] = declare_cluster(s, r.name, base)
+        asgs = declare_gpu_pools(s, r.name, clusters[r.name], base)
+        if asgs:
+            gpu_asgs[r.name] = asgs
+    return Compute(clusters, gpu_asgs)
 
+
+def declare_data_plane(s: StackSettings, base: RegionalBase) -> DataPlane:
+    """Buckets, ingest and its replica stream, the Aurora global database, and backups of it and the audit bucket."""
+    env, primary, key_arns, providers = s.environment, s.primary_region, base.key_arns, base.providers
     storage = Storage(
         "storage",
         StorageArgs(env, primary, s.lake_replica_region, key_arns, s.audit_retention_days),
@@ -179,9 +239,9 @@ def build(settings: StackSettings | None = None) -> dict[str, object]:
             secondary_regions=s.secondary_regions,
             spec=s.aurora,
             kms_key_arns=key_arns,
-            vpc_ids={r: n.vpc.id for r, n in networks.items()},
+            vpc_ids={r: n.vpc.id for r, n in base.networks.items()},
             vpc_cidrs={r.name: r.cidr for r in s.regions},
-            private_subnet_ids={r: n.private_subnet_ids for r, n in networks.items()},
+            private_subnet_ids={r: n.private_subnet_ids for r, n in base.networks.items()},
         ),
         providers,
     )
@@ -196,36 +256,56 @@ def build(settings: StackSettings | None = None) -> dict[str, object]:
         ),
         providers,
     )
-    alerting = Alerting(
+    return DataPlane(storage, ingest, stream_replica, db)
+
+
+def declare_alerting(s: StackSettings, base: RegionalBase, compute: Compute, data: DataPlane) -> Alerting:
+    """Alarms in every region (replica lag, Firehose, the stream replicator, GPU capacity) into one queue."""
+    replica = data.stream_replica
+    return Alerting(
         "alerting",
         AlertingArgs(
-            env=env,
+            env=s.environment,
             queue_region=s.control_region,
             regions=s.region_names,
-            kms_key_arns=key_arns,
+            kms_key_arns=base.key_arns,
             targets=AlarmTargets(
-                replica_clusters={r: db.clusters[r].cluster_identifier for r in s.secondary_regions},
-                firehose=(primary, ingest.firehose.name),
-                stream_replicator=(primary, stream_replica.function.name) if stream_replica else None,
-                gpu_asgs=gpu_asgs,
+                replica_clusters={r: data.db.clusters[r].cluster_identifier for r in s.secondary_regions},
+                firehose=(s.primary_region, data.ingest.firehose.name),
+                stream_replicator=(s.primary_region, replica.function.name) if replica else None,
+                gpu_asgs=compute.gpu_asgs,
             ),
         ),
-        providers,
-    )
-    dns = GameDns(
-        "dns",
-        GameDnsArgs(
-            env, s.dns.hosted_zone_id, s.dns.record_name, s.dns.regional_endpoints, s.dns.health_path
-        ),
-        providers[primary],
+        base.providers,
     )
 
-    control = s.control_region
-    outputs: dict[str, object] = {
-        "environment": env,
-        "primaryRegion": primary,
+
+def declare_dns(s: StackSettings, base: RegionalBase) -> GameDns:
+    """The game API's latency records and health checks, one per regional endpoint."""
+    d = s.dns
+    return GameDns(
+        "dns",
+        GameDnsArgs(s.environment, d.hosted_zone_id, d.record_name, d.regional_endpoints, d.health_path),
+        base.providers[s.primary_region],
+    )
+
+
+def stack_outputs(
+    s: StackSettings,
+    estimate: cost.CostEstimate,
+    compute: Compute,
+    data: DataPlane,
+    alerting: Alerting,
+    dns: GameDns,
+) -> dict[str, object]:
+    """The stack outputs (name -> value or Output): what deployments and user code read."""
+    storage, ingest, replica, db = data.storage, data.ingest, data.stream_replica, data.db
+    clusters = compute.clusters
+    return {
+        "environment": s.environment,
+        "primaryRegion": s.primary_region,
         "regions": s.region_names,
-        "controlRegion": control,
+        "controlRegion": s.control_region,
         "lakeBucket": storage.lake.bucket,
         "lakeLandingPrefix": LANDING_PREFIX,
         "lakeReplicaBucket": storage.replica.bucket if storage.replica is not None else None,
@@ -237,7 +317,7 @@ def build(settings: StackSettings | None = None) -> dict[str, object]:
         "platformBucket": storage.platform.bucket,
         "telemetryStreamName": ingest.stream.name,
         "firehoseName": ingest.firehose.name,
-        "telemetryReplicaStreamName": stream_replica.stream.name if stream_replica else None,
+        "telemetryReplicaStreamName": replica.stream.name if replica else None,
         "telemetryReplicaRegion": s.lake_replica_region,
         "glueDatabase": ingest.glue_db.name,
         "glueTable": ingest.glue_table.name,
@@ -250,7 +330,7 @@ def build(settings: StackSettings | None = None) -> dict[str, object]:
         "dagsterDatabase": "dagster",
         "ledgerDatabase": "ledger",
         "dbGlobalClusterId": db.global_cluster.id,
-        "clusterName": clusters[control].cluster.name,
+        "clusterName": clusters[s.control_region].cluster.name,
         "clusterNames": {r: c.cluster.name for r, c in clusters.items()},
         "mlflowTrackingUri": MLFLOW_URL,
         "gameApiUrl": dns.url,
@@ -259,24 +339,49 @@ def build(settings: StackSettings | None = None) -> dict[str, object]:
         "monthlyBudgetUsd": s.monthly_budget_usd,
         "costEstimate": estimate.summary(),
     }
-    Platform(
+
+
+def declare_platform(
+    s: StackSettings,
+    base: RegionalBase,
+    compute: Compute,
+    data: DataPlane,
+    alerting: Alerting,
+    outputs: dict[str, object],
+) -> Platform:
+    """Dagster, MLflow and the alert receiver on the control region's cluster; user code gets the outputs."""
+    control, primary = s.control_region, s.primary_region
+    return Platform(
         "platform",
         PlatformArgs(
-            env=env,
+            env=s.environment,
             region=control,
             image_repository=s.image_repository,
             image_tag=s.image_tag,
-            kms_key_arn=key_arns[primary],
-            region_kms_key_arn=key_arns[control],
-            lake_bucket=storage.lake,
-            platform_bucket=storage.platform,
-            audit_bucket=storage.audit,
+            kms_key_arn=base.key_arns[primary],
+            region_kms_key_arn=base.key_arns[control],
+            lake_bucket=data.storage.lake,
+            platform_bucket=data.storage.platform,
+            audit_bucket=data.storage.audit,
             alert_queue=alerting.queue,
-            db_secret=db.secret,
-            db_writer_endpoint=db.writer_endpoint,
+            db_secret=data.db.secret,
+            db_writer_endpoint=data.db.writer_endpoint,
             stack_outputs={k: v for k, v in outputs.items() if isinstance(v, (str, pulumi.Output))},  # type: ignore[misc]
         ),
-        clusters[control],
-        providers[control],
+        compute.clusters[control],
+        base.providers[control],
     )
+
+
+def build(settings: StackSettings | None = None) -> dict[str, object]:
+    """Declare every resource of the stack; return the stack outputs (name -> value or Output)."""
+    s = settings or load_settings()
+    estimate = check_budget(s)
+    base = declare_regional_base(s)
+    compute = declare_compute(s, base)
+    data = declare_data_plane(s, base)
+    alerting = declare_alerting(s, base, compute, data)
+    dns = declare_dns(s, base)
+    outputs = stack_outputs(s, estimate, compute, data, alerting, dns)
+    declare_platform(s, base, compute, data, alerting, outputs)
     return outputs

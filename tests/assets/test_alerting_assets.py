@@ -12,7 +12,7 @@ import duckdb
 from aegis.alerts.inbox import AlertInbox
 from aegis.config import AegisPaths
 from assets.alerting import SLO_BURN_KEY, defs, slo_alerts
-from pipelines.resources.lake import LakeResource
+from assets.resources.lake import LakeResource
 
 BUCKET = datetime(2026, 12, 6, 1, 0)
 COLUMNS = (

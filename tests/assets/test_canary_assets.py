@@ -12,7 +12,7 @@ import pytest
 from aegis.changes.store import ChangeSetStore
 from aegis.domain import AutonomousChangeSet, ParamChange, PromotionState, ReflectionRecord
 from assets import canary
-from pipelines.resources.changes import ChangeSetResource
+from assets.resources.changes import ChangeSetResource
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

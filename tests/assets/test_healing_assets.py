@@ -11,11 +11,12 @@ import pytest
 from aegis.alerts.inbox import AlertInbox
 from aegis.config import AegisPaths
 from aegis.domain import Alert, Fault, FaultKind
-from aegis.healing.models import IncidentStatus
+from aegis.healing.models import Incident, IncidentStatus
 from aegis.healing.store import IncidentStore
 from aegis.world.client import GameBackendClient
 from assets.healing import GROUP_ASSET, healing_alert_sensor, healing_job, incidents
-from pipelines.resources.game import GameBackendResource
+from assets.resources.game import GameBackendResource
+from assets.resources.healing import HealingResource
 from tests.support import WorldServer
 
 SHARD = "eu-west-1"
@@ -41,7 +42,10 @@ def _no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _ctx(instance: dg.DagsterInstance, url: str = "http://127.0.0.1:9") -> dg.SensorEvaluationContext:
-    return dg.build_sensor_context(instance=instance, resources={"game": GameBackendResource(base_url=url)})
+    return dg.build_sensor_context(
+        instance=instance,
+        resources={"game": GameBackendResource(base_url=url), "healing": HealingResource()},
+    )
 
 
 def test_sensor_launches_one_run_per_incident(aegis_home: AegisPaths) -> None:
@@ -71,7 +75,10 @@ def test_healing_job_heals_and_materializes_the_timeline(world: WorldServer) -> 
         request = healing_alert_sensor(_ctx(instance)).run_requests[0]
         result = healing_job.execute_in_process(
             run_config=request.run_config,
-            resources={"game": GameBackendResource(base_url=world.url, token=world.token("control"))},
+            resources={
+                "game": GameBackendResource(base_url=world.url, token=world.token("control")),
+                "healing": HealingResource(),
+            },
             instance=instance,
         )
         assert result.success
@@ -90,22 +97,36 @@ def test_healing_job_heals_and_materializes_the_timeline(world: WorldServer) -> 
 
 
 def test_incidents_asset_materializes(aegis_home: AegisPaths) -> None:
-    result = dg.materialize([incidents])
+    result = dg.materialize([incidents], resources={"healing": HealingResource()})
     assert result.success
     meta = result.asset_materializations_for_node("incidents")[0].metadata
     assert meta["open_count"].value == 0
 
 
-def test_probe_fallback_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_incidents_are_read_from_the_healing_resource_home(aegis_home: AegisPaths, tmp_path) -> None:
+    """AEGIS_HOME has no incident; the configured resource's home has one, and gets the timeline."""
+    other = AegisPaths.from_env(tmp_path / "other").ensure()
+    resource = HealingResource(home=str(other.home))
+    resource.store().save(Incident(target=SHARD, kind="shard_down", alerts=["ShardDown"], alert_count=1))
+    result = dg.materialize([incidents], resources={"healing": resource})
+    meta = result.asset_materializations_for_node("incidents")[0].metadata
+    assert meta["open_count"].value == 1
+    assert meta["timeline_png"].value == str(other.home / "healing" / "timeline.png")
+    assert (other.home / "healing" / "timeline.png").stat().st_size > 0
+    assert IncidentStore().incidents() == []  # the environment's home was not touched
+
+
+def test_probe_switch_follows_the_resource_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from aegis.alerts.config import alertmanager_binary
-    from assets.healing import probe_enabled
 
     monkeypatch.setenv("AEGIS_HEALING_PROBE", "on")
-    assert probe_enabled()
+    assert HealingResource().probe_enabled()
+    assert not HealingResource(probe="off").probe_enabled()  # the profile's choice wins
     monkeypatch.setenv("AEGIS_HEALING_PROBE", "off")
-    assert not probe_enabled()
+    assert not HealingResource().probe_enabled()
+    assert HealingResource(probe="on").probe_enabled()
     monkeypatch.setenv("AEGIS_HEALING_PROBE", "auto")
-    assert probe_enabled() == (alertmanager_binary() is None)
+    assert HealingResource().probe_enabled() == (alertmanager_binary() is None)
 
 
 def test_sensor_probe_reports_a_crash_without_alertmanager(

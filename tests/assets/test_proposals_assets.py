@@ -17,9 +17,10 @@ from assets.proposals import (
     proposals,
     proposals_defs,
 )
-from pipelines.resources.changes import ChangeSetResource
-from pipelines.resources.game import GameBackendResource
-from pipelines.resources.mlflow import MlflowResource
+from assets.resources.changes import ChangeSetResource
+from assets.resources.game import GameBackendResource
+from assets.resources.lake import LakeResource
+from assets.resources.mlflow import MlflowResource
 from tests.aegis.proposals import mart_frames as mf
 from tests.support import CANARY_WORLD_ARGS, WorldServer, free_port
 
@@ -29,6 +30,7 @@ def _resources(url: str) -> dict[str, object]:
         "game": GameBackendResource(base_url=url),
         "mlflow": MlflowResource(),
         "changes": ChangeSetResource(backend_url=url),
+        "lake": LakeResource(),
     }
 
 

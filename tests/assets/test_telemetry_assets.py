@@ -7,9 +7,8 @@ import dagster as dg
 from aegis.config import AegisPaths
 from aegis.lake.manifest import Manifest
 from aegis.lake.synth import land_batch, make_batch
-from assets.telemetry import bronze_events, rows_conserved, telemetry_quality_report
-from pipelines.resources.lake import LakeResource
-from pipelines.sensors import landing_sensor
+from assets.resources.lake import LakeResource
+from assets.telemetry import bronze_events, landing_sensor, rows_conserved, telemetry_quality_report
 
 
 def _materialize(instance: dg.DagsterInstance, run_config: dict | None = None) -> dg.ExecuteInProcessResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -13,7 +14,8 @@ from aegis.config import AegisPaths
 from aegis.quality.synthetic_lake import write_synthetic_lake
 from aegis.telemetry import KPI_BUCKET_MINUTES
 from assets import warehouse
-from pipelines.resources.lake import LakeResource
+from assets.resources.dbt import DBT_PROJECT_DIR, dbt_resource
+from assets.resources.lake import LakeResource
 from tests.support import ISSUE_MARTS
 
 MODELS = {
@@ -28,12 +30,12 @@ MODELS = {
 def _defs() -> dg.Definitions:
     return dg.Definitions.merge(
         warehouse.defs,
-        dg.Definitions(resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource()}),
+        dg.Definitions(resources={"dbt": dbt_resource("local"), "lake": LakeResource()}),
     )
 
 
 def test_bucket_minutes_match_the_contract() -> None:
-    project = yaml.safe_load((warehouse.DBT_PROJECT_DIR / "dbt_project.yml").read_text())
+    project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
     assert project["vars"]["kpi_bucket_minutes"] == KPI_BUCKET_MINUTES
 
 
@@ -53,13 +55,8 @@ def test_every_model_is_an_eager_telemetry_asset_fed_by_bronze() -> None:
     assert models["stg_lake__world_configs"].parent_keys == {dg.AssetKey("world_configs")}
     # every mart is downstream of bronze, so materializing group telemetry fills them all
     marts = {k for k in MODELS if k.startswith("fct_")}
-    downstream = (
-        {k.to_user_string() for k in graph.get_downstream_keys(dg.AssetKey("bronze_events"))}
-        if hasattr(graph, "get_downstream_keys")
-        else None
-    )
-    if downstream is not None:
-        assert marts <= downstream
+    downstream = dg.AssetSelection.assets("bronze_events").downstream().resolve(graph)
+    assert marts <= {k.to_user_string() for k in downstream}
 
 
 def test_checks_cover_bronze_and_key_marts_with_blocking_where_it_matters() -> None:
@@ -83,14 +80,19 @@ def test_nightly_full_refresh_schedule(aegis_home) -> None:
     args = warehouse._dbt_args(warehouse.WarehouseBuildConfig(full_refresh=True), aegis_home)
     assert args[-1] == "--full-refresh"
     assert str(aegis_home.home) in args[2]
-    # an S3 lake: no local aegis_home var, the prod target reads AEGIS_LAKE_ROOT
-    assert warehouse._dbt_args(warehouse.WarehouseBuildConfig(), None) == ["build"]
+    # an S3 lake: the home still holds the warehouse; the lake root is the bucket
+    from aegis.lake.store import Lake
+
+    s3 = Lake.s3("s3://lake-bucket", state_dir=aegis_home.home / "cache", manifest_url="sqlite://")
+    args = warehouse._dbt_args(warehouse.WarehouseBuildConfig(), aegis_home, s3)
+    assert args[:2] == ["build", "--vars"]
+    assert json.loads(args[2]) == {"aegis_home": str(aegis_home.home), "lake_root": "s3://lake-bucket"}
 
 
 def test_dbt_resource_profiles() -> None:
-    assert warehouse.dbt_resource("prod").target == "prod"
+    assert dbt_resource("prod").target == "prod"
     with pytest.raises(ValueError, match="unknown profile"):
-        warehouse.dbt_resource("staging")
+        dbt_resource("staging")
 
 
 def test_bronze_check_result_fails_on_bad_rows_and_shows_examples(aegis_home) -> None:
@@ -112,7 +114,6 @@ def test_bronze_check_result_fails_on_bad_rows_and_shows_examples(aegis_home) ->
 @pytest.mark.slow
 def test_materialize_dbt_assets_with_checks(aegis_home) -> None:
     write_synthetic_lake(aegis_home, hours=3, n_shards=2, players_per_shard=20, ingested_at=datetime.now(UTC))
-    defs = _defs()
     instance = dg.DagsterInstance.ephemeral()
     selection = [
         warehouse.warehouse_dbt,
@@ -120,7 +121,7 @@ def test_materialize_dbt_assets_with_checks(aegis_home) -> None:
     ]
     result = dg.materialize(
         selection,
-        resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource()},
+        resources={"dbt": dbt_resource("local"), "lake": LakeResource()},
         instance=instance,
     )
     assert result.success
@@ -136,7 +137,6 @@ def test_materialize_dbt_assets_with_checks(aegis_home) -> None:
     assert checks[("fct_shard_kpis", "gx_freshness")].passed
     assert checks[("fct_quest_abandonment", "gx_volume")].metadata["skipped"].value.startswith("no baseline")
     assert any(name.startswith("unique_combination") and ev.passed for (_, name), ev in checks.items())
-    assert defs is not None
 
 
 def test_bronze_checks_on_an_empty_lake_fail_or_skip_with_a_reason(aegis_home) -> None:
@@ -164,7 +164,7 @@ def test_dbt_asset_on_an_empty_lake_fails_before_dbt_with_what_is_missing(aegis_
     assert len(missing) == 2 and "no bronze events" in missing[0] and "config feed" in missing[1]
     result = dg.materialize(
         [warehouse.warehouse_dbt],
-        resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource()},
+        resources={"dbt": dbt_resource("local"), "lake": LakeResource()},
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
     )
@@ -180,7 +180,7 @@ def test_automation_on_an_empty_lake_is_warming_up_not_a_red_run(aegis_home) -> 
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         [warehouse.warehouse_dbt],
-        resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource()},
+        resources={"dbt": dbt_resource("local"), "lake": LakeResource()},
         instance=instance,
         tags={warehouse.AUTOMATION_RUN_TAG: "true"},  # what declarative automation puts on its runs
         raise_on_error=False,
@@ -206,7 +206,7 @@ def test_materialize_reads_the_lake_resource_home(aegis_home, tmp_path) -> None:
     )
     result = dg.materialize(
         [warehouse.warehouse_dbt, kpis],
-        resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource(home=str(other.home))},
+        resources={"dbt": dbt_resource("local"), "lake": LakeResource(home=str(other.home))},
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert result.success

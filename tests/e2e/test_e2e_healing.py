@@ -34,7 +34,8 @@ from aegis.healing.store import IncidentStore
 from aegis.ledger.ledger import Ledger
 from aegis.world.client import GameBackendClient
 from assets.healing import healing_alert_sensor, healing_job
-from pipelines.resources.game import GameBackendResource
+from assets.resources.game import GameBackendResource
+from assets.resources.healing import HealingResource
 from tests.aegis.alerts.alerting_support import Receiver, start_receiver, stop_receiver
 from tests.support import WorldServer
 
@@ -112,13 +113,17 @@ def test_fault_is_healed_without_clicks(
     deadline = time.monotonic() + HEAL_S
     with dg.instance_for_test() as instance:
         ctx = dg.build_sensor_context(
-            instance=instance, resources={"game": GameBackendResource(base_url=world.url)}
+            instance=instance,
+            resources={"game": GameBackendResource(base_url=world.url), "healing": HealingResource()},
         )
         while True:
             for request in healing_alert_sensor(ctx).run_requests:
                 result = healing_job.execute_in_process(
                     run_config=request.run_config,
-                    resources={"game": GameBackendResource(base_url=world.url, token=world.token("control"))},
+                    resources={
+                        "game": GameBackendResource(base_url=world.url, token=world.token("control")),
+                        "healing": HealingResource(),
+                    },
                     instance=instance,
                 )
                 assert result.success
@@ -185,13 +190,16 @@ def test_a_crash_is_healed_through_real_prometheus_and_alertmanager(tmp_path, mo
             deadline = time.monotonic() + HEAL_S
             with dg.instance_for_test() as instance:
                 ctx = dg.build_sensor_context(
-                    instance=instance, resources={"game": GameBackendResource(base_url=world.url)}
+                    instance=instance,
+                    resources={"game": GameBackendResource(base_url=world.url), "healing": HealingResource()},
                 )
                 while True:
                     for request in healing_alert_sensor(ctx).run_requests:
                         game = GameBackendResource(base_url=world.url, token=world.token("control"))
                         result = healing_job.execute_in_process(
-                            run_config=request.run_config, resources={"game": game}, instance=instance
+                            run_config=request.run_config,
+                            resources={"game": game, "healing": HealingResource()},
+                            instance=instance,
                         )
                         assert result.success
                     crashes = [i for i in store.incidents() if i.target == SHARD and i.kind == "shard_down"]

@@ -167,11 +167,11 @@ def _seed_problem(client: Any) -> list[str]:
 
 
 def _resources(url: str) -> dict[str, Any]:
-    from assets.warehouse import dbt_resource
-    from pipelines.resources.changes import ChangeSetResource
-    from pipelines.resources.game import GameBackendResource
-    from pipelines.resources.lake import LakeResource
-    from pipelines.resources.mlflow import MlflowResource
+    from assets.resources.changes import ChangeSetResource
+    from assets.resources.dbt import dbt_resource
+    from assets.resources.game import GameBackendResource
+    from assets.resources.lake import LakeResource
+    from assets.resources.mlflow import MlflowResource
 
     return {
         "lake": LakeResource(),

@@ -177,6 +177,26 @@ def test_entry_command_serves_the_code_location_the_helm_release_names(
     assert dep["image"]["tag"] == config["aegis:imageTag"]
 
 
+def test_the_instance_storage_uses_the_driver_the_prod_profile_uses(graph: dict[str, Any]) -> None:
+    """The chart's dagster.yaml and `pipelines.profiles.prod_instance_config` name one driver
+    (dagster-postgres's NOTIFY needs psycopg2; a bare postgresql:// is psycopg 3 under SQLAlchemy 2.1)."""
+    from pipelines.profiles import DAGSTER_PG_SCHEME
+
+    release = next(
+        r
+        for r in graph["resources"]
+        if r["type"] == "kubernetes:helm.sh/v3:Release" and r["inputs"]["chart"] == "dagster"
+    )
+    assert (
+        release["inputs"]["values"]["postgresql"]["postgresqlScheme"]
+        == DAGSTER_PG_SCHEME
+        == "postgresql+psycopg2"
+    )
+    import sqlalchemy as sa
+
+    assert sa.make_url(f"{DAGSTER_PG_SCHEME}://u@h/d").get_dialect().driver == "psycopg2"
+
+
 def test_every_platform_container_runs_the_configured_image(graph: dict[str, Any]) -> None:
     config = cli_config(graph["stack"])
     image = f"{config['aegis:imageRepository']}:{config['aegis:imageTag']}"

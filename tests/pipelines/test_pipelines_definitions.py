@@ -1,4 +1,4 @@
-"""Snapshot of the code location (a graph change shows up in review), profiles, CLI, dagster.yaml."""
+"""The code location's wiring (the whole graph: test_definitions_snapshot.py), profiles, CLI, dagster.yaml."""
 
 from __future__ import annotations
 
@@ -57,26 +57,51 @@ def test_jobs_sensors_schedules(defs: dg.Definitions) -> None:
 
 
 def test_resources_per_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    from assets.resources.lake import LakeNotConfigured
     from pipelines.profiles import resources_for
-    from pipelines.resources.lake import LakeNotConfigured
-    from pipelines.stack_outputs import STACK_OUTPUT_ENV, MissingStackOutputsError
+    from pipelines.stack_outputs import PROD_SECRET_ENV, STACK_OUTPUT_ENV, MissingStackOutputsError
 
     local = resources_for("local")
     assert {"lake", "game", "dbt"} <= set(local)
     assert not local["lake"].is_s3
-    for var in STACK_OUTPUT_ENV.values():
+    for var in [*STACK_OUTPUT_ENV.values(), *PROD_SECRET_ENV]:
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(MissingStackOutputsError, match="AEGIS_LAKE_BUCKET"):
+    monkeypatch.setenv("AEGIS_LAKE_BUCKET", "lake")  # one present, the rest missing: all named at once
+    with pytest.raises(MissingStackOutputsError) as missing:
         resources_for("prod")
+    named = str(missing.value)
+    assert "AEGIS_LAKE_BUCKET" not in named
+    for var in [v for v in STACK_OUTPUT_ENV.values() if v != "AEGIS_LAKE_BUCKET"] + list(PROD_SECRET_ENV):
+        assert var in named, var
     for out, var in STACK_OUTPUT_ENV.items():
         monkeypatch.setenv(var, f"value-of-{out}")
+    with pytest.raises(MissingStackOutputsError, match="AEGIS_DB_PASSWORD"):
+        resources_for("prod")  # the outputs alone are not enough: the database secret too
+    for var in PROD_SECRET_ENV:
+        monkeypatch.setenv(var, f"secret-{var}")
     prod = resources_for("prod")
     assert prod["lake"].s3_bucket == "value-of-lakeBucket"
     assert prod["game"].base_url == "value-of-gameApiUrl"
-    with pytest.raises(LakeNotConfigured, match="local directory only"):
+    assert prod["healing"].alert_queue_url == "value-of-alertQueueUrl"
+    with pytest.raises(LakeNotConfigured, match="no local directory layout"):
         prod["lake"].paths()
     with pytest.raises(ValueError, match="unknown profile"):
         resources_for("staging")
+
+
+def test_the_prod_profile_provides_every_resource_an_area_asks_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot covers local; prod must assemble too (Dagster refuses a required key nobody provides)."""
+    from pipelines.definitions import build_definitions
+    from pipelines.stack_outputs import PROD_SECRET_ENV, STACK_OUTPUT_ENV
+
+    for out, var in STACK_OUTPUT_ENV.items():
+        monkeypatch.setenv(var, f"value-of-{out}")
+    for var in PROD_SECRET_ENV:
+        monkeypatch.setenv(var, "x")
+    prod = build_definitions("prod")
+    repo = prod.get_repository_def()  # raises DagsterInvalidDefinitionError on a missing resource
+    assert {s.name for s in repo.sensor_defs} >= {"landing_sensor", "healing_alert_sensor"}
+    assert prod.resolve_job_def("ingest_telemetry").executor_def is dg.multiprocess_executor
 
 
 def test_local_dagster_yaml_is_a_valid_instance(tmp_path) -> None:

@@ -15,11 +15,10 @@ from dagster._core.test_utils import create_run_for_test
 from aegis.config import AegisPaths
 from aegis.lake.landing import LandedBatch, list_landed
 from aegis.lake.synth import land_batch, make_batch
-from pipelines.resources.lake import LakeResource
-from pipelines.sensors import (
-    AUTOMATION_TAG,
+from assets.automation import AUTOMATION_TAG, automation_sensor
+from assets.resources.lake import LakeResource
+from assets.telemetry import (
     MAX_INGEST_ATTEMPTS,
-    SENSORS,
     WAREHOUSE_WINDOW_S,
     LandingCursor,
     ingest_wait_reason,
@@ -146,7 +145,7 @@ def test_a_failed_ingest_run_is_retried_for_its_unprocessed_batches_then_given_u
             # after the warehouse window the next tick decides; skip the wait in the test
             if result.skip_reason and "leaving the warehouse" in (result.skip_reason.skip_message or ""):
                 with pytest.MonkeyPatch.context() as mp:
-                    mp.setattr("pipelines.sensors.WAREHOUSE_WINDOW_S", -1)
+                    mp.setattr("assets.telemetry.WAREHOUSE_WINDOW_S", -1)
                     result = landing_sensor(
                         dg.build_sensor_context(
                             instance=instance, cursor=first.cursor, resources={"lake": lake}
@@ -163,8 +162,7 @@ def test_a_failed_ingest_run_is_retried_for_its_unprocessed_batches_then_given_u
 def test_automation_runs_carry_the_tag_the_instance_limits(tmp_path) -> None:
     from aegis.stack import write_dagster_yaml
 
-    (automation,) = [s for s in SENSORS if isinstance(s, dg.AutomationConditionSensorDefinition)]
-    assert automation.run_tags == {AUTOMATION_TAG: "declarative"}
+    assert automation_sensor.run_tags == {AUTOMATION_TAG: "declarative"}
     write_dagster_yaml(tmp_path)
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits

@@ -32,9 +32,9 @@ spine as (
         b.shard_id,
         unnest(generate_series(b.first_bucket, f.last_complete_bucket, {{ kpi_bucket() }})) as bucket_start,
         {% if var('expected_ticks_per_bucket') is not none -%}
-        {{ var('expected_ticks_per_bucket') }}
+            {{ var('expected_ticks_per_bucket') }}
         {%- else -%}
-        coalesce(b.inferred_ticks, 0)
+            coalesce(b.inferred_ticks, 0)
         {%- endif %} as expected_ticks
     from bounds as b
     cross join fleet as f
@@ -42,7 +42,9 @@ spine as (
 ),
 
 regions as (
-    select shard_id, any_value(region) as region from {{ ref('int_shard_buckets') }} group by shard_id
+    select shard_id, any_value(region) as region
+    from {{ ref('int_shard_buckets') }}
+    group by shard_id
 )
 
 select

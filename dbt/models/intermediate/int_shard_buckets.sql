@@ -20,10 +20,10 @@ with events as (
         bucket_start,
         kind,
         case
-            when kind = 'combat_death' then
-                case when zone <= 1 then 'early' when zone <= 3 then 'mid' else 'late' end
-            when kind in ('quest_stage', 'quest_abandon') then
-                case when stage <= 2 then 'early' when stage = 3 then 'mid' else 'late' end
+            when kind = 'combat_death'
+                then case when zone <= 1 then 'early' when zone <= 3 then 'mid' else 'late' end
+            when kind in ('quest_stage', 'quest_abandon')
+                then case when stage <= 2 then 'early' when stage = 3 then 'mid' else 'late' end
         end as band,
         kind = 'session_end' and cause = 'churn' as churn,
         coalesce(currency = 'gold', false) as gold,
@@ -108,6 +108,7 @@ select
     t.tick_q[1] as tick_p50_ms,
     t.tick_q[2] as tick_p95_ms,
     t.tick_q[3] as tick_p99_ms,
-    b.* exclude (shard_id, region, bucket_start, config_version, events)
+    -- the EXCLUDE list names columns of b.*, not references (sqlfluff RF02 reads them as unqualified)
+    b.* exclude (shard_id, region, bucket_start, config_version, events)  -- noqa: RF02
 from buckets as b
 left join ticks as t using (shard_id, bucket_start)

@@ -46,7 +46,14 @@ roles as (
     select quest_id, stage, region, n_start as entries, n_stage, n_abandon, n_complete
     from per_stage
     union all
-    select p.quest_id, p.stage + 1, p.region, p.n_stage, 0, 0, 0
+    select
+        p.quest_id,
+        p.stage + 1 as stage,
+        p.region,
+        p.n_stage as entries,
+        0 as n_stage,
+        0 as n_abandon,
+        0 as n_complete
     from per_stage as p
     join final_stage as f using (quest_id)
     where p.n_stage > 0 and p.stage < f.final_stage

@@ -50,4 +50,4 @@ select
 from grid as g
 join in_force as f using (shard_id, bucket_start)
 left join {{ ref('stg_lake__world_configs') }} as c
-    on c.shard_id = g.shard_id and c.config_version = coalesce(g.reported_version, f.config_version)
+    on g.shard_id = c.shard_id and coalesce(g.reported_version, f.config_version) = c.config_version

@@ -104,5 +104,5 @@ select
     columns('^p_')
 from kpis as k
 left join {{ ref('stg_lake__world_configs') }} as c
-    on c.shard_id = k.shard_id and c.config_version = k.config_version
+    on k.shard_id = c.shard_id and k.config_version = c.config_version
 order by k.shard_id, k.bucket_start

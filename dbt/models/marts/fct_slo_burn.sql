@@ -36,18 +36,15 @@ per_sli as (
 windows as (
     select
         *,
-        total_events - good_events as bad_events,
-        {% for name, minutes in [('5m', 5), ('30m', 30), ('1h', 60), ('6h', 360), ('3d', 4320)] -%}
-        coalesce(
-            sum(total_events - good_events) over w_{{ name }} / nullif(sum(total_events) over w_{{ name }}, 0),
-            0.0
-        ) / (1 - {{ var('slo_target') }}) as burn_rate_{{ name }}{{ ',' if not loop.last }}
+        {% for name, minutes in [('5m', 5), ('30m', 30), ('1h', 60), ('6h', 360), ('3d', 4320)] %}
+            {% set w = trailing_window('shard_id, sli', 'bucket_start', minutes) %}
+            coalesce(
+                sum(total_events - good_events) over ({{ w }}) / nullif(sum(total_events) over ({{ w }}), 0),
+                0.0
+            ) / (1 - {{ var('slo_target') }}) as burn_rate_{{ name }},
         {% endfor %}
+        total_events - good_events as bad_events
     from per_sli
-    window
-        {% for name, minutes in [('5m', 5), ('30m', 30), ('1h', 60), ('6h', 360), ('3d', 4320)] -%}
-        w_{{ name }} as ({{ trailing_window('shard_id, sli', 'bucket_start', minutes) }}){{ ',' if not loop.last }}
-        {% endfor %}
 )
 
 select

@@ -4,8 +4,9 @@
   WorldParams field flows to the marts without editing SQL). A view, not a
   table: the feed is tiny, and a view can never be staler than the lake, so a
   new config version is visible to the next mart build without its own refresh.
+  On the prod target (S3) a table, read once per build (see stg_lake__events).
 #}
-{{ config(materialized = 'view') }}
+{{ config(materialized = 'table' if target.name == 'prod' else 'view') }}
 
 select
     shard_id,
@@ -16,4 +17,4 @@ select
     capacity,
     source,
     columns('^p_')
-from {{ source('lake', 'world_configs') }}
+from {{ lake_source('world_configs') }}

@@ -4,14 +4,14 @@
   Nulls pass: pair with not_null where a value is required.
 #}
 {% test accepted_range(model, column_name, min_value=none, max_value=none, inclusive=true) %}
-{%- set lo_op = '>=' if inclusive else '>' -%}
-{%- set hi_op = '<=' if inclusive else '<' -%}
+    {%- set bounds = [] -%}
+    {%- if min_value is not none -%}
+        {%- do bounds.append(column_name ~ (' >= ' if inclusive else ' > ') ~ min_value) -%}
+    {%- endif -%}
+    {%- if max_value is not none -%}
+        {%- do bounds.append(column_name ~ (' <= ' if inclusive else ' < ') ~ max_value) -%}
+    {%- endif -%}
 select *
 from {{ model }}
-where {{ column_name }} is not null
-  and not (
-    true
-    {%- if min_value is not none %} and {{ column_name }} {{ lo_op }} {{ min_value }}{% endif %}
-    {%- if max_value is not none %} and {{ column_name }} {{ hi_op }} {{ max_value }}{% endif %}
-  )
+where {{ column_name }} is not null and not ({{ bounds | join(' and ') or 'true' }})
 {% endtest %}

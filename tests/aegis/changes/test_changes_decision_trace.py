@@ -65,7 +65,7 @@ def test_unknown_slo_state_is_logged_and_in_the_ledger_trace(
 
 def test_cli_and_resource_default_to_the_warehouse_provider(aegis_home, monkeypatch) -> None:
     from aegis.changes.cli import _build
-    from pipelines.resources.changes import ChangeSetResource
+    from assets.resources.changes import ChangeSetResource
 
     lc = _build("http://127.0.0.1:9", "http", None, None, None)
     assert lc.config.firing_alerts == WarehouseSloAlerts(aegis_home.warehouse)

@@ -6,7 +6,7 @@ import pytest
 
 from aegis.domain import CanaryResult, CanaryVerdict
 from aegis.world.client import GameBackendClient
-from pipelines.resources.changes import ChangeSetResource
+from assets.resources.changes import ChangeSetResource
 
 
 def test_changes_resource_drives_the_lifecycle(world, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ import pytest
 import aegis.lake.validate as validate_mod
 from aegis.config import AegisPaths
 from aegis.lake import bronze
+from aegis.lake import store as store_module
 from aegis.lake.bronze import ingest_batches
 from aegis.lake.manifest import Manifest, pending_keeper
 from aegis.lake.synth import land_batch, make_batch
@@ -195,7 +196,7 @@ def test_bronze_writes_through_the_shared_writer(
         calls.append({"compression": compression, **options})
         return write_atomic(table, path, compression, **options)
 
-    monkeypatch.setattr(bronze, "write_atomic", recording)
+    monkeypatch.setattr(store_module, "write_atomic", recording)  # the local lake's atomic writer
     land_batch(aegis_home.landing_telemetry, make_batch(40, seed=12), "w")
     (r,) = ingest_batches(aegis_home).results
     assert r.bronze_rows == 40 and calls

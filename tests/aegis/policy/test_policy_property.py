@@ -150,7 +150,9 @@ def harmful_changesets(draw: st.DrawFn) -> tuple[AutonomousChangeSet, PolicyCont
     return changeset, context, expected
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=10 * settings().max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(harmful_changesets())
 def test_player_data_loss_is_always_denied_by_integrity(
     case: tuple[AutonomousChangeSet, PolicyContext, set[str]],

@@ -92,7 +92,7 @@ def ops_with_unknown_args(draw: st.DrawFn) -> tuple[list[Operation], set[str]]:
     return ops, unknown
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=ops_with_unknown_args(), diff=small_changes(), kind=st.sampled_from(list(ChangeKind)))
 def test_no_argument_outside_the_allow_list_reaches_auto(
     case: tuple[list[Operation], set[str]], diff: dict[str, ParamChange], kind: ChangeKind
@@ -104,7 +104,7 @@ def test_no_argument_outside_the_allow_list_reaches_auto(
     assert "operations.unknown_args" in {f.rule for f in decision.findings}
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(kind=st.sampled_from(["restart_shard", "scale_shard", "failover"]), reason=st.text(max_size=30))
 def test_allowed_arguments_alone_still_run(kind: str, reason: str) -> None:
     """The control: a healing operation with only its listed arguments is auto (the denial above is the args)."""
@@ -139,7 +139,7 @@ def out_of_band(draw: st.DrawFn) -> tuple[str, ParamChange]:
     return name, ParamChange(before=before, after=after)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=out_of_band())
 def test_a_parameter_outside_its_band_is_denied_not_simulated(case: tuple[str, ParamChange]) -> None:
     name, change = case
@@ -149,7 +149,7 @@ def test_a_parameter_outside_its_band_is_denied_not_simulated(case: tuple[str, P
     assert decision.rule == "bounds.outside_autonomy_band"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(target=st.text(min_size=1, max_size=20).map(str.strip).filter(lambda t: t and t not in KNOWN))
 def test_an_unknown_target_is_refused(target: str) -> None:
     changeset = AutonomousChangeSet(

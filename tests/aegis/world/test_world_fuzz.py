@@ -97,7 +97,6 @@ def http(server: WorldServer) -> Iterator[httpx.Client]:
 
 
 @settings(
-    max_examples=250,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -59,7 +59,7 @@ def test_assets_load_torch_and_mlflow_when_they_run(aegis_home: AegisPaths) -> N
     """The lazy imports are real: the resource's registry and the check's metrics bring them in."""
     out = _fresh_python(
         "import json, sys\n"
-        "from pipelines.resources.mlflow import MlflowResource\n"
+        "from assets.resources.mlflow import MlflowResource\n"
         "before = [m for m in ('torch', 'mlflow') if m in sys.modules]\n"
         "registry = MlflowResource().registry()\n"
         "print(json.dumps({'before': before, 'after': [m for m in ('torch', 'mlflow') if m in sys.modules],\n"

@@ -24,7 +24,8 @@ PLAYERS = 150
 def test_simulated_world_difficulty_effect_direction(aegis_home: AegisPaths) -> None:
     from aegis.world.runner import run_world
     from assets import telemetry, warehouse
-    from pipelines.resources import LakeResource
+    from assets.resources.dbt import dbt_resource
+    from assets.resources.lake import LakeResource
 
     run_world(aegis_home, hours=SIM_HOURS, seed=11, players_per_shard=PLAYERS, explore=True)
     instance = dg.DagsterInstance.ephemeral()
@@ -32,7 +33,7 @@ def test_simulated_world_difficulty_effect_direction(aegis_home: AegisPaths) -> 
     assert ingest.success
     dbt = dg.materialize(
         [warehouse.warehouse_dbt],
-        resources={"dbt": warehouse.dbt_resource("local"), "lake": LakeResource()},
+        resources={"dbt": dbt_resource("local"), "lake": LakeResource()},
         instance=instance,
     )
     assert dbt.success

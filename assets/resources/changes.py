@@ -17,8 +17,8 @@ from pydantic import Field, PrivateAttr
 from aegis.canary.loop import CanaryLoop
 from aegis.changes.gate import DEFAULT_HOURS, HttpRunner, InProcessRunner, store_snapshot_loader
 from aegis.changes.lifecycle import Lifecycle, LifecycleConfig, warehouse_slo_alerts
-from aegis.changes.store import ChangeSetStore
-from aegis.config import WORLD_PORT, paths
+from aegis.changes.store import ChangeSetStore, default_url
+from aegis.config import WORLD_PORT, AegisPaths
 from aegis.domain import AutonomousChangeSet, CanaryResult
 
 
@@ -30,7 +30,12 @@ class ChangeSetResource(ConfigurableResource):
         default=f"http://127.0.0.1:{WORLD_PORT}", description="Game backend (contract /v1)"
     )
     store_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of the changeset store (default AEGIS_HOME)"
+        default=None, description="SQLAlchemy URL of the changeset store (default: in the home)"
+    )
+    home: str | None = Field(
+        default=None,
+        description="AEGIS_HOME whose state the lifecycle keeps (snapshots, calibration, proposals); "
+        "default: the environment's",
     )
     simulator: str = Field(
         default="auto", description="auto | inprocess | http: where the simulation gate runs"
@@ -41,11 +46,19 @@ class ChangeSetResource(ConfigurableResource):
     _lifecycle: Lifecycle | None = PrivateAttr(default=None)
     _loop: CanaryLoop | None = PrivateAttr(default=None)
 
+    def paths(self) -> AegisPaths:
+        """The home of the changeset state (the lifecycle's, and what the proposals read beside it)."""
+        return AegisPaths.from_env(self.home).ensure()
+
+    def open_store(self) -> ChangeSetStore:
+        """A new connection to the changeset store (the caller closes it)."""
+        return ChangeSetStore(self.store_url or default_url(self.paths()))
+
     def lifecycle(self) -> Lifecycle:
         if self._lifecycle is None:
             from aegis.world.client import GameBackendClient
 
-            p = paths().ensure()
+            p = self.paths()
             mode = self.simulator
             if mode not in ("auto", "inprocess", "http"):
                 raise ValueError(f"simulator={mode!r}; expected auto, inprocess or http")
@@ -64,7 +77,7 @@ class ChangeSetResource(ConfigurableResource):
             )
             self._lifecycle = Lifecycle(
                 GameBackendClient(self.backend_url),
-                store=ChangeSetStore(self.store_url),
+                store=self.open_store(),
                 simulator=runner,
                 config=config,
                 aegis_paths=p,
