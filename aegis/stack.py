@@ -50,6 +50,14 @@ MAX_CONCURRENT_RUNS = 3
 HEALING_TAG = "aegis/area"  # healing_job runs carry aegis/area=healing: one at a time
 INGEST_TAG = "aegis/ingest"  # the ingest job's runs: one at a time (they serialize on a lock anyway)
 AUTOMATION_TAG = "aegis/automation"  # automation runs (warehouse builds): one DuckDB writer at a time
+# The run queue's per-tag limits, the same in every profile (the prod instance config and the
+# Helm values use these too): one ingest, one warehouse build (one writer of the warehouse file
+# and of its published copy), one healing run at a time.
+RUN_TAG_LIMITS: list[dict[str, object]] = [
+    {"key": INGEST_TAG, "limit": 1},
+    {"key": AUTOMATION_TAG, "limit": 1},
+    {"key": HEALING_TAG, "value": "healing", "limit": 1},
+]
 SENSOR_WORKERS = 2
 RUN_START_TIMEOUT_S = 180  # a run still STARTING after this is failed by run monitoring
 RUN_MONITOR_POLL_S = 30

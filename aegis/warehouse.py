@@ -22,7 +22,10 @@ a connection already open keeps reading the copy it opened). Where the copy live
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -30,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.1
 # Waits: a sensor tick must not hang; a run can wait out a warehouse build (minutes at most).
@@ -124,47 +129,92 @@ def _etag_path(warehouse: Path) -> Path:
     return warehouse.with_name(warehouse.name + ".etag")
 
 
+def _describe(exc: BaseException) -> str:
+    error = getattr(exc, "response", {}).get("Error", {}) if hasattr(exc, "response") else {}
+    return f"{error.get('Code')}: {error.get('Message')}" if error else f"{type(exc).__name__}: {exc}"
+
+
 def publish(warehouse: Path) -> str | None:
-    """Upload a finished build (prod); return its ETag. Locally: nothing to do (None)."""
+    """Upload a finished build (prod, one PutObject); return its ETag. Locally: nothing to do (None)."""
     where = published_key()
     if where is None:
         return None
-    from aegis.lake.store import S3LakeStore
+    import base64
+    import hashlib
 
-    store = S3LakeStore(where[0])
+    from aegis.lake.store import s3_client
+
     data = Path(warehouse).read_bytes()
-    store.write_bytes(where[1], data)
-    etag = str(store.client.head_object(Bucket=where[0], Key=where[1])["ETag"])
-    _etag_path(Path(warehouse)).write_text(etag)
+    md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+    try:
+        etag = str(s3_client().put_object(Bucket=where[0], Key=where[1], Body=data, ContentMD5=md5)["ETag"])
+    except Exception as exc:
+        raise WarehouseBusy(
+            f"publishing the warehouse to s3://{where[0]}/{where[1]} failed: {_describe(exc)}"
+        ) from exc
+    _etag_path(Path(warehouse)).write_text(etag)  # the ETag of what we put, not of a later head
     return etag
 
 
+_PULL_LOCK = threading.Lock()  # threads of one process (sensors of a code server); flock: processes
+
+
 def pull(warehouse: Path) -> bool:
-    """Bring the local copy up to the published one (prod); True when a newer copy came down."""
+    """Bring the local copy up to the published one (prod); True when a newer copy came down.
+
+    A conditional GET on the ETag of the copy held; the new file is downloaded under a
+    unique temporary name and renamed into place (open readers keep the copy they
+    opened), its ETag written under the same lock. A failure is :class:`WarehouseBusy`
+    (a ``duckdb.IOException``, which readers already treat as "unavailable now").
+    """
     where = published_key()
     if where is None:
         return False
-    from aegis.lake.store import S3LakeStore
-    from aegis.telemetry import write_bytes_atomic
+    from aegis.lake.store import s3_client
 
     warehouse = Path(warehouse)
-    store = S3LakeStore(where[0])
-    tag_file = _etag_path(warehouse)
-    held = tag_file.read_text().strip() if tag_file.exists() and warehouse.exists() else ""
-    try:
-        kwargs = {"IfNoneMatch": held} if held else {}
-        obj = store.client.get_object(Bucket=where[0], Key=where[1], **kwargs)
-    except Exception as exc:
-        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-        if code in ("304", "NotModified"):
-            return False
-        if code in ("NoSuchKey", "404"):
-            return False  # nothing published yet: FileNotFoundError below if there is no local copy either
-        raise
     warehouse.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(obj["Body"].read(), warehouse)  # by rename: open readers keep their copy
-    tag_file.write_text(str(obj["ETag"]))
-    return True
+    tag_file = _etag_path(warehouse)
+    with _PULL_LOCK, open(warehouse.with_name(warehouse.name + ".pull.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        held = tag_file.read_text().strip() if tag_file.exists() and warehouse.exists() else ""
+        try:
+            obj = s3_client().get_object(
+                Bucket=where[0], Key=where[1], **({"IfNoneMatch": held} if held else {})
+            )
+            data = obj["Body"].read()
+        except Exception as exc:
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("304", "NotModified"):
+                return False
+            if code in ("NoSuchKey", "404"):
+                return False  # nothing published yet: a missing local copy says "never built"
+            raise WarehouseBusy(
+                f"cannot pull the published warehouse s3://{where[0]}/{where[1]}: {_describe(exc)}"
+            ) from exc
+        fd, tmp = tempfile.mkstemp(prefix=f".{warehouse.name}.", suffix=".tmp", dir=warehouse.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, warehouse)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        tag_file.write_text(str(obj["ETag"]))
+        return True
+
+
+def available(warehouse: Path) -> bool:
+    """Whether a warehouse file is there to read (prod: after pulling the newest published copy).
+
+    For readers that say "never built" instead of connecting: a pull that fails leaves
+    the local copy (if any) to answer, and :func:`connect` reports the failure.
+    """
+    try:
+        pull(Path(warehouse))
+    except WarehouseBusy as exc:
+        log.warning("%s", exc)
+    return Path(warehouse).is_file()
 
 
 def connect(warehouse: Path, wait_s: float = RUN_WAIT_S) -> LockedConnection:

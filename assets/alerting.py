@@ -10,6 +10,7 @@ The logic lives in :mod:`aegis.alerts.slo_path` (no Dagster there).
 
 import dagster as dg
 
+from aegis import warehouse as warehouse_db
 from aegis.alerts.inbox import AlertInbox, default_url
 from aegis.alerts.slo_path import raise_slo_alerts
 from aegis.changes.slo import SLO_TABLE, SloStateUnknown
@@ -32,7 +33,7 @@ MAX_LISTED = 50
 )
 def slo_alerts(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     home = lake.home_paths()
-    if not home.warehouse.is_file():  # nothing to retry for: the marts were never built
+    if not warehouse_db.available(home.warehouse):  # nothing to retry for: the marts were never built
         raise dg.Failure(
             description=f"SLO state unknown: no warehouse at {home.warehouse} (build the marts first)",
             allow_retries=False,

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aegis.config import current_profile
+from aegis.stack import RUN_TAG_LIMITS
 from assets.resources.changes import ChangeSetResource
 from assets.resources.game import GameBackendResource
 from assets.resources.healing import HealingResource
@@ -70,7 +71,10 @@ def resources_for(profile: str) -> dict[str, Any]:
             "mlflow": MlflowResource(tracking_uri=stack["mlflowTrackingUri"]),
             "training": TrainingResource(),
             "changes": ChangeSetResource(backend_url=stack["gameApiUrl"]),
-            "healing": HealingResource(alert_queue_url=stack["alertQueueUrl"], region=stack["primaryRegion"]),
+            # Alarms arrive through the queue; the Alertmanager stand-in probe has no receiver there.
+            "healing": HealingResource(
+                alert_queue_url=stack["alertQueueUrl"], region=stack["primaryRegion"], probe="off"
+            ),
         }
     raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
 
@@ -119,7 +123,7 @@ def prod_instance_config(environ: Mapping[str, str] | None = None) -> dict[str, 
         "run_coordinator": {
             "module": "dagster.core.run_coordinator",
             "class": "QueuedRunCoordinator",
-            "config": {"max_concurrent_runs": 20},
+            "config": {"max_concurrent_runs": 20, "tag_concurrency_limits": RUN_TAG_LIMITS},
         },
         "telemetry": {"enabled": False},
     }

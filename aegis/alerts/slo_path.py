@@ -42,7 +42,7 @@ def slo_fingerprint(alert: Alert) -> str:
 def warehouse_shards(warehouse: Path) -> list[str]:
     import duckdb
 
-    if not warehouse.is_file():
+    if not warehouse_db.available(warehouse):
         raise SloStateUnknown(f"no warehouse at {warehouse} (the dbt marts were never built)")
     try:
         con = warehouse_db.connect(warehouse)

@@ -198,7 +198,7 @@ def read_kpis(
     """
     import duckdb
 
-    if not warehouse.exists():
+    if not warehouse_db.available(warehouse):
         raise WarehouseUnavailable(f"warehouse {warehouse} does not exist yet (the marts were never built)")
     where, params = [], []
     if shards:
@@ -226,7 +226,7 @@ def newest_bucket(warehouse: Path) -> str | None:
     """The newest ``bucket_start`` in ``fct_shard_kpis`` as ISO text (None: empty or unreadable)."""
     import duckdb
 
-    if not warehouse.exists():
+    if not warehouse_db.available(warehouse):
         return None
     try:
         con = warehouse_db.connect(warehouse, wait_s=warehouse_db.SENSOR_WAIT_S)

@@ -119,7 +119,7 @@ class WarehouseSloAlerts:
     def _latest_rows(self, target: str) -> list[dict[str, Any]]:
         import duckdb
 
-        if not self.warehouse.is_file():
+        if not warehouse_db.available(self.warehouse):
             raise SloStateUnknown(f"no warehouse at {self.warehouse} (the dbt marts were never built)")
         try:
             con = warehouse_db.connect(self.warehouse, wait_s=SLO_READ_WAIT_S)

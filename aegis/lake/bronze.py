@@ -40,6 +40,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -93,6 +94,8 @@ BRONZE_COMPRESSION_LEVEL = 1  # bronze is rewritten rarely and read often: speed
 # and currency occurs in every batch) and which cost ~10% of the write to compute.
 NO_STATISTICS = frozenset({"event_id", "kind", "cause", "currency", "reason", "row_number"})
 QUARANTINE_FILES_MANIFEST = "manifest.jsonl"
+# Where an S3 lake keeps its event index between runs (a cache: synced with the manifest on open).
+INDEX_KEY = f"ingest/{INDEX_FILE}"
 DICTIONARY_COLUMNS = [
     "region",
     "shard_id",
@@ -346,6 +349,7 @@ class _Loaded:
     valid: pa.Table | None = None
     rows: int = 0
     error: str | None = None
+    vanished: bool = False  # the landed object was gone when the worker came to read it
 
 
 def footer_rows(path: Path) -> int:
@@ -405,7 +409,11 @@ def _load(
     loaded: list[_Loaded] = []
     for batch in batches:
         table: pa.Table | None = None
-        path = _stage(lake, batch)
+        try:
+            path = _stage(lake, batch)
+        except FileNotFoundError:  # deleted from the landing since it was listed (retention)
+            loaded.append(_Loaded(vanished=True))
+            continue
         try:
             table = read_batch(path)
             loaded.append(_Loaded(conform(table), rows=table.num_rows))
@@ -798,6 +806,11 @@ class _Ingest:
         _unstage(self.lake, batch)
         self.results.append(result)
 
+    def vanished(self, batch: LandedBatch, batch_no: int) -> None:
+        """A batch deleted from the landing after it was listed: forgotten, not left half-done."""
+        self.manifest.forget_unfinished(batch_no)
+        self.say(f"{batch.rel}: removed from the landing before it could be read; not ingested")
+
     def commit(self, group: list[_Prepared]) -> None:
         """De-duplicate a group of validated batches, write their files, index and record them."""
         if not group:
@@ -860,13 +873,19 @@ class _Ingest:
                 in_flight += sum(b.size for b in ahead)
                 submitted += 1
             if clash is not None:  # the file is kept whole: count what it holds
-                self.reject(batch, batch_id, batch_no, clash, footer_rows(_stage(self.lake, batch)))
+                try:
+                    self.reject(batch, batch_id, batch_no, clash, footer_rows(_stage(self.lake, batch)))
+                except FileNotFoundError:
+                    self.vanished(batch, batch_no)
                 continue
             c, k = chunk_of[i]
             loaded = futures[c].result()[k]
             in_flight -= batch.size
             if k == len(chunks[c]) - 1:
                 del futures[c]
+            if loaded.vanished:
+                self.vanished(batch, batch_no)
+                continue
             if loaded.error is not None:
                 self.reject(batch, batch_id, batch_no, loaded.error, loaded.rows)
                 self.say(f"{batch.rel}: rejected whole: {loaded.error}")
@@ -909,7 +928,13 @@ def _clock(lake: Lake, now: datetime | None) -> tuple[datetime, str]:
 
 def _open_index(lake: Lake, manifest: Manifest, say: Callable[[str], None]) -> EventIndex:
     """The event index, brought up to date with the manifest where it is only a cache (S3 lakes)."""
-    index = EventIndex(lake.state_dir / INDEX_FILE)
+    path = lake.state_dir / INDEX_FILE
+    if lake.is_remote and not path.exists():
+        try:  # a fresh pod: start from the index the last ingest left in the lake, then sync
+            lake.store.fetch(INDEX_KEY, path)
+        except FileNotFoundError:
+            pass
+    index = EventIndex(path)
     if lake.is_remote:
         changed = index.sync(
             manifest.bronze_versions(), lambda rel: lake.store.read_parquet(rel, ["event_id"])
@@ -953,6 +978,8 @@ def ingest_batches(
             swept = [t for d in dirs for t in sweep_stale_tmp(d)]
             if swept:
                 say(f"removed {len(swept)} stale temporary file(s) of killed writers from the lake")
+        else:  # a killed run's staged copies: the lock is ours, nothing else uses them
+            shutil.rmtree(lake.state_dir / "staging", ignore_errors=True)
         todo, skipped = _todo(lake, manifest, batches, reprocess)
         judge_at, clock_name = _clock(lake, now)
         with (
@@ -965,6 +992,8 @@ def ingest_batches(
             registered = [(b, *_register(manifest, b, run_id)) for b in todo]
             run.run(registered, judge_at, future_skew, clock_name, group_rows)
         manifest.export()
+        if lake.is_remote:  # the next pod starts from this index instead of re-reading bronze
+            lake.store.write_bytes(INDEX_KEY, (lake.state_dir / INDEX_FILE).read_bytes())
     report = IngestReport(results=run.results, skipped=skipped, seconds=time.perf_counter() - started)
     if not report.conserved:  # record() already refuses a non-conserving batch; this guards the results
         raise AssertionError("ingest counts are not conserved; see the manifest")

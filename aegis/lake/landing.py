@@ -7,6 +7,7 @@ Temporary files a killed writer left behind are swept by :func:`sweep_stale_tmp`
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -112,7 +113,10 @@ def list_landed_in(lake: Any, newer_than_ns: int | None = None) -> list[LandedBa
             continue
         rel = f.rel[cut:]
         name = rel.rsplit("/", 1)[-1]
-        out.append(LandedBatch(f.mtime_ns, rel, name.removesuffix(BATCH_SUFFIX), staging / rel, f.size))
+        # Staged under a digest of the key, never the key itself: a key is data (anyone who
+        # may write the landing prefix chooses it), and "//x" or ".." must not pick a path.
+        staged = staging / f"{hashlib.sha256(rel.encode()).hexdigest()[:32]}{BATCH_SUFFIX}"
+        out.append(LandedBatch(f.mtime_ns, rel, name.removesuffix(BATCH_SUFFIX), staged, f.size))
     out.sort()
     return out
 

@@ -149,8 +149,10 @@ _WRITING = threading.local()  # set while a write transaction begins (SQLite: BE
 def _engine(url: str) -> Engine:
     """One engine per manifest URL and process (the schema is created once, on first use)."""
     engine = _ENGINES.get(url)
-    if engine is not None:
-        return engine
+    if engine is not None and not (
+        url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists()
+    ):
+        return engine  # (a local lake wiped under a running process gets its table back below)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
@@ -179,7 +181,11 @@ def _engine(url: str) -> Engine:
         engine = make_engine(url)
         migrate(engine, "lake", [Migration(1, "batches", lambda con: _metadata.create_all(con))])
     else:
-        raise ValueError(f"unsupported manifest URL {url!r}: use sqlite:///PATH or postgresql+psycopg://...")
+        from aegis.db import safe_url
+
+        raise ValueError(
+            f"unsupported manifest URL {safe_url(url)!r}: use sqlite:///PATH or postgresql+psycopg://..."
+        )
     _ENGINES[url] = engine
     return engine
 
@@ -280,6 +286,13 @@ class Manifest:
         batch_no = data.pop("batch_no")
         with self._write() as con:
             con.execute(batches_t.update().where(batches_t.c.batch_no == batch_no).values(**data))
+
+    def forget_unfinished(self, batch_no: int) -> None:
+        """Drop a batch registered but never finished (its file vanished before it was read)."""
+        with self._write() as con:
+            con.execute(
+                batches_t.delete().where(batches_t.c.batch_no == batch_no, batches_t.c.status == "processing")
+            )
 
     def _rows(self, query: sa.Select[Any]) -> list[Any]:
         with self._connect() as con:

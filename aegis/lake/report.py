@@ -56,7 +56,7 @@ def lake_report(where: AegisPaths | Lake, max_files: int = 20) -> LakeReport:
     if files:
         con = duckdb.connect()
         if lake.is_remote:
-            register_duckdb(con)
+            register_duckdb(con, getattr(lake.store, "region", None))
         try:
             rows = con.execute(
                 "SELECT rule, count(*) AS n, min(reason) AS example FROM read_parquet(?, union_by_name=true) "

@@ -101,7 +101,7 @@ class MartFrames:
 def read_marts(warehouse: Path, history_buckets: int = 288) -> MartFrames:
     """The marts the engine needs, read-only; per shard only the last ``history_buckets`` buckets."""
 
-    if not Path(warehouse).exists():
+    if not warehouse_db.available(Path(warehouse)):
         raise FileNotFoundError(f"warehouse {warehouse} does not exist: build the marts first (dbt)")
     con = warehouse_db.connect(Path(warehouse))
     try:

@@ -124,7 +124,7 @@ def _memory(where: AegisPaths | Lake | None = None) -> duckdb.DuckDBPyConnection
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
     if where is not None and as_lake(where).is_remote:
-        register_duckdb(con)
+        register_duckdb(con, getattr(as_lake(where).store, "region", None))
     return con
 
 

@@ -290,7 +290,7 @@ def run(
     )
     data = summary.model_dump(mode="json") if hasattr(summary, "model_dump") else _dataclass_dict(summary)
     if ship_to:
-        shipped = _shipper(p, ship_to).ship_once()
+        shipped = _ship_once(p, ship_to)
         if shipped.failed:
             raise click.ClickException(
                 f"shipping to {ship_to} stopped: {shipped.failed[0]} (rerun ships the rest)"
@@ -317,6 +317,18 @@ def _shipper(p: Any, uri: str) -> Any:
     return FirehoseShipper(p.landing, store)
 
 
+def _ship_once(p: Any, uri: str) -> Any:
+    """One shipping pass; a store failure (bucket gone, credentials refused) is a clear error."""
+    from aegis.lake.store import LakeUnavailable
+
+    try:
+        return _shipper(p, uri).ship_once()
+    except LakeUnavailable as exc:
+        raise click.ClickException(
+            f"shipping to {uri}: {exc} (the spool keeps every batch; rerun ships it)"
+        ) from exc
+
+
 def _start_shipping(p: Any, uri: str | None) -> tuple[threading.Event, threading.Thread] | None:
     """A thread shipping the spool to ``uri`` every few seconds (None without --ship-to)."""
     if not uri:
@@ -341,7 +353,7 @@ def _stop_shipping(shipping: tuple[threading.Event, threading.Thread] | None) ->
 def ship(to: str) -> None:
     """Deliver what this AEGIS_HOME's world landed (and has not shipped) to an S3 lake, once."""
     p = paths()
-    stats = _shipper(p, to).ship_once()
+    stats = _ship_once(p, to)
     click.echo(f"shipped {stats.files} file(s), {stats.bytes:,} bytes to {to}")
     if stats.failed:
         raise click.ClickException(

@@ -95,7 +95,7 @@ class FirehoseShipper:
                 stats = self.ship_once()
                 if stats.failed:
                     log.warning("shipping to %s: %s (kept in the spool)", self.store.uri, stats.failed[0])
-            except LakeUnavailable as exc:
+            except Exception as exc:  # keep shipping: a dead thread would let the spool grow unseen
                 log.warning("shipping to %s failed; batches stay in the spool: %s", self.store.uri, exc)
             if stopping:
                 return

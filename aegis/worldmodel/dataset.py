@@ -115,7 +115,7 @@ def read_warehouse(warehouse: Path, table: str = KPI_TABLE) -> pd.DataFrame:
     """``fct_shard_kpis`` from the warehouse, read-only (dbt may be writing elsewhere)."""
     import duckdb
 
-    if not Path(warehouse).exists():
+    if not warehouse_db.available(Path(warehouse)):
         raise DatasetError(f"warehouse {warehouse} does not exist: run the telemetry and dbt assets first")
     try:
         con = warehouse_db.connect(Path(warehouse))

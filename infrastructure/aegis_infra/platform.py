@@ -474,7 +474,18 @@ class Platform(pulumi.ComponentResource):
                 "runCoordinator": {
                     "enabled": True,
                     "type": "QueuedRunCoordinator",
-                    "config": {"queuedRunCoordinator": {"maxConcurrentRuns": 25}},
+                    "config": {
+                        "queuedRunCoordinator": {
+                            "maxConcurrentRuns": 25,
+                            # as aegis.stack.RUN_TAG_LIMITS (a test keeps them equal): one ingest,
+                            # one warehouse build (one publisher of the warehouse), one healing run
+                            "tagConcurrencyLimits": [
+                                {"key": "aegis/ingest", "limit": 1},
+                                {"key": "aegis/automation", "limit": 1},
+                                {"key": "aegis/area", "value": "healing", "limit": 1},
+                            ],
+                        }
+                    },
                 },
             },
         }

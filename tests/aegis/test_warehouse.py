@@ -87,3 +87,58 @@ def test_readers_share_and_release(tmp_path: Path) -> None:
 def test_no_warehouse_yet_says_so(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run the dbt assets first"):
         warehouse_db.connect(tmp_path / "missing.duckdb", wait_s=1)
+
+
+def test_prod_publishes_the_build_and_readers_pull_the_newest_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run pods share no disk: the build's file goes to the platform bucket (moto server over
+    HTTP), a reader elsewhere pulls it before connecting, a later build replaces it, and two
+    threads pulling at once both end with the newest file."""
+    import threading
+
+    import boto3
+
+    from aegis import warehouse as wh
+    from tests.moto_support import aws_env, moto_server
+
+    with moto_server() as endpoint:
+        for name, value in aws_env(endpoint).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AEGIS_PROFILE", "prod")
+        monkeypatch.setenv("AEGIS_PLATFORM_BUCKET", "aegis-platform-test")
+        boto3.client("s3").create_bucket(Bucket="aegis-platform-test")
+        builder = tmp_path / "build-pod" / "warehouse.duckdb"
+        reader = tmp_path / "reader-pod" / "warehouse.duckdb"
+        assert not wh.available(reader)  # nothing published yet: "never built"
+        builder.parent.mkdir()
+        with duckdb.connect(str(builder)) as con:
+            con.execute("create table t as select 1 as v")
+        etag = wh.publish(builder)
+        assert etag and wh.available(reader)
+        with wh.connect(reader) as con:
+            assert con.execute("select v from t").fetchall() == [(1,)]
+        assert wh.pull(reader) is False  # same ETag: a 304, nothing downloaded
+        with duckdb.connect(str(builder)) as con:
+            con.execute("create or replace table t as select 2 as v")
+        wh.publish(builder)
+        errors: list[BaseException] = []
+
+        def pull() -> None:
+            try:
+                wh.pull(reader)
+            except BaseException as exc:  # collected: the assertion below names it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=pull) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        with wh.connect(reader) as con:
+            assert con.execute("select v from t").fetchall() == [(2,)]
+        monkeypatch.setenv("AEGIS_PLATFORM_BUCKET", "no-such-platform-bucket")
+        with pytest.raises(wh.WarehouseBusy, match="no-such-platform-bucket"):
+            wh.connect(reader)
+        assert wh.available(reader)  # a failed pull leaves the local copy to answer

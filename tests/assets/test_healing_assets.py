@@ -158,3 +158,50 @@ def test_sensor_probe_reports_a_crash_without_alertmanager(
         assert (inc.target, inc.kind) == (SHARD, "shard_down")
     finally:
         stop_receiver(receiver)
+
+
+def test_the_sensor_drains_the_prod_alarm_queue_into_the_inbox_and_opens_the_incident(
+    aegis_home: AegisPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prod: CloudWatch -> SNS -> SQS; the same sensor drains the queue (moto server over HTTP)
+    before it reads the inbox, deletes only what it committed, and launches the healing run."""
+    import json
+
+    import boto3
+
+    from tests.moto_support import aws_env, moto_server
+
+    with moto_server() as endpoint:
+        for name, value in aws_env(endpoint, "eu-west-1").items():
+            monkeypatch.setenv(name, value)
+        sqs = boto3.client("sqs", region_name="eu-west-1")
+        queue = sqs.create_queue(QueueName="aegis-alerts")["QueueUrl"]
+        alarm = {
+            "AlarmName": "aegis-prod-ShardDown-eu-west-1",
+            "AlarmArn": "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:aegis-prod-ShardDown-eu-west-1",
+            "NewStateValue": "ALARM",
+            "NewStateReason": "Threshold Crossed",
+            "StateChangeTime": "2026-12-06T01:00:00.000+0000",
+            "Trigger": {
+                "MetricName": "ShardDown",
+                "Namespace": "Aegis/World",
+                "Dimensions": [{"name": "shard", "value": SHARD}],
+            },
+        }
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(alarm))
+        healing = HealingResource(alert_queue_url=queue, region="eu-west-1")
+        with dg.instance_for_test() as instance:
+            ctx = dg.build_sensor_context(
+                instance=instance,
+                resources={"game": GameBackendResource(base_url="http://127.0.0.1:9"), "healing": healing},
+            )
+            result = healing_alert_sensor(ctx)
+        attrs = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
+        assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "0"  # committed, then deleted
+    inbox = AlertInbox()
+    try:
+        firing = inbox.firing()
+    finally:
+        inbox.close()
+    assert [e.alert.source for e in firing] == ["cloudwatch"]
+    assert len(result.run_requests) == 1, result.skip_reason

@@ -197,6 +197,22 @@ def test_the_instance_storage_uses_the_driver_the_prod_profile_uses(graph: dict[
     assert sa.make_url(f"{DAGSTER_PG_SCHEME}://u@h/d").get_dialect().driver == "psycopg2"
 
 
+def test_the_run_queue_limits_are_the_platforms_everywhere(graph: dict[str, Any]) -> None:
+    from aegis.stack import RUN_TAG_LIMITS
+    from pipelines.profiles import prod_instance_config
+    from pipelines.stack_outputs import PROD_SECRET_ENV, STACK_OUTPUT_ENV
+
+    release = next(
+        r
+        for r in graph["resources"]
+        if r["type"] == "kubernetes:helm.sh/v3:Release" and r["inputs"]["chart"] == "dagster"
+    )
+    queued = release["inputs"]["values"]["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert queued["tagConcurrencyLimits"] == RUN_TAG_LIMITS
+    env = {var: "x" for var in [*STACK_OUTPUT_ENV.values(), *PROD_SECRET_ENV]}
+    assert prod_instance_config(env)["run_coordinator"]["config"]["tag_concurrency_limits"] == RUN_TAG_LIMITS
+
+
 def test_every_platform_container_runs_the_configured_image(graph: dict[str, Any]) -> None:
     config = cli_config(graph["stack"])
     image = f"{config['aegis:imageRepository']}:{config['aegis:imageTag']}"

@@ -112,9 +112,12 @@ def test_a_second_pod_rebuilds_its_index_and_still_drops_duplicates(s3: object, 
     _land(first, batch, "orig")
     assert ingest_batches(first).results[0].bronze_rows == 120
     # Another pod: same manifest and bucket, an empty scratch disk.
+    assert first.store.exists("ingest/event_index.duckdb")  # the index the next pod starts from
     second = _lake(tmp_path, "pod-b")
     _land(second, batch, "replayed", shard="eu-1")  # the same events landed again
-    (r,) = ingest_batches(second, log=print).results
+    said: list[str] = []
+    (r,) = ingest_batches(second, log=said.append).results
+    assert not [m for m in said if "re-read" in m], said  # it took the lake's index, not all of bronze
     assert r.batch_id == "replayed" and r.duplicate_rows == 120 and r.bronze_rows == 0
     totals = Manifest(second).totals()
     assert totals["rows_in"] == 240 and totals["bronze_rows"] == 120 and totals["duplicate_rows"] == 120
@@ -237,3 +240,51 @@ def test_prod_lake_keeps_its_manifest_in_postgres_and_one_ingest_runs_at_a_time(
         )
         assert schema.scalar() == "aegis_lake"
         assert con.execute(sa.text("select status from aegis_lake.batches")).scalar() == "ok"
+
+
+def test_an_unreachable_manifest_database_is_a_clear_error_and_nothing_is_written(
+    s3: object, tmp_path: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from tests.support import free_port
+
+    url = f"postgresql+psycopg://aegis:secret-pw@127.0.0.1:{free_port()}/platform"
+    lake = Lake.s3(f"s3://{BUCKET}", state_dir=tmp_path / "pod", manifest_url=url)
+    _land(lake, make_batch(30, seed=13), "db-down")
+    with pytest.raises(sa.exc.OperationalError) as err:
+        ingest_batches(lake)
+    assert "127.0.0.1" in str(err.value) and "secret-pw" not in str(err.value)
+    assert _keys(s3, "bronze/") == [] and _keys(s3, "quarantine/") == []
+
+
+def test_a_landed_key_never_picks_a_local_path_and_a_vanished_batch_is_forgotten(
+    s3: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys are data: "//" or ".." in one must not stage (or delete) outside the scratch dir; a
+    batch deleted after listing is not left "processing" for ever."""
+    from aegis.lake import bronze
+    from aegis.lake.landing import list_landed_in
+
+    lake = _lake(tmp_path)
+    evil = f"landing/telemetry//{tmp_path}/escaped.parquet"
+    lake.store.write_parquet(evil, make_batch(20, seed=21))
+    lake.store.write_parquet("landing/telemetry/date=2026-01-02/../../x/up.parquet", make_batch(20, seed=22))
+    staged = [b.path for b in list_landed_in(lake)]
+    assert staged and all(p.parent == lake.state_dir / "staging" for p in staged)
+    report = ingest_batches(lake)
+    assert report.conserved and report.bronze_rows == 40
+    assert not (tmp_path / "escaped.parquet").exists()
+
+    _land(lake, make_batch(30, seed=23), "gone-soon")
+    real_stage = bronze._stage
+
+    def stage_after_retention(lk: Lake, batch: object) -> Path:
+        lk.store.delete(lk.landing_rel(batch.rel))  # type: ignore[attr-defined]
+        return real_stage(lk, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bronze, "_stage", stage_after_retention)
+    said: list[str] = []
+    assert ingest_batches(lake, log=said.append).results == []
+    assert any("removed from the landing" in m for m in said)
+    assert Manifest(lake).totals()["unfinished"] == 0
