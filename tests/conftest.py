@@ -37,3 +37,15 @@ def aegis_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aegi
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """psycopg URL of one real PostgreSQL per test session (tests/pg_support.py), started on first use."""
+    from tests.pg_support import start_pg
+
+    base_url, cleanup = start_pg()
+    try:
+        yield base_url
+    finally:
+        cleanup()

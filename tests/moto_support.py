@@ -7,9 +7,8 @@ at it with dummy credentials: boto3 honours ``AWS_ENDPOINT_URL`` natively, so th
 code under test builds its clients as it would in production.  Apply it with
 ``monkeypatch.setenv`` (in-process) or pass it to a subprocess::
 
-    with moto_server() as endpoint:
-        for name, value in aws_env(endpoint).items():
-            monkeypatch.setenv(name, value)
+    with moto_environment(monkeypatch) as endpoint:
+        ...
 
 moto keeps its state per process, shared by every server and ``mock_aws`` in
 it, so a new server starts from a reset: run one at a time in a process.
@@ -23,6 +22,7 @@ import logging
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 DEFAULT_REGION = "us-east-1"
 DUMMY_KEY = "testing"  # moto accepts any credentials; these only stop boto3 looking for real ones
@@ -65,3 +65,12 @@ def aws_env(endpoint: str, region: str = DEFAULT_REGION) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": DUMMY_KEY,
         "AWS_DEFAULT_REGION": region,
     }
+
+
+@contextmanager
+def moto_environment(monkeypatch: Any, region: str = DEFAULT_REGION) -> Iterator[str]:
+    """A moto server with this process's AWS environment (:func:`aws_env`) pointed at it."""
+    with moto_server() as endpoint:
+        for name, value in aws_env(endpoint, region).items():
+            monkeypatch.setenv(name, value)
+        yield endpoint

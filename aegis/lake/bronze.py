@@ -454,17 +454,22 @@ def _chunks(registered: list[tuple[LandedBatch, str, int, str | None]]) -> list[
     return chunks
 
 
-def _register(manifest: Manifest, batch: LandedBatch, run_id: str | None) -> tuple[str, int, str | None]:
-    """Give the batch its manifest number; a clash of batch ids yields a distinct id and a reason."""
-    batch_id = batch.batch_id
-    batch_no, first_source = manifest.register(batch_id, batch.rel, batch.size, run_id)
-    if first_source is not None and first_source != batch.rel:
-        # The same id from another file: keep both, but never under one id.
-        clash = f"batch id {batch_id} was already used by {first_source}; batch ids must be unique"
-        batch_id = f"{batch_id}~{hashlib.sha1(batch.rel.encode()).hexdigest()[:10]}"
-        batch_no, _ = manifest.register(batch_id, batch.rel, batch.size, run_id)
-        return batch_id, batch_no, clash
-    return batch_id, batch_no, None
+def _register_all(
+    manifest: Manifest, todo: list[LandedBatch], run_id: str | None
+) -> list[tuple[LandedBatch, str, int, str | None]]:
+    """Give each batch its manifest number (one transaction); a clash of batch ids yields a distinct id
+    and a reason: the same id from another file keeps both files, never under one id."""
+    numbers = manifest.register_many([(b.batch_id, b.rel, b.size, run_id) for b in todo])
+    out: list[tuple[LandedBatch, str, int, str | None]] = []
+    for batch, (batch_no, first_source) in zip(todo, numbers, strict=True):
+        if first_source is not None and first_source != batch.rel:
+            clash = f"batch id {batch.batch_id} was already used by {first_source}; batch ids must be unique"
+            batch_id = f"{batch.batch_id}~{hashlib.sha1(batch.rel.encode()).hexdigest()[:10]}"
+            batch_no, _ = manifest.register(batch_id, batch.rel, batch.size, run_id)
+            out.append((batch, batch_id, batch_no, clash))
+        else:
+            out.append((batch, batch.batch_id, batch_no, None))
+    return out
 
 
 def _prepared(batch: LandedBatch, batch_id: str, batch_no: int, loaded: _Loaded) -> _Prepared:
@@ -837,9 +842,9 @@ class _Ingest:
             w.result()  # re-raises a failed write before anything is indexed or recorded
         if add_h:
             self.index.add(np.concatenate(add_h), np.concatenate(add_b))
-        for p in group:
-            entry = _entry(p.batch_no, p.batch, p.result, self.run_id, self.ingested_at)
-            self.manifest.record(entry)
+        entries = [_entry(p.batch_no, p.batch, p.result, self.run_id, self.ingested_at) for p in group]
+        self.manifest.record_many(entries)  # the group's batches are done together, or none is
+        for p, entry in zip(group, entries, strict=True):
             if self.lake.is_remote:  # the index is a cache there: remember which version it holds
                 self.index.mark_synced(p.batch_no, entry.processed_at)
             _unstage(self.lake, p.batch)
@@ -972,7 +977,8 @@ def ingest_batches(
     lake = as_lake(where).ensure()
     lake.store.check()
     say = log or (lambda _msg: None)
-    with ingest_lock(lake), Manifest(lake).session() as manifest:
+    with ingest_lock(lake):
+        manifest = Manifest(lake)
         if isinstance(lake.store, LocalLakeStore):
             dirs = (lake.store.path("bronze"), lake.store.path("quarantine"), manifest.dir)
             swept = [t for d in dirs for t in sweep_stale_tmp(d)]
@@ -989,7 +995,7 @@ def ingest_batches(
             run = _Ingest(
                 lake, manifest, index, pool, (now or datetime.now(UTC)).astimezone(UTC), run_id, say
             )
-            registered = [(b, *_register(manifest, b, run_id)) for b in todo]
+            registered = _register_all(manifest, todo, run_id)
             run.run(registered, judge_at, future_skew, clock_name, group_rows)
         manifest.export()
         if lake.is_remote:  # the next pod starts from this index instead of re-reading bronze

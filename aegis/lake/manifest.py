@@ -12,7 +12,6 @@ database, :func:`aegis.db.store_url`) in prod, where runs are pods.  A Parquet c
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -24,6 +23,8 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from aegis import db
+from aegis.db import Migration
 from aegis.lake.store import MANIFEST_DB, Lake, as_lake
 
 MANIFEST_PARQUET = "manifest.parquet"
@@ -142,52 +143,58 @@ def manifest_dir(where: Any) -> Path:
     return as_lake(where).state_dir
 
 
+def _create(con: Connection) -> None:
+    """Migration 1: the ``batches`` table (an existing local manifest is adopted as it is)."""
+    if con.dialect.name == "sqlite":
+        for statement in filter(str.strip, _SQLITE_SCHEMA.split(";")):
+            con.exec_driver_sql(statement)
+    else:
+        _metadata.create_all(con)
+
+
+MIGRATIONS = [Migration(1, "batches", _create)]
+STORE = "lake"
 _ENGINES: dict[str, Engine] = {}
-_WRITING = threading.local()  # set while a write transaction begins (SQLite: BEGIN IMMEDIATE)
 
 
 def _engine(url: str) -> Engine:
-    """One engine per manifest URL and process (the schema is created once, on first use)."""
+    """The manifest's engine (:func:`aegis.db.open_store`: WAL SQLite or PostgreSQL, migrated),
+    one per URL and process; a local manifest deleted under a running process is re-created."""
     engine = _ENGINES.get(url)
-    if engine is not None and not (
-        url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists()
-    ):
-        return engine  # (a local lake wiped under a running process gets its table back below)
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # transactions are begun explicitly (BEGIN IMMEDIATE)
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        @sa.event.listens_for(engine, "begin")
-        def _begin(conn: Connection) -> None:
-            # writers take the write lock up front (no upgrade deadlock); readers never wait (WAL)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(_WRITING, "on", False) else "BEGIN")
-
-        with engine.connect() as con:
-            for statement in filter(str.strip, _SQLITE_SCHEMA.split(";")):
-                con.exec_driver_sql(statement)
-            con.commit()
-    elif url.startswith(("postgresql", "postgres")):
-        # The platform database, schema aegis_lake (aegis.db.store_url puts it on the search_path).
-        from aegis.db import Migration, make_engine, migrate
-
-        engine = make_engine(url)
-        migrate(engine, "lake", [Migration(1, "batches", lambda con: _metadata.create_all(con))])
-    else:
-        from aegis.db import safe_url
-
-        raise ValueError(
-            f"unsupported manifest URL {safe_url(url)!r}: use sqlite:///PATH or postgresql+psycopg://..."
-        )
-    _ENGINES[url] = engine
+    file = db.sqlite_file(url)
+    if engine is None or (file is not None and not file.exists()):
+        engine = _ENGINES[url] = db.open_store(url, STORE, MIGRATIONS)
     return engine
+
+
+def _register_one(
+    con: Connection, batch_id: str, source_path: str, source_size: int, run_id: str | None
+) -> tuple[int, str | None]:
+    row = con.execute(
+        sa.select(batches_t.c.batch_no, batches_t.c.source_path)
+        .where(batches_t.c.batch_id == batch_id)
+        .with_for_update()
+    ).first()
+    if row is None:
+        batch_no: int = con.execute(
+            batches_t.insert()
+            .values(
+                batch_id=batch_id,
+                source_path=source_path,
+                source_size=source_size,
+                status="processing",
+                run_id=run_id,
+            )
+            .returning(batches_t.c.batch_no)
+        ).scalar_one()
+        return int(batch_no), None
+    if row.source_path == source_path:
+        con.execute(
+            batches_t.update()
+            .where(batches_t.c.batch_no == row.batch_no)
+            .values(status="processing", source_size=source_size, run_id=run_id)
+        )
+    return int(row.batch_no), str(row.source_path)
 
 
 def _entry(row: Any) -> ManifestEntry:
@@ -207,36 +214,12 @@ class Manifest:
         self.url = self.lake.manifest_url
         self.db_path = self.dir / MANIFEST_DB  # the local database (sqlite URL) or unused
         self.engine = _engine(self.url)
-        self._held: Connection | None = None
-
-    @contextmanager
-    def _connect(self) -> Iterator[Connection]:
-        if self._held is not None:
-            yield self._held
-            return
-        with self.engine.connect() as con:
-            yield con
-
-    @contextmanager
-    def session(self) -> Iterator[Manifest]:
-        """Keep one connection open for many calls (an ingest run); readers still see every commit."""
-        with self.engine.connect() as con:
-            self._held = con
-            try:
-                yield self
-            finally:
-                self._held = None
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._connect() as con:
-            _WRITING.on = True
-            try:
-                tx = con.begin()
-            finally:
-                _WRITING.on = False
-            with tx:
-                yield con
+        """A write transaction holding the manifest's write lock (SQLite: BEGIN IMMEDIATE)."""
+        with db.write_transaction(self.engine, STORE) as con:
+            yield con
 
     def register(
         self, batch_id: str, source_path: str, source_size: int, run_id: str | None
@@ -246,46 +229,37 @@ class Manifest:
         A batch id seen before keeps its number (the event index and bronze file
         are keyed by it), so re-processing replaces rather than adds.
         """
+        return self.register_many([(batch_id, source_path, source_size, run_id)])[0]
+
+    def register_many(self, batches: list[tuple[str, str, int, str | None]]) -> list[tuple[int, str | None]]:
+        """:meth:`register` for ``(batch_id, source_path, source_size, run_id)`` rows, in one transaction."""
+        out: list[tuple[int, str | None]] = []
         with self._write() as con:
-            row = con.execute(
-                sa.select(batches_t.c.batch_no, batches_t.c.source_path)
-                .where(batches_t.c.batch_id == batch_id)
-                .with_for_update()
-            ).first()
-            if row is None:
-                batch_no: int = con.execute(
-                    batches_t.insert()
-                    .values(
-                        batch_id=batch_id,
-                        source_path=source_path,
-                        source_size=source_size,
-                        status="processing",
-                        run_id=run_id,
-                    )
-                    .returning(batches_t.c.batch_no)
-                ).scalar_one()
-                return int(batch_no), None
-            if row.source_path == source_path:
-                con.execute(
-                    batches_t.update()
-                    .where(batches_t.c.batch_no == row.batch_no)
-                    .values(status="processing", source_size=source_size, run_id=run_id)
-                )
-            return int(row.batch_no), str(row.source_path)
+            for batch_id, source_path, source_size, run_id in batches:
+                out.append(_register_one(con, batch_id, source_path, source_size, run_id))
+        return out
 
     def record(self, entry: ManifestEntry) -> None:
         """Store a finished batch; refuses counts that do not add up."""
-        if entry.status not in DONE_STATUSES:
-            raise ValueError(f"status {entry.status!r} is not a finished status ({', '.join(DONE_STATUSES)})")
-        if not entry.conserved:
-            raise ConservationError(
-                f"batch {entry.batch_id}: rows_in {entry.rows_in} != bronze {entry.bronze_rows} + "
-                f"quarantined {entry.quarantined_rows} + duplicates {entry.duplicate_rows}"
-            )
-        data = asdict(entry)
-        batch_no = data.pop("batch_no")
+        self.record_many([entry])
+
+    def record_many(self, entries: list[ManifestEntry]) -> None:
+        """:meth:`record` for several batches, in one transaction (all or none); each is checked first."""
+        for entry in entries:
+            if entry.status not in DONE_STATUSES:
+                raise ValueError(
+                    f"status {entry.status!r} is not a finished status ({', '.join(DONE_STATUSES)})"
+                )
+            if not entry.conserved:
+                raise ConservationError(
+                    f"batch {entry.batch_id}: rows_in {entry.rows_in} != bronze {entry.bronze_rows} + "
+                    f"quarantined {entry.quarantined_rows} + duplicates {entry.duplicate_rows}"
+                )
         with self._write() as con:
-            con.execute(batches_t.update().where(batches_t.c.batch_no == batch_no).values(**data))
+            for entry in entries:
+                data = asdict(entry)
+                batch_no = data.pop("batch_no")
+                con.execute(batches_t.update().where(batches_t.c.batch_no == batch_no).values(**data))
 
     def forget_unfinished(self, batch_no: int) -> None:
         """Drop a batch registered but never finished (its file vanished before it was read)."""
@@ -295,11 +269,8 @@ class Manifest:
             )
 
     def _rows(self, query: sa.Select[Any]) -> list[Any]:
-        with self._connect() as con:
-            try:
-                return list(con.execute(query))
-            finally:
-                con.rollback()  # end the read: a held connection must not pin a snapshot
+        with self.engine.connect() as con:
+            return list(con.execute(query))
 
     def entries(self, batch_ids: Iterable[str] | None = None) -> list[ManifestEntry]:
         base = sa.select(batches_t).order_by(batches_t.c.batch_no)

@@ -100,11 +100,9 @@ def test_prod_publishes_the_build_and_readers_pull_the_newest_copy(
     import boto3
 
     from aegis import warehouse as wh
-    from tests.moto_support import aws_env, moto_server
+    from tests.moto_support import moto_environment
 
-    with moto_server() as endpoint:
-        for name, value in aws_env(endpoint).items():
-            monkeypatch.setenv(name, value)
+    with moto_environment(monkeypatch):
         monkeypatch.setenv("AEGIS_PROFILE", "prod")
         monkeypatch.setenv("AEGIS_PLATFORM_BUCKET", "aegis-platform-test")
         boto3.client("s3").create_bucket(Bucket="aegis-platform-test")

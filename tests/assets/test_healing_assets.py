@@ -169,11 +169,9 @@ def test_the_sensor_drains_the_prod_alarm_queue_into_the_inbox_and_opens_the_inc
 
     import boto3
 
-    from tests.moto_support import aws_env, moto_server
+    from tests.moto_support import moto_environment
 
-    with moto_server() as endpoint:
-        for name, value in aws_env(endpoint, "eu-west-1").items():
-            monkeypatch.setenv(name, value)
+    with moto_environment(monkeypatch, "eu-west-1"):
         sqs = boto3.client("sqs", region_name="eu-west-1")
         queue = sqs.create_queue(QueueName="aegis-alerts")["QueueUrl"]
         alarm = {

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 import yaml
 
 from tests.moto_support import aws_env, moto_server
-from tests.pg_support import fresh_database, socket_env, start_pg
+from tests.pg_support import fresh_database, socket_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(15 * 60)]
 
@@ -66,84 +66,81 @@ def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float =
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def cloud(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[dict[str, Any]]:
     """moto (S3, SQS, Secrets Manager), PostgreSQL with the stack's databases, an MLflow server."""
     tmp = tmp_path_factory.mktemp("prod")
-    pg_url, pg_cleanup = start_pg()
-    try:
-        with moto_server() as endpoint:
-            aws = aws_env(endpoint, REGION)
-            session = boto3.Session(
-                aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
-                region_name=REGION,
-            )
-            s3 = session.client("s3", endpoint_url=endpoint)
-            for bucket in (LAKE_BUCKET, PLATFORM_BUCKET, AUDIT_BUCKET):
-                s3.create_bucket(Bucket=bucket)
-            queue_url = session.client("sqs", endpoint_url=endpoint).create_queue(QueueName="aegis-alerts")[
-                "QueueUrl"
-            ]
-            db = {name: fresh_database(pg_url, name) for name in ("aegis_platform", "dagster", "mlflow")}
-            secret_arn = session.client("secretsmanager", endpoint_url=endpoint).create_secret(
-                Name="aegis/db", SecretString=json.dumps({"username": "postgres", "password": "unused"})
-            )["ARN"]
-            mlflow_port = _free_port()
-            mlflow_log = tmp / "mlflow.log"
-            mlflow_env = {**os.environ, **aws}
-            mlflow = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("mlflow")),
-                    "server",
-                    "--backend-store-uri",
-                    db["mlflow"],
-                    "--artifacts-destination",
-                    f"s3://{PLATFORM_BUCKET}/mlflow",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(mlflow_port),
-                    "--workers",
-                    "1",
-                ],
-                env=mlflow_env,
-                stdout=mlflow_log.open("w"),
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                _wait(f"http://127.0.0.1:{mlflow_port}/health", mlflow, mlflow_log)
-                pg = socket_env(pg_url, "aegis_platform")
-                env = {
-                    **aws,
-                    "AEGIS_PROFILE": "prod",
-                    # the stack outputs (pipelines/stack_outputs.py), as the deployment sets them
-                    "AEGIS_AWS_REGION": REGION,
-                    "AEGIS_LAKE_BUCKET": LAKE_BUCKET,
-                    "AEGIS_LAKE_LANDING_PREFIX": "landing/telemetry/",
-                    "AEGIS_AUDIT_BUCKET": AUDIT_BUCKET,
-                    "AEGIS_PLATFORM_BUCKET": PLATFORM_BUCKET,
-                    "AEGIS_TELEMETRY_STREAM": "aegis-e2e-telemetry",
-                    "AEGIS_GLUE_DATABASE": "aegis_e2e",
-                    "AEGIS_ALERT_QUEUE_URL": queue_url,
-                    "AEGIS_DB_HOST": pg["AEGIS_DB_HOST"],
-                    "AEGIS_DB_READER_HOST": pg["AEGIS_DB_HOST"],
-                    "AEGIS_DB_PORT": pg["AEGIS_DB_PORT"],
-                    "AEGIS_DB_SECRET_ARN": secret_arn,
-                    "AEGIS_DAGSTER_DB": "dagster",
-                    "AEGIS_LEDGER_DB": "aegis_platform",
-                    "AEGIS_EKS_CLUSTER": "aegis-e2e",
-                    "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-                    "AEGIS_GAME_API_URL": "http://127.0.0.1:9",
-                    # the database secret
-                    "AEGIS_DB_USER": pg["AEGIS_DB_USER"],
-                    "AEGIS_DB_PASSWORD": pg["AEGIS_DB_PASSWORD"],
-                }
-                yield {"env": env, "s3": s3, "db": db, "tmp": tmp, "endpoint": endpoint, "aws": aws}
-            finally:
-                mlflow.terminate()
-                mlflow.wait(timeout=30)
-    finally:
-        pg_cleanup()
+    pg_url = pg_server
+    with moto_server() as endpoint:
+        aws = aws_env(endpoint, REGION)
+        session = boto3.Session(
+            aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+            region_name=REGION,
+        )
+        s3 = session.client("s3", endpoint_url=endpoint)
+        for bucket in (LAKE_BUCKET, PLATFORM_BUCKET, AUDIT_BUCKET):
+            s3.create_bucket(Bucket=bucket)
+        queue_url = session.client("sqs", endpoint_url=endpoint).create_queue(QueueName="aegis-alerts")[
+            "QueueUrl"
+        ]
+        db = {name: fresh_database(pg_url, name) for name in ("aegis_platform", "dagster", "mlflow")}
+        secret_arn = session.client("secretsmanager", endpoint_url=endpoint).create_secret(
+            Name="aegis/db", SecretString=json.dumps({"username": "postgres", "password": "unused"})
+        )["ARN"]
+        mlflow_port = _free_port()
+        mlflow_log = tmp / "mlflow.log"
+        mlflow_env = {**os.environ, **aws}
+        mlflow = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("mlflow")),
+                "server",
+                "--backend-store-uri",
+                db["mlflow"],
+                "--artifacts-destination",
+                f"s3://{PLATFORM_BUCKET}/mlflow",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+            ],
+            env=mlflow_env,
+            stdout=mlflow_log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait(f"http://127.0.0.1:{mlflow_port}/health", mlflow, mlflow_log)
+            pg = socket_env(pg_url, "aegis_platform")
+            env = {
+                **aws,
+                "AEGIS_PROFILE": "prod",
+                # the stack outputs (pipelines/stack_outputs.py), as the deployment sets them
+                "AEGIS_AWS_REGION": REGION,
+                "AEGIS_LAKE_BUCKET": LAKE_BUCKET,
+                "AEGIS_LAKE_LANDING_PREFIX": "landing/telemetry/",
+                "AEGIS_AUDIT_BUCKET": AUDIT_BUCKET,
+                "AEGIS_PLATFORM_BUCKET": PLATFORM_BUCKET,
+                "AEGIS_TELEMETRY_STREAM": "aegis-e2e-telemetry",
+                "AEGIS_GLUE_DATABASE": "aegis_e2e",
+                "AEGIS_ALERT_QUEUE_URL": queue_url,
+                "AEGIS_DB_HOST": pg["AEGIS_DB_HOST"],
+                "AEGIS_DB_READER_HOST": pg["AEGIS_DB_HOST"],
+                "AEGIS_DB_PORT": pg["AEGIS_DB_PORT"],
+                "AEGIS_DB_SECRET_ARN": secret_arn,
+                "AEGIS_DAGSTER_DB": "dagster",
+                "AEGIS_LEDGER_DB": "aegis_platform",
+                "AEGIS_EKS_CLUSTER": "aegis-e2e",
+                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+                "AEGIS_GAME_API_URL": "http://127.0.0.1:9",
+                # the database secret
+                "AEGIS_DB_USER": pg["AEGIS_DB_USER"],
+                "AEGIS_DB_PASSWORD": pg["AEGIS_DB_PASSWORD"],
+            }
+            yield {"env": env, "s3": s3, "db": db, "tmp": tmp, "endpoint": endpoint, "aws": aws}
+        finally:
+            mlflow.terminate()
+            mlflow.wait(timeout=30)
 
 
 def _run(cmd: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 600) -> str:
@@ -158,6 +155,11 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path | None = None, timeout: 
     return text
 
 
+def _base_env() -> dict[str, str]:
+    """This process's environment without any Aegis, Dagster or MLflow setting: only what a test sets."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AEGIS_", "DAGSTER_", "MLFLOW_"))}
+
+
 def _keys(s3: Any, prefix: str) -> list[str]:
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=LAKE_BUCKET, Prefix=prefix)
     return [o["Key"] for p in pages for o in p.get("Contents", ())]
@@ -165,7 +167,7 @@ def _keys(s3: Any, prefix: str) -> list[str]:
 
 def test_prod_profile_runs_landing_to_evaluation_on_s3_and_postgres(cloud: dict[str, Any]) -> None:
     tmp: Path = cloud["tmp"]
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AEGIS_", "DAGSTER_", "MLFLOW_"))}
+    base = _base_env()
     # 1. The game lands telemetry into the lake bucket as Firehose would.
     world_env = {**base, **cloud["aws"], "AEGIS_HOME": str(tmp / "world"), "AEGIS_PROFILE": "local"}
     _run(
@@ -255,7 +257,7 @@ def test_prod_profile_runs_landing_to_evaluation_on_s3_and_postgres(cloud: dict[
 
 def test_a_missing_stack_output_or_secret_fails_before_any_run_naming_all(cloud: dict[str, Any]) -> None:
     tmp: Path = cloud["tmp"]
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AEGIS_", "DAGSTER_", "MLFLOW_"))}
+    base = _base_env()
     env = {**base, **cloud["env"], "AEGIS_HOME": str(tmp / "bad"), "DAGSTER_HOME": str(tmp / "bad-dagster")}
     for var in ("AEGIS_LAKE_BUCKET", "AEGIS_DB_PASSWORD"):
         env.pop(var)

@@ -33,7 +33,7 @@ from aegis.alerts.source import (
 )
 from aegis.cli import cli
 from aegis.config import AegisPaths
-from tests.moto_support import aws_env, moto_server
+from tests.moto_support import moto_environment
 from tests.support import free_port
 
 REGION = "eu-west-1"
@@ -98,9 +98,7 @@ class Aws:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    with moto_server() as endpoint:
-        for name, value in aws_env(endpoint, REGION).items():
-            monkeypatch.setenv(name, value)
+    with moto_environment(monkeypatch, REGION) as endpoint:
         yield Aws(endpoint)
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from aegis.alerts.inbox import AlertInbox
 from aegis.alerts.sqs import pull_once
-from tests.moto_support import aws_env, moto_server
+from tests.moto_support import moto_environment
 
 REGION = "eu-west-1"
 
@@ -42,9 +42,7 @@ def _alarm(
 
 @pytest.fixture
 def sqs(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
-    with moto_server() as endpoint:
-        for name, value in aws_env(endpoint, REGION).items():
-            monkeypatch.setenv(name, value)
+    with moto_environment(monkeypatch, REGION):
         client = boto3.client("sqs", region_name=REGION)
         url = client.create_queue(QueueName="aegis-alerts")["QueueUrl"]
         yield client, url

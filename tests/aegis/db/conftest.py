@@ -1,22 +1,10 @@
-"""One real PostgreSQL per session for the store tests (tests/pg_support.py), a database per test."""
+"""A database per store test on the session's PostgreSQL (``pg_server``, tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.pg_support import fresh_database, start_pg
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
-    """psycopg URL of the session's server (its ``postgres`` database)."""
-    base_url, cleanup = start_pg()
-    try:
-        yield base_url
-    finally:
-        cleanup()
+from tests.pg_support import fresh_database
 
 
 @pytest.fixture

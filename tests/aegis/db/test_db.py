@@ -5,7 +5,6 @@ files made before migrations existed. SQLite and a real PostgreSQL."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import sqlalchemy as sa
 from aegis import db
 from aegis.config import AegisPaths
 from aegis.db import DatabaseNotConfigured, Migration, SchemaTooNew, migrate, schema_versions
+from tests.support import run_together
 
 SERVER = {
     "AEGIS_DB_HOST": "aurora.internal",
@@ -159,7 +159,7 @@ def test_write_transactions_of_a_store_never_lose_an_update(url: str) -> None:
                 time.sleep(0.002)  # widen the window a lost update would need
                 conn.execute(sa.text("UPDATE counter SET n = :n"), {"n": n + 1})
 
-    _run_together([lambda e=e: bump(e) for e in engines])
+    run_together([lambda e=e: bump(e) for e in engines])
     with engines[0].connect() as conn:
         assert conn.execute(sa.text("SELECT n FROM counter")).scalar_one() == 2 * rounds
     for engine in engines:
@@ -169,29 +169,6 @@ def test_write_transactions_of_a_store_never_lose_an_update(url: str) -> None:
 def _counter_table(conn: sa.Connection) -> None:
     conn.exec_driver_sql("CREATE TABLE counter (n INTEGER NOT NULL)")
     conn.exec_driver_sql("INSERT INTO counter (n) VALUES (0)")
-
-
-def _run_together(jobs: list[Callable[[], object]]) -> list[object]:
-    """Run ``jobs`` in threads released at the same instant; re-raise the first error."""
-    barrier = threading.Barrier(len(jobs))
-    results: list[object] = [None] * len(jobs)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = jobs[i]()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    if errors:
-        raise errors[0]
-    return results
 
 
 # ----------------------------------------------------------------------------- migrations
@@ -255,7 +232,7 @@ def test_concurrent_starters_apply_each_migration_exactly_once(url: str) -> None
     calls: list[int] = []
     steps = [Migration(v, f"step {v}", _table(f"t{v}", calls, v, pause=0.2)) for v in (1, 2, 3)]
     engines = [db.make_engine(url) for _ in range(3)]
-    results = _run_together([lambda e=e: migrate(e, "test", steps) for e in engines])
+    results = run_together([lambda e=e: migrate(e, "test", steps) for e in engines])
     assert sorted(calls) == [1, 2, 3]  # each CREATE TABLE ran once (a second would have failed)
     applied = [v for r in results for v in r]  # type: ignore[attr-defined]
     assert sorted(applied) == [1, 2, 3] and Counter(applied).most_common(1)[0][1] == 1

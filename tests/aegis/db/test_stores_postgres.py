@@ -7,8 +7,7 @@ loses an action, a changeset moves once."""
 from __future__ import annotations
 
 import itertools
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from aegis import db
 from aegis.config import AegisPaths
 from aegis.domain import Alert, AlertStatus, AutonomousChangeSet, ParamChange, PromotionState, Verdict
 from tests.pg_support import socket_env
+from tests.support import run_together
 
 S = PromotionState
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -63,28 +63,6 @@ def _on(backend: str, url: str) -> None:
         assert parsed.get_backend_name() == "sqlite" and Path(str(parsed.database)).is_file()
 
 
-def _together(jobs: list[Callable[[], Any]]) -> list[Any]:
-    barrier = threading.Barrier(len(jobs))
-    results: list[Any] = [None] * len(jobs)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = jobs[i]()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    if errors:
-        raise errors[0]
-    return results
-
-
 # ----------------------------------------------------------------------------- the ledger
 
 
@@ -102,7 +80,7 @@ def test_ledger_chain_appends_concurrently_and_verifies(backend: str) -> None:
         for i in range(8):
             w.append("note", f"w{n}", {"i": i}, actor=f"writer-{n}")
 
-    _together([lambda w=w, n=n: hammer(w, n) for n, w in enumerate(writers)])
+    run_together([lambda w=w, n=n: hammer(w, n) for n, w in enumerate(writers)])
     report = ledger.verify()
     assert report.ok, report.summary()
     assert report.records_checked == 1 + 3 + 3 * 8 and report.unwitnessed == 0
@@ -149,7 +127,7 @@ def test_changeset_store_add_transition_steps_and_outbox(backend: str) -> None:
         except IllegalTransition:
             return "refused"
 
-    outcomes = _together([lambda s=s: move(s) for s in movers])
+    outcomes = run_together([lambda s=s: move(s) for s in movers])
     assert outcomes.count("moved") == 1, outcomes
     assert store.get("cs-1").state == S.POLICY_CHECKED
     assert [(t.src, t.dst) for t in store.transitions("cs-1")] == [(S.PROPOSED, S.POLICY_CHECKED)]
@@ -169,7 +147,7 @@ def test_changeset_store_add_transition_steps_and_outbox(backend: str) -> None:
     assert [s.step for s in store.steps(status="done")] == ["snapshot"]
 
     adders = [ChangeSetStore() for _ in range(3)]
-    added = _together(
+    added = run_together(
         [lambda s=s: s.add_event("cs-1", "canary_started", "cs-1/canary", {"n": 1}) for s in adders]
     )
     assert sorted(added) == [False, False, True]
@@ -206,7 +184,7 @@ def test_alert_inbox_dedups_and_concurrent_receivers_never_share_a_seq(backend: 
         for i in range(per):
             r.put([_alert(f"r{n}-{i}-{k}", target=f"eu-{k}") for k in range(batch)])
 
-    _together([lambda n=n, r=r: receive(n, r) for n, r in enumerate(receivers)])
+    run_together([lambda n=n, r=r: receive(n, r) for n, r in enumerate(receivers)])
     entries = inbox.since(2, limit=1000)
     seqs = [e.seq for e in entries]
     assert seqs == list(range(3, 3 + 4 * per * batch))  # every alert, one seq each, no gaps
@@ -238,7 +216,7 @@ def test_incident_store_keeps_every_action_and_the_sensor_state(backend: str) ->
         for i in range(6):
             s.add_action("inc-1", IncidentAction(name=f"w{n}-{i}", outcome=ActionOutcome.APPLIED))
 
-    _together([lambda n=n, s=s: act(n, s) for n, s in enumerate(workers)])
+    run_together([lambda n=n, s=s: act(n, s) for n, s in enumerate(workers)])
     assert len(store.get("inc-1").actions) == 18  # read-modify-write of the document lost nothing
     store.update("inc-1", status=IncidentStatus.RESOLVED)
     assert [i.id for i in store.incidents(status={IncidentStatus.RESOLVED})] == ["inc-1"]
@@ -274,7 +252,7 @@ def test_token_store_issues_verifies_revokes_and_records_in_the_ledger(backend: 
     assert [r.reason for r in store.refusals()] == ["forged", "revoked"]
     assert store.refusal_counts()["revoked"] == 1
     isolators = [TokenStore() for _ in range(3)]
-    _together([lambda s=s: s.isolate("10.0.0.2", "forged tokens", "healer") for s in isolators])
+    run_together([lambda s=s: s.isolate("10.0.0.2", "forged tokens", "healer") for s in isolators])
     assert [i.caller for i in store.isolations()] == ["10.0.0.2"]
     ledger = Ledger(read_only=True)
     actions = [r.payload.get("action") for r in ledger.records() if r.kind in ("token", "security")]

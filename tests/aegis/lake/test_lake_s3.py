@@ -188,20 +188,9 @@ def test_great_expectations_suites_read_bronze_on_s3(s3: object, tmp_path: Path)
     assert bronze_volume(lake).suite == "bronze_volume"
 
 
-@pytest.fixture(scope="module")
-def pg_base() -> Iterator[str]:
-    from tests.pg_support import start_pg
-
-    url, cleanup = start_pg()
-    try:
-        yield url
-    finally:
-        cleanup()
-
-
 @pytest.mark.postgres
 def test_prod_lake_keeps_its_manifest_in_postgres_and_one_ingest_runs_at_a_time(
-    s3: object, tmp_path: Path, pg_base: str
+    s3: object, tmp_path: Path, pg_server: str
 ) -> None:
     """The prod combination: S3 files, the manifest in PostgreSQL (schema aegis_lake), the
     ingest lock a PostgreSQL advisory lock that a second pod waits on."""
@@ -211,7 +200,7 @@ def test_prod_lake_keeps_its_manifest_in_postgres_and_one_ingest_runs_at_a_time(
     from aegis.lake.bronze import IngestBusy, ingest_lock
     from tests.pg_support import fresh_database
 
-    url = with_schema(fresh_database(pg_base, "lake_manifest"), "aegis_lake")
+    url = with_schema(fresh_database(pg_server, "lake_manifest"), "aegis_lake")
     pod_a = Lake.s3(f"s3://{BUCKET}", state_dir=tmp_path / "a", manifest_url=url)
     pod_b = Lake.s3(f"s3://{BUCKET}", state_dir=tmp_path / "b", manifest_url=url)
     _land(pod_a, make_batch(60, seed=11), "pg-1")
