@@ -21,18 +21,14 @@ No Dagster here: the sensor (or ``aegis alerts pull-sqs``) holds the source.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from typing import Any
 
 from aegis.alerts.inbox import AlertInbox
 from aegis.alerts.sqs import MAX_MESSAGES, PullResult, pull_once
-from aegis.config import ENV_PROFILE, PROFILES
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +40,6 @@ DRAIN_DEADLINE_S = 3.0
 CONNECT_TIMEOUT_S = 2.0
 READ_MARGIN_S = 5.0  # read timeout = the receive's wait + this
 MAX_ATTEMPTS = 2  # botocore "standard" retries: the first try and one retry
-# What shared_alert_source() keys on: a change to any of them makes a new source.
-SOURCE_ENV = (ENV_PROFILE, ENV_QUEUE_URL, ENV_REGION, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS")
 # https://sqs.<region>.amazonaws.com/<account>/<name> (also .com.cn, api.aws) or https://<region>.queue.amazonaws.com/...
 _REGION = r"([a-z]{2}(?:-[a-z]+)+-\d+)"
 QUEUE_URL_REGION = re.compile(
@@ -213,41 +207,3 @@ class SqsAlertSource(AlertSource):
         except (BotoCoreError, ClientError) as exc:
             raise AlertSourceUnavailable(self.queue_url, exc, total) from exc
         return total
-
-
-def alert_source_from_env(environ: Mapping[str, str] | None = None) -> AlertSource:
-    """The alert source of ``AEGIS_PROFILE``: ``local`` -> :class:`LocalAlertSource`,
-    ``prod`` -> :class:`SqsAlertSource` on ``AEGIS_ALERT_QUEUE_URL`` in ``AEGIS_AWS_REGION``."""
-    env = os.environ if environ is None else environ
-    profile = env.get(ENV_PROFILE, "local").strip() or "local"
-    if profile not in PROFILES:
-        raise AlertSourceConfigError(
-            f"{ENV_PROFILE}={profile!r} is not a known profile; expected one of {', '.join(PROFILES)}"
-        )
-    if profile == "local":
-        return LocalAlertSource()
-    wanted = {ENV_QUEUE_URL: "alertQueueUrl", ENV_REGION: "primaryRegion"}
-    values = {var: env.get(var, "").strip() for var in wanted}
-    missing = [f"{var} (stack output {out!r})" for var, out in wanted.items() if not values[var]]
-    if missing:
-        raise AlertSourceConfigError(
-            "the prod profile reads alerts from SQS and needs "
-            + ", ".join(missing)
-            + "; set them from `pulumi stack output --json | python -m pipelines.stack_outputs`"
-        )
-    return SqsAlertSource(values[ENV_QUEUE_URL], values[ENV_REGION])
-
-
-def shared_alert_source() -> AlertSource:
-    """:func:`alert_source_from_env` of this process's environment, made once and reused.
-
-    For a sensor that drains every few seconds: building a boto3 client costs
-    ~0.1-0.2 s of CPU, and one client (thread-safe) serves every tick.  A change
-    of profile, queue, region or endpoint variables makes a new source.
-    """
-    return _source_for(tuple(os.environ.get(name, "") for name in SOURCE_ENV))
-
-
-@functools.lru_cache(maxsize=1)
-def _source_for(env: tuple[str, ...]) -> AlertSource:
-    return alert_source_from_env(dict(zip(SOURCE_ENV, env, strict=True)))

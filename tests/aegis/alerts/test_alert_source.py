@@ -28,8 +28,6 @@ from aegis.alerts.source import (
     AlertSourceUnavailable,
     LocalAlertSource,
     SqsAlertSource,
-    alert_source_from_env,
-    shared_alert_source,
 )
 from aegis.cli import cli
 from aegis.config import AegisPaths
@@ -111,10 +109,6 @@ def inbox(tmp_path: Path) -> Iterator[AlertInbox]:
         box.close()
 
 
-def _prod_env(url: str) -> dict[str, str]:
-    return {"AEGIS_PROFILE": "prod", ENV_QUEUE_URL: url, ENV_REGION: REGION}
-
-
 def test_alarms_through_sns_raw_and_enveloped_are_drained_into_the_inbox(aws: Aws, inbox: AlertInbox) -> None:
     url = aws.queue()
     for topic, raw in (("alarms-raw", "true"), ("alarms-enveloped", "false")):
@@ -133,7 +127,7 @@ def test_alarms_through_sns_raw_and_enveloped_are_drained_into_the_inbox(aws: Aw
     ]
     assert sorted(json.loads(b).get("Type", "raw") for b in bodies) == ["Notification", "raw"]
 
-    source = alert_source_from_env(_prod_env(url))
+    source = SqsAlertSource(url, REGION)
     assert isinstance(source, SqsAlertSource) and source.region == REGION
     assert source.client.meta.endpoint_url == aws.endpoint  # boto3 honours AWS_ENDPOINT_URL itself
     result = source.drain(inbox)
@@ -252,32 +246,20 @@ def test_a_drain_of_many_messages_keeps_to_its_deadline_and_budget(aws: Aws, inb
     assert len(inbox.all()) == result.stored + 35 and sum(aws.counts(url)) == total - len(inbox.all())
 
 
-def test_the_profile_picks_the_source(inbox: AlertInbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    local = alert_source_from_env({"AEGIS_PROFILE": "local", ENV_QUEUE_URL: "https://ignored"})
+def test_the_local_source_has_nothing_to_pull_and_the_queue_url_names_the_region(inbox: AlertInbox) -> None:
+    from assets.resources.healing import HealingResource
+
+    local = HealingResource().alert_source()
     assert isinstance(local, LocalAlertSource)
     assert local.drain(inbox).received == 0 and inbox.stats().deliveries == 0  # the receiver fills it
-    assert isinstance(alert_source_from_env({}), LocalAlertSource)
-    with pytest.raises(AlertSourceConfigError) as err:
-        alert_source_from_env({"AEGIS_PROFILE": "prod"})
-    assert f"{ENV_QUEUE_URL} (stack output 'alertQueueUrl')" in str(err.value)
-    assert f"{ENV_REGION} (stack output 'primaryRegion')" in str(err.value)
-    with pytest.raises(AlertSourceConfigError, match=ENV_REGION):
-        alert_source_from_env({"AEGIS_PROFILE": "prod", ENV_QUEUE_URL: "https://q"})
-    with pytest.raises(AlertSourceConfigError, match="staging"):
-        alert_source_from_env({"AEGIS_PROFILE": "staging"})
     # the queue lives in the control region, which a failover moves away from the primary region
     moved = f"https://sqs.us-west-2.amazonaws.com/{ACCOUNT}/aegis-alerts"
-    source = alert_source_from_env(_prod_env(moved))
+    source = HealingResource(alert_queue_url=moved, region="eu-west-1").alert_source()
     assert isinstance(source, SqsAlertSource) and source.region == "us-west-2"
-    # a sensor ticking every few seconds reuses one source (and its boto3 client) per environment
-    for name, value in _prod_env(moved).items():
-        monkeypatch.setenv(name, value)
-    first = shared_alert_source()
-    assert shared_alert_source() is first and isinstance(first, SqsAlertSource)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    assert shared_alert_source() is not first
-    monkeypatch.setenv("AEGIS_PROFILE", "local")
-    assert isinstance(shared_alert_source(), LocalAlertSource)
+    # a sensor ticking every few seconds reuses one source (and its boto3 client) per queue
+    assert HealingResource(alert_queue_url=moved, region="eu-west-1").alert_source() is source
+    with pytest.raises(AlertSourceConfigError, match="empty"):
+        SqsAlertSource(" ", "eu-west-1")
 
 
 def test_pull_sqs_once_drains_the_queue_of_the_environment(
