@@ -22,6 +22,7 @@ a connection already open keeps reading the copy it opened). Where the copy live
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import tempfile
@@ -134,24 +135,32 @@ def _describe(exc: BaseException) -> str:
     return f"{error.get('Code')}: {error.get('Message')}" if error else f"{type(exc).__name__}: {exc}"
 
 
+def _store(bucket: str) -> Any:
+    """The platform bucket's store, one per process (and endpoint): its boto3 client costs
+    ~0.1-0.2 s to build, and every reader's connect asks it for a conditional GET."""
+    from aegis.lake.store import endpoint_url
+
+    return _store_at(bucket, endpoint_url())
+
+
+@functools.lru_cache(maxsize=4)
+def _store_at(bucket: str, _endpoint: str | None) -> Any:
+    from aegis.lake.store import S3LakeStore
+
+    return S3LakeStore(bucket)
+
+
 def publish(warehouse: Path) -> str | None:
     """Upload a finished build (prod, one PutObject); return its ETag. Locally: nothing to do (None)."""
     where = published_key()
     if where is None:
         return None
-    import base64
-    import hashlib
+    from aegis.lake.store import LakeUnavailable
 
-    from aegis.lake.store import s3_client
-
-    data = Path(warehouse).read_bytes()
-    md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
     try:
-        etag = str(s3_client().put_object(Bucket=where[0], Key=where[1], Body=data, ContentMD5=md5)["ETag"])
-    except Exception as exc:
-        raise WarehouseBusy(
-            f"publishing the warehouse to s3://{where[0]}/{where[1]} failed: {_describe(exc)}"
-        ) from exc
+        etag = _store(where[0]).write_bytes(where[1], Path(warehouse).read_bytes())
+    except LakeUnavailable as exc:
+        raise WarehouseBusy(f"publishing the warehouse failed: {exc}") from exc
     _etag_path(Path(warehouse)).write_text(etag)  # the ETag of what we put, not of a later head
     return etag
 
@@ -170,8 +179,6 @@ def pull(warehouse: Path) -> bool:
     where = published_key()
     if where is None:
         return False
-    from aegis.lake.store import s3_client
-
     warehouse = Path(warehouse)
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     tag_file = _etag_path(warehouse)
@@ -179,7 +186,7 @@ def pull(warehouse: Path) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)
         held = tag_file.read_text().strip() if tag_file.exists() and warehouse.exists() else ""
         try:
-            obj = s3_client().get_object(
+            obj = _store(where[0]).client.get_object(
                 Bucket=where[0], Key=where[1], **({"IfNoneMatch": held} if held else {})
             )
             data = obj["Body"].read()

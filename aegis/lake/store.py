@@ -129,7 +129,8 @@ class LakeStore:
     def write_parquet(self, rel: str, table: pa.Table, **options: Any) -> None:
         raise NotImplementedError
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes) -> str | None:
+        """Write ``rel`` whole (atomically); the new object's ETag where the store has one."""
         raise NotImplementedError
 
     def copy(self, src_rel: str, dst_rel: str) -> None:
@@ -317,12 +318,14 @@ class S3LakeStore(LakeStore):
                 raise self._fail(f"reading {rel}", exc) from exc
         return pq.read_table(pa.BufferReader(self.read_bytes(rel)), columns=columns)
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        """One PutObject with the body's MD5; returns the new object's ETag."""
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key(rel), Body=data, ContentMD5=md5)
+            reply = self.client.put_object(Bucket=self.bucket, Key=self.key(rel), Body=data, ContentMD5=md5)
         except Exception as exc:
             raise self._fail(f"writing {rel}", exc) from exc
+        return str(reply["ETag"])
 
     def write_parquet(self, rel: str, table: pa.Table, **options: Any) -> None:
         options.setdefault("compression", "zstd")
