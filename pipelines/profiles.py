@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from aegis import db
 from aegis.config import current_profile
 from aegis.stack import RUN_TAG_LIMITS
 from assets.resources.changes import ChangeSetResource
@@ -24,12 +25,9 @@ from assets.resources.healing import HealingResource
 from assets.resources.lake import LakeResource
 from assets.resources.mlflow import MlflowResource
 from assets.resources.training import TrainingResource
-from pipelines.stack_outputs import read_prod_env
+from pipelines.stack_outputs import STACK_OUTPUT_ENV, read_prod_env
 
 PROFILES = ("local", "prod")
-# The database password is not a stack output: the platform injects it from Secrets Manager.
-PROD_DB_PASSWORD_ENV = "AEGIS_DB_PASSWORD"
-PROD_DB_USER_ENV = "AEGIS_DB_USER"
 DAGSTER_PG_SCHEME = "postgresql+psycopg2"
 
 
@@ -104,20 +102,21 @@ def prod_instance_config(environ: Mapping[str, str] | None = None) -> dict[str, 
     directory (``/...``, libpq's Unix-socket convention) is passed as the ``host`` parameter.
     """
     env = read_prod_env(environ)
-    db: dict[str, Any] = {
-        "hostname": {"env": "AEGIS_DB_HOST"},
-        "port": {"env": "AEGIS_DB_PORT"},
-        "db_name": {"env": "AEGIS_DAGSTER_DB"},
-        "username": {"env": PROD_DB_USER_ENV},
-        "password": {"env": PROD_DB_PASSWORD_ENV},
+    postgres_db: dict[str, Any] = {
+        "hostname": {"env": db.ENV_DB_HOST},
+        "port": {"env": db.ENV_DB_PORT},
+        "db_name": {"env": STACK_OUTPUT_ENV["dagsterDatabase"]},
+        # the user and password are not stack outputs: the platform injects the database secret
+        "username": {"env": db.ENV_DB_USER},
+        "password": {"env": db.ENV_DB_PASSWORD},
         # dagster-postgres issues `NOTIFY run_events, %(id)s`, which only psycopg2's client-side
         # interpolation accepts; SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3.
         "scheme": DAGSTER_PG_SCHEME,
     }
     if env["dbWriterEndpoint"].startswith("/"):
-        db["hostname"] = "localhost"
-        db["params"] = {"host": env["dbWriterEndpoint"]}
-    postgres = {"postgres_db": db}
+        postgres_db["hostname"] = "localhost"
+        postgres_db["params"] = {"host": env["dbWriterEndpoint"]}
+    postgres = {"postgres_db": postgres_db}
     return {
         "storage": {"postgres": postgres},
         "run_coordinator": {
