@@ -34,6 +34,10 @@ class EventIndex:
         self.con.execute(f"SET threads = {int(threads)}")
         self.con.execute("CREATE TABLE IF NOT EXISTS events (h UBIGINT NOT NULL, batch_no INTEGER NOT NULL)")
         self.con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        # which version (processed_at) of each batch the index holds, where it is a cache (S3 lakes)
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS synced (batch_no INTEGER PRIMARY KEY, processed_at VARCHAR)"
+        )
         rows = self.con.execute("SELECT value FROM meta WHERE key = 'duckdb_version'").fetchall()
         row = rows[0] if rows else None
         self.stale = row is not None and row[0] != duckdb.__version__
@@ -90,9 +94,6 @@ class EventIndex:
         added or dropped since is re-read (only its ``event_id`` column) or forgotten.  Used
         where the index lives on a run's scratch disk and the manifest is shared (S3 lakes).
         """
-        self.con.execute(
-            "CREATE TABLE IF NOT EXISTS synced (batch_no INTEGER PRIMARY KEY, processed_at VARCHAR)"
-        )
         if self.stale:
             self.con.execute("DELETE FROM events")
             self.con.execute("DELETE FROM synced")
@@ -112,9 +113,6 @@ class EventIndex:
 
     def mark_synced(self, batch_no: int, processed_at: str | None) -> None:
         """Record that the index holds this version of a batch (see :meth:`sync`)."""
-        self.con.execute(
-            "CREATE TABLE IF NOT EXISTS synced (batch_no INTEGER PRIMARY KEY, processed_at VARCHAR)"
-        )
         self.con.execute("INSERT OR REPLACE INTO synced VALUES (?, ?)", [batch_no, processed_at])
 
     def rebuild(self, bronze_files: dict[int, str]) -> int:
